@@ -1,0 +1,23 @@
+"""memprof: where every byte of GPU memory goes in PyTorch, and why.
+
+Data flows one way: workloads -> record -> snapshot file -> load -> analysis DataFrames
+-> figures -> CLI and app. Importing this package imports neither torch nor dash.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from memprof.errors import MemprofError
+from memprof.load import Snapshot, load
+from memprof.replay import Replay, replay
+
+__all__ = ["MemprofError", "Snapshot", "Replay", "load", "replay", "record", "phase", "__version__"]
+
+
+def __getattr__(name: str):  # lazy: only the recorder imports torch
+    if name in ("record", "phase"):
+        from memprof import recorder
+
+        return getattr(recorder, name)
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""One module per ``memprof`` subcommand: ``register(subparsers)`` and ``run(args) -> int``."""

@@ -1,0 +1,579 @@
+"""Read a PyTorch memory snapshot file into columns.
+
+This is the only module that touches the raw nested dicts. It reads ``.pickle``,
+``.pickle.gz`` and ``.json`` snapshots written by torch 2.1 to 2.14 with the
+restricted unpickler, interns stacks once, and returns a :class:`Snapshot` of
+pandas DataFrames and numpy arrays. A per-file cache (Arrow IPC, keyed by the
+file's path, size and mtime) makes reopening fast.
+
+No torch import is needed here.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import IO, Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from memprof.errors import MemprofError, UnsafePickleError
+from memprof.safe_pickle import safe_load
+
+CACHE_VERSION = "3"
+
+#: Trace actions in code order; ``other`` holds actions this version of memprof does not know.
+ACTIONS: tuple[str, ...] = (
+    "alloc",
+    "free_requested",
+    "free_completed",
+    "free",
+    "segment_alloc",
+    "segment_free",
+    "segment_map",
+    "segment_unmap",
+    "oom",
+    "snapshot",
+    "other",
+)
+ACTION_CODE: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
+A_ALLOC, A_FREE_REQ, A_FREE_DONE, A_FREE, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, A_OOM, A_SNAPSHOT, A_OTHER = range(
+    len(ACTIONS)
+)
+
+_EMPTY: list[Any] = []
+
+
+@dataclass
+class Snapshot:
+    """A memory snapshot as columns.
+
+    ``events`` — one row per trace entry, ordered by (device, idx):
+        device (int16), idx (int64, position in that device's trace), action (int8 code into
+        :data:`ACTIONS`), addr (int64, -1 when absent), size (int64), stream (int64),
+        time_us (int64; the entry's index when the trace has no timestamps),
+        stack_id (int32, -1 when no frames were recorded), device_free (int64, -1 unless oom).
+    ``frames`` — one row per distinct frame: filename, line, name.
+    ``stack_offsets``/``stack_frames`` — interned stacks in CSR form: stack *i* is
+        ``frames.iloc[stack_frames[stack_offsets[i]:stack_offsets[i+1]]]``, innermost frame first.
+    ``segments`` — one row per segment alive when the snapshot was taken: device, address,
+        total_size, allocated_size, active_size, requested_size, stream, segment_type,
+        pool_id (str), is_expandable (bool), stack_id.
+    ``blocks`` — one row per block of those segments: device, segment (row in ``segments``),
+        addr, size, requested_size, state, stack_id.
+    ``annotations`` — record_function ranges: device, stage ('START' or 'END'), name, time_us.
+    ``info`` — plain facts: n_devices, has_time, has_frames, format, file_size,
+        allocator_settings, unknown_actions, legacy_segment_list, user_metadata.
+    """
+
+    source: str
+    events: pd.DataFrame
+    frames: pd.DataFrame
+    stack_offsets: np.ndarray
+    stack_frames: np.ndarray
+    segments: pd.DataFrame
+    blocks: pd.DataFrame
+    annotations: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+    _device_bounds: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.info.get("n_devices", 0))
+
+    def check_device(self, device: int) -> None:
+        if not 0 <= device < max(self.n_devices, 1):
+            raise MemprofError(
+                f"device {device} is out of range: {self.source} holds {self.n_devices} device trace(s)"
+                + (f" (use --device 0..{self.n_devices - 1})" if self.n_devices > 1 else "")
+            )
+
+    def device_events(self, device: int) -> pd.DataFrame:
+        """The rows of ``events`` for one device (a view, in trace order)."""
+        self.check_device(device)
+        if self._device_bounds is None:
+            dev = self.events["device"].to_numpy()
+            self._device_bounds = np.searchsorted(dev, np.arange(self.n_devices + 1), side="left")
+        lo, hi = self._device_bounds[device], self._device_bounds[device + 1]
+        return self.events.iloc[lo:hi]
+
+    def stack(self, stack_id: int) -> list[tuple[str, int, str]]:
+        """Frames of one interned stack as (filename, line, name), innermost first."""
+        if stack_id < 0:
+            return []
+        ids = self.stack_frames[self.stack_offsets[stack_id] : self.stack_offsets[stack_id + 1]]
+        fr = self.frames
+        return list(zip(fr["filename"].to_numpy()[ids], fr["line"].to_numpy()[ids], fr["name"].to_numpy()[ids]))
+
+    def user_frame_ids(self) -> np.ndarray:
+        """For each stack, the frame id of its innermost *user* frame (-1 if none).
+
+        A user frame is a Python frame outside torch's own package; failing that the
+        innermost Python frame; failing that the innermost frame.
+        """
+        cached = self.info.get("_user_frames")
+        if cached is not None:
+            return cached
+        fn = self.frames["filename"].to_numpy()
+        is_py = np.array([f.endswith(".py") for f in fn], dtype=bool)
+        is_lib = np.array([_is_library_file(f) for f in fn], dtype=bool)
+        out = np.full(len(self.stack_offsets) - 1, -1, dtype=np.int64)
+        for s in range(len(out)):
+            ids = self.stack_frames[self.stack_offsets[s] : self.stack_offsets[s + 1]]
+            if len(ids) == 0:
+                continue
+            user = ids[is_py[ids] & ~is_lib[ids]]
+            if len(user):
+                out[s] = user[0]
+                continue
+            py = ids[is_py[ids]]
+            out[s] = py[0] if len(py) else ids[0]
+        self.info["_user_frames"] = out
+        return out
+
+    def site_labels(self, stack_ids: np.ndarray) -> np.ndarray:
+        """'file.py:line:function' of the innermost user frame for each stack id ('<no stack>' for -1)."""
+        uf = self.user_frame_ids()
+        labels = np.array(
+            [f"{os.path.basename(f)}:{l}:{n}" for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
+            + ["<no stack recorded>"],
+            dtype=object,
+        )
+        sid = np.asarray(stack_ids, dtype=np.int64)
+        fid = np.where(sid >= 0, uf[np.clip(sid, 0, max(len(uf) - 1, 0))] if len(uf) else -1, -1)
+        return labels[np.where(fid >= 0, fid, len(labels) - 1)]
+
+
+_LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
+
+
+def _is_library_file(filename: str) -> bool:
+    if "/_inductor/" not in filename and "torchinductor" in filename:
+        return False  # generated code from torch.compile: the user's model, compiled
+    return any(m in filename for m in _LIB_MARKERS)
+
+
+# ---------------------------------------------------------------------------
+# Reading the raw file
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def read_raw(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    """Read and safely decode a snapshot file. Returns (raw object, format name)."""
+    p = Path(path)
+    if not p.exists():
+        raise MemprofError(f"no such file: {p}")
+    if p.is_dir():
+        raise MemprofError(f"{p} is a folder, not a snapshot file")
+    name = p.name.lower()
+    is_json = name.endswith(".json") or name.endswith(".json.gz")
+    fmt = "json" if is_json else "pickle"
+    if name.endswith(".gz"):
+        fmt += ".gz"
+    try:
+        with _open_bytes(p) as f:
+            if is_json:
+                return json.load(f), fmt
+            head = f.peek(2)[:2] if hasattr(f, "peek") else b""
+            if head and head[:1] != b"\x80":
+                # Protocol 0/1 pickles are text-like and never written by torch; JSON without the extension is common.
+                if head[:1] in (b"{", b"["):
+                    return json.load(f), "json"
+            gc_was = gc.isenabled()
+            gc.disable()  # building millions of containers: the cyclic GC only slows it down
+            try:
+                return safe_load(f), fmt
+            finally:
+                if gc_was:
+                    gc.enable()
+    except UnsafePickleError:
+        raise
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise MemprofError(f"{p}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})") from None
+    except (pickle.UnpicklingError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError, AttributeError) as e:
+        kind = "JSON" if is_json else "pickle"
+        raise MemprofError(f"{p}: not a readable {kind} file ({type(e).__name__}: {str(e)[:120]})") from None
+    except MemoryError:
+        raise MemprofError(f"{p}: out of memory while reading") from None
+    except OSError as e:
+        raise MemprofError(f"{p}: cannot read ({e.strerror or e})") from None
+
+
+def _normalise(raw: Any, source: str) -> dict[str, Any]:
+    """Accept every historical top-level shape; reject what is not a snapshot."""
+    if isinstance(raw, list):
+        if all(isinstance(s, dict) and "blocks" in s and "total_size" in s for s in raw):
+            return {"segments": raw, "device_traces": [], "_legacy_segment_list": True}
+        raise MemprofError(f"{source}: a list, but not a list of allocator segments: not a memory snapshot")
+    if not isinstance(raw, dict):
+        raise MemprofError(f"{source}: holds a {type(raw).__name__}, not a memory snapshot dict")
+    if "segments" not in raw and "device_traces" not in raw:
+        keys = ", ".join(sorted(map(str, raw))[:6])
+        raise MemprofError(
+            f"{source}: not a memory snapshot (no 'segments' or 'device_traces'; keys: {keys or 'none'})"
+        )
+    if not isinstance(raw.get("segments", []), list) or not isinstance(raw.get("device_traces", []), list):
+        raise MemprofError(f"{source}: 'segments' and 'device_traces' must be lists: not a snapshot this tool understands")
+    return raw
+
+
+# ---------------------------------------------------------------------------
+# Interning stacks
+
+
+class _StackInterner:
+    """Interns frame lists: each distinct stack stored once, frames once."""
+
+    def __init__(self) -> None:
+        self.frame_ids: dict[tuple[str, int, str], int] = {}
+        self.frame_by_obj: dict[int, int] = {}
+        self.stack_ids: dict[tuple[int, ...], int] = {}
+        self.stack_by_obj: dict[tuple[int, ...], int] = {}
+        self._keep: list[Any] = []  # keeps interned objects alive so ids stay unique
+        self.stacks: list[tuple[int, ...]] = []
+
+    def frame(self, f: Any) -> int:
+        fid = self.frame_by_obj.get(id(f))
+        if fid is not None:
+            return fid
+        if not isinstance(f, dict):
+            raise MemprofError("a stack frame is not a dict: not a snapshot this tool understands")
+        key = (str(f.get("filename", "??")), int(f.get("line", 0) or 0), str(f.get("name", "??")))
+        fid = self.frame_ids.setdefault(key, len(self.frame_ids))
+        self.frame_by_obj[id(f)] = fid
+        self._keep.append(f)
+        return fid
+
+    def stack(self, frames: Any) -> int:
+        if not frames:
+            return -1
+        # Same frame objects -> same stack, without looking inside the frames (the fast path:
+        # torch shares frame dicts between tracebacks, so pickle memoises them).
+        obj_key = tuple(map(id, frames))
+        sid = self.stack_by_obj.get(obj_key)
+        if sid is not None:
+            return sid
+        key = tuple(self.frame(f) for f in frames)
+        sid = self.stack_ids.get(key)
+        if sid is None:
+            sid = len(self.stacks)
+            self.stack_ids[key] = sid
+            self.stacks.append(key)
+        self.stack_by_obj[obj_key] = sid
+        return sid
+
+    def stacks_for(self, frame_lists: Sequence[Any]) -> np.ndarray:
+        """Vectorised: intern each distinct list object once, then broadcast."""
+        n = len(frame_lists)
+        if n == 0:
+            return np.zeros(0, dtype=np.int32)
+        ids = np.fromiter(map(id, frame_lists), dtype=np.int64, count=n)
+        uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        sid = np.fromiter((self.stack(frame_lists[i]) for i in first), dtype=np.int32, count=len(uniq))
+        return sid[inverse]
+
+    def frames_frame(self) -> pd.DataFrame:
+        keys = list(self.frame_ids)
+        return pd.DataFrame(
+            {
+                "filename": pd.array([k[0] for k in keys], dtype=object),
+                "line": np.array([k[1] for k in keys], dtype=np.int64),
+                "name": pd.array([k[2] for k in keys], dtype=object),
+            }
+        )
+
+    def csr(self) -> tuple[np.ndarray, np.ndarray]:
+        lens = np.fromiter((len(s) for s in self.stacks), dtype=np.int64, count=len(self.stacks))
+        offsets = np.zeros(len(self.stacks) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        flat = np.fromiter((f for s in self.stacks for f in s), dtype=np.int32, count=int(offsets[-1]))
+        return offsets, flat
+
+
+# ---------------------------------------------------------------------------
+# Columns
+
+
+def _column(trace: list[dict[str, Any]], key: str, default: int, dtype: Any) -> np.ndarray:
+    n = len(trace)
+    try:
+        return np.fromiter(map(itemgetter(key), trace), dtype=dtype, count=n)
+    except KeyError:
+        return np.fromiter((e.get(key, default) for e in trace), dtype=dtype, count=n)
+    except (TypeError, ValueError, OverflowError):
+        vals = [e.get(key, default) if isinstance(e, dict) else None for e in trace]
+        bad = next((v for v in vals if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
+        if bad is None:
+            return np.array(vals, dtype=dtype)
+        raise MemprofError(f"trace entry field {key!r} holds {bad!r}: not a snapshot this tool understands") from None
+
+
+def _trace_columns(trace: list[dict[str, Any]], device: int, interner: _StackInterner, info: dict[str, Any]) -> dict[str, np.ndarray]:
+    n = len(trace)
+    if n and not isinstance(trace[0], dict):
+        raise MemprofError("trace entries are not dicts: not a snapshot this tool understands")
+    try:
+        action = np.fromiter(map(ACTION_CODE.__getitem__, map(itemgetter("action"), trace)), dtype=np.int8, count=n)
+    except KeyError:
+        names = [e.get("action") if isinstance(e, dict) else None for e in trace]
+        if any(a is None for a in names):
+            raise MemprofError("a trace entry has no 'action': not a snapshot this tool understands") from None
+        unknown = sorted({a for a in names if a not in ACTION_CODE})
+        info.setdefault("unknown_actions", []).extend(str(u) for u in unknown)
+        action = np.fromiter((ACTION_CODE.get(a, A_OTHER) for a in names), dtype=np.int8, count=n)
+    cols: dict[str, np.ndarray] = {
+        "device": np.full(n, device, dtype=np.int16),
+        "idx": np.arange(n, dtype=np.int64),
+        "action": action,
+        "addr": _column(trace, "addr", -1, np.int64),
+        "size": _column(trace, "size", 0, np.int64),
+        "stream": _column(trace, "stream", 0, np.int64),
+    }
+    has_time = n == 0 or "time_us" in trace[0]
+    cols["time_us"] = _column(trace, "time_us", 0, np.int64) if has_time else np.arange(n, dtype=np.int64)
+    info["has_time"] = bool(info.get("has_time", True) and has_time)
+    frames = list(map(_get_frames, trace))
+    cols["stack_id"] = interner.stacks_for(frames)
+    del frames
+    oom = np.flatnonzero(action == A_OOM)
+    dfree = np.full(n, -1, dtype=np.int64)
+    for i in oom:
+        dfree[i] = int(trace[i].get("device_free", -1) or -1)
+    cols["device_free"] = dfree
+    return cols
+
+
+def _get_frames(e: dict[str, Any]) -> Any:
+    return e.get("frames", _EMPTY) or _EMPTY
+
+
+def _segments_and_blocks(segments: list[dict[str, Any]], interner: _StackInterner) -> tuple[pd.DataFrame, pd.DataFrame]:
+    seg_rows: dict[str, list[Any]] = {k: [] for k in (
+        "device", "address", "total_size", "allocated_size", "active_size", "requested_size",
+        "stream", "segment_type", "pool_id", "is_expandable", "stack_id")}
+    blk_rows: dict[str, list[Any]] = {k: [] for k in ("device", "segment", "addr", "size", "requested_size", "state", "stack_id")}
+    for i, s in enumerate(segments):
+        if not isinstance(s, dict) or "address" not in s or "total_size" not in s:
+            raise MemprofError("a segment has no 'address' or 'total_size': not a snapshot this tool understands")
+        dev = int(s.get("device", 0))
+        blocks = s.get("blocks", []) or []
+        addr = int(s["address"])
+        alloc_sz = act_sz = req_sz = 0
+        for b in blocks:
+            size = int(b.get("size", 0))
+            state = str(b.get("state", "inactive"))
+            frames = b.get("frames")
+            req = b.get("requested_size")
+            if frames is None and b.get("history"):  # legacy (torch <= 2.0) block history
+                h0 = b["history"][0]
+                frames = h0.get("frames")
+                req = req or h0.get("real_size")
+            req = int(req if req is not None else size)
+            baddr = int(b.get("address", addr))
+            blk_rows["device"].append(dev)
+            blk_rows["segment"].append(i)
+            blk_rows["addr"].append(baddr)
+            blk_rows["size"].append(size)
+            blk_rows["requested_size"].append(req)
+            blk_rows["state"].append(state)
+            blk_rows["stack_id"].append(interner.stack(frames or _EMPTY))
+            if state == "active_allocated":
+                alloc_sz += size
+                req_sz += req
+            if state.startswith("active"):
+                act_sz += size
+            addr = baddr + size
+        pool = s.get("segment_pool_id", (0, 0))
+        seg_rows["device"].append(dev)
+        seg_rows["address"].append(int(s["address"]))
+        seg_rows["total_size"].append(int(s["total_size"]))
+        seg_rows["allocated_size"].append(int(s.get("allocated_size", alloc_sz)))
+        seg_rows["active_size"].append(int(s.get("active_size", act_sz)))
+        seg_rows["requested_size"].append(int(s.get("requested_size", req_sz)))
+        seg_rows["stream"].append(int(s.get("stream", 0)))
+        seg_rows["segment_type"].append(str(s.get("segment_type", "large" if int(s["total_size"]) > 1 << 20 else "small")))
+        seg_rows["pool_id"].append(str(tuple(pool)) if isinstance(pool, (list, tuple)) else str(pool))
+        seg_rows["is_expandable"].append(bool(s.get("is_expandable", False)))
+        seg_rows["stack_id"].append(interner.stack(s.get("frames") or _EMPTY))
+    seg = pd.DataFrame(seg_rows).astype(
+        {"device": np.int16, "address": np.int64, "total_size": np.int64, "allocated_size": np.int64,
+         "active_size": np.int64, "requested_size": np.int64, "stream": np.int64, "stack_id": np.int32}
+    )
+    blk = pd.DataFrame(blk_rows).astype(
+        {"device": np.int16, "segment": np.int64, "addr": np.int64, "size": np.int64,
+         "requested_size": np.int64, "stack_id": np.int32}
+    )
+    return seg, blk
+
+
+def _annotations(raw: dict[str, Any]) -> pd.DataFrame:
+    rows = raw.get("external_annotations") or []
+    out = {"device": [], "stage": [], "name": [], "time_us": []}
+    for a in rows:
+        if not isinstance(a, dict):
+            continue
+        out["device"].append(int(a.get("device", 0)))
+        out["stage"].append(str(a.get("stage", "")))
+        out["name"].append(str(a.get("name", "")))
+        out["time_us"].append(int(a.get("time_us", 0)))
+    df = pd.DataFrame(out).astype({"device": np.int16, "time_us": np.int64})
+    return df.sort_values(["device", "time_us"], kind="stable", ignore_index=True)
+
+
+def columns_from_raw(raw: Any, source: str = "<snapshot>", file_format: str = "dict", file_size: int = 0) -> Snapshot:
+    """Turn a raw snapshot object (dict or legacy list) into a columnar :class:`Snapshot`."""
+    snap = _normalise(raw, source)
+    traces = snap.get("device_traces") or []
+    segments_raw = snap.get("segments") or []
+    legacy = bool(snap.get("_legacy_segment_list"))
+    n_devices = len(traces)
+    seg_devices = [int(s.get("device", 0)) for s in segments_raw if isinstance(s, dict)]
+    if seg_devices:
+        n_devices = max(n_devices, max(seg_devices) + 1)
+    info: dict[str, Any] = {
+        "n_devices": n_devices,
+        "format": file_format,
+        "file_size": file_size,
+        "legacy_segment_list": legacy,
+        "allocator_settings": snap.get("allocator_settings") or {},
+        "user_metadata": snap.get("user_metadata") or {},
+        "has_time": True,
+        "unknown_actions": [],
+        "entries_per_device": [len(t) for t in traces],
+    }
+    if not legacy and sum(len(t) for t in traces) == 0:
+        raise MemprofError(
+            f"{source}: the snapshot's trace is empty: record with torch.cuda.memory._record_memory_history() "
+            "enabled before the work you want to see (or use `memprof record`)"
+        )
+    interner = _StackInterner()
+    parts = []
+    for dev, trace in enumerate(traces):
+        if not isinstance(trace, list):
+            raise MemprofError(f"{source}: device_traces[{dev}] is not a list: not a snapshot this tool understands")
+        parts.append(_trace_columns(trace, dev, interner, info))
+    if parts:
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    else:
+        cols = {k: np.zeros(0, dtype=t) for k, t in (
+            ("device", np.int16), ("idx", np.int64), ("action", np.int8), ("addr", np.int64), ("size", np.int64),
+            ("stream", np.int64), ("time_us", np.int64), ("stack_id", np.int32), ("device_free", np.int64))}
+    info["has_frames"] = bool(len(interner.stacks))
+    segs, blocks = _segments_and_blocks(segments_raw, interner)
+    annotations = _annotations(snap)
+    offsets, flat = interner.csr()
+    events = pd.DataFrame(cols, copy=False)
+    return Snapshot(
+        source=source,
+        events=events,
+        frames=interner.frames_frame(),
+        stack_offsets=offsets,
+        stack_frames=flat,
+        segments=segs,
+        blocks=blocks,
+        annotations=annotations,
+        info=info,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Cache
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MEMPROF_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "memprof"
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    ident = f"{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+_TABLES = ("events", "frames", "segments", "blocks", "annotations")
+
+
+def _write_cache(snap: Snapshot, where: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=where.parent))
+    try:
+        for name in _TABLES:
+            feather.write_feather(getattr(snap, name), tmp / f"{name}.arrow", compression="uncompressed")
+        stacks = pa.table({"frame": pa.array(snap.stack_frames)})
+        feather.write_feather(stacks, tmp / "stack_frames.arrow", compression="uncompressed")
+        feather.write_feather(pa.table({"offset": pa.array(snap.stack_offsets)}), tmp / "stack_offsets.arrow", compression="uncompressed")
+        info = {k: v for k, v in snap.info.items() if not k.startswith("_")}
+        (tmp / "info.json").write_text(json.dumps(info, default=str))
+        if where.exists():
+            shutil.rmtree(where, ignore_errors=True)
+        os.replace(tmp, where)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read_cache(source: str, where: Path) -> Snapshot:
+    import pyarrow.feather as feather
+
+    tables = {name: feather.read_table(where / f"{name}.arrow", memory_map=True).to_pandas() for name in _TABLES}
+    frames = feather.read_table(where / "stack_frames.arrow", memory_map=True).column("frame").to_numpy()
+    offsets = feather.read_table(where / "stack_offsets.arrow", memory_map=True).column("offset").to_numpy()
+    info = json.loads((where / "info.json").read_text())
+    return Snapshot(source=source, stack_offsets=offsets, stack_frames=frames, info=info, **tables)
+
+
+def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
+    """Load a snapshot file (``.pickle``, ``.pickle.gz``, ``.json``) as columns, using the cache when fresh."""
+    p = Path(path)
+    if not p.exists():
+        raise MemprofError(f"no such file: {p}")
+    if p.is_dir():
+        raise MemprofError(f"{p} is a folder, not a snapshot file")
+    where = cache_dir() / _cache_key(p) if use_cache else None
+    if where is not None and (where / "info.json").exists():
+        try:
+            return _read_cache(str(p), where)
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            shutil.rmtree(where, ignore_errors=True)
+    raw, fmt = read_raw(p)
+    snap = columns_from_raw(raw, source=str(p), file_format=fmt, file_size=p.stat().st_size)
+    del raw
+    if where is not None:
+        try:
+            _write_cache(snap, where)
+        except OSError:
+            pass  # a read-only or full cache folder must not stop the analysis
+    return snap
+
+
+def iter_snapshot_files(folder: str | os.PathLike[str]) -> Iterable[Path]:
+    """Snapshot files under ``folder`` (recursively), sorted by path."""
+    root = Path(folder)
+    pats = ("*.pickle", "*.pickle.gz", "*.pkl", "*.pkl.gz", "*.json", "*.json.gz")
+    found: set[Path] = set()
+    for pat in pats:
+        found.update(p for p in root.rglob(pat) if ".meta.json" not in p.name and p.is_file())
+    return sorted(found)

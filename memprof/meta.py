@@ -1,0 +1,65 @@
+"""The metadata file memprof writes beside each snapshot: ``NAME.pickle`` -> ``NAME.meta.json``.
+
+Plain JSON, one object. Keys written by the recorder (all optional when reading; a snapshot
+from anyone else has no metadata at all):
+
+    memprof_version, created (ISO time), command (argv that reproduces it),
+    workload: {kind: 'attention'|'transformer'|'script'|'callable', ...every option},
+    device: {type: 'cuda'|'cpu'|'mps', name, total_memory_bytes, index},
+    torch_version, python_version,
+    status: 'ok'|'oom'|'error', error (str, when not ok),
+    record: {max_entries, stacks, context, warmup_steps, measured_steps},
+    timings_ms: {phase: {mean, std, n, samples: [...]}}   # GPU time per phase (CUDA events)
+    cpu_timings_ms: {phase: {mean, std, n, samples}}      # host wall time per phase
+    peak_allocated_bytes, peak_reserved_bytes               # the allocator's own counters
+    parameter_addrs: [[addr, size], ...]                   # parameters' storages (for categories)
+    optimizer_state_addrs, gradient_addrs, input_addrs     # likewise, when known
+    phases: [{name, iteration, start_us, end_us}]          # host-clock ranges, same clock as time_us
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from memprof.errors import MemprofError
+
+SNAPSHOT_SUFFIXES = (".pickle.gz", ".pickle", ".pkl.gz", ".pkl", ".json.gz", ".json")
+
+
+def stem(path: str | os.PathLike[str]) -> Path:
+    """The snapshot path without its snapshot suffix: ``a/b.pickle.gz`` -> ``a/b``."""
+    p = Path(path)
+    name = p.name
+    for suf in SNAPSHOT_SUFFIXES:
+        if name.endswith(suf) and not name.endswith(".meta.json"):
+            return p.with_name(name[: -len(suf)])
+    return p.with_name(p.stem)
+
+
+def meta_path(snapshot_path: str | os.PathLike[str]) -> Path:
+    return stem(snapshot_path).with_name(stem(snapshot_path).name + ".meta.json")
+
+
+def read_meta(snapshot_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata beside a snapshot, or ``{}`` when there is none."""
+    mp = meta_path(snapshot_path)
+    if not mp.exists():
+        return {}
+    try:
+        data = json.loads(mp.read_text())
+    except (OSError, ValueError) as e:
+        raise MemprofError(f"{mp}: unreadable metadata ({e})") from None
+    if not isinstance(data, dict):
+        raise MemprofError(f"{mp}: metadata is not a JSON object")
+    return data
+
+
+def write_meta(snapshot_path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
+    mp = meta_path(snapshot_path)
+    tmp = mp.with_name(mp.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, mp)
+    return mp
