@@ -63,7 +63,9 @@ class Snapshot:
         device (int16), idx (int64, position in that device's trace), action (int8 code into
         :data:`ACTIONS`), addr (int64, -1 when absent), size (int64), stream (int64),
         time_us (int64; the entry's index when the trace has no timestamps),
-        stack_id (int32, -1 when no frames were recorded), device_free (int64, -1 unless oom).
+        stack_id (int32, -1 when no frames were recorded), device_free (int64, -1 unless oom),
+        user_metadata (int32 code into ``info['user_metadata_values']``, -1 when absent; torch's
+        ``_set_memory_metadata`` string, which memprof's recorder sets to the phase label).
     ``frames`` — one row per distinct frame: filename, line, name.
     ``stack_offsets``/``stack_frames`` — interned stacks in CSR form: stack *i* is
         ``frames.iloc[stack_frames[stack_offsets[i]:stack_offsets[i+1]]]``, innermost frame first.
@@ -356,7 +358,29 @@ def _trace_columns(trace: list[dict[str, Any]], device: int, interner: _StackInt
     for i in oom:
         dfree[i] = int(trace[i].get("device_free", -1) or -1)
     cols["device_free"] = dfree
+    cols["user_metadata"] = _string_codes(trace, "user_metadata", info.setdefault("user_metadata_values", []))
     return cols
+
+
+def _string_codes(trace: list[dict[str, Any]], key: str, values: list[str]) -> np.ndarray:
+    """Per-entry optional string as int32 codes into ``values`` (-1: absent or empty)."""
+    n = len(trace)
+    if n == 0 or not any(key in e for e in (trace[0], trace[-1], trace[n // 2])):
+        if not any(key in e for e in trace[:: max(1, n // 64)]):
+            return np.full(n, -1, dtype=np.int32)
+    index = {v: i for i, v in enumerate(values)}
+
+    def code(e: dict[str, Any]) -> int:
+        v = e.get(key)
+        if not v:
+            return -1
+        c = index.get(v)
+        if c is None:
+            c = index[v] = len(values)
+            values.append(str(v))
+        return c
+
+    return np.fromiter(map(code, trace), dtype=np.int32, count=n)
 
 
 def _get_frames(e: dict[str, Any]) -> Any:
@@ -473,7 +497,8 @@ def columns_from_raw(raw: Any, source: str = "<snapshot>", file_format: str = "d
     else:
         cols = {k: np.zeros(0, dtype=t) for k, t in (
             ("device", np.int16), ("idx", np.int64), ("action", np.int8), ("addr", np.int64), ("size", np.int64),
-            ("stream", np.int64), ("time_us", np.int64), ("stack_id", np.int32), ("device_free", np.int64))}
+            ("stream", np.int64), ("time_us", np.int64), ("stack_id", np.int32), ("device_free", np.int64),
+            ("user_metadata", np.int32))}
     info["has_frames"] = bool(len(interner.stacks))
     segs, blocks = _segments_and_blocks(segments_raw, interner)
     annotations = _annotations(snap)

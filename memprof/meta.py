@@ -63,3 +63,28 @@ def write_meta(snapshot_path: str | os.PathLike[str], meta: dict[str, Any]) -> P
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     os.replace(tmp, mp)
     return mp
+
+
+# Phase labels: the recorder marks phases with torch.profiler.record_function(label) (they land in
+# the snapshot's ``external_annotations``) and, where torch has it, with
+# torch.cuda.memory._set_memory_metadata(label) (every trace entry then carries ``user_metadata``).
+PHASE_PREFIX = "memprof/"
+
+
+def phase_label(phase: str, iteration: int | None = None) -> str:
+    """``phase_label('forward', 2) -> 'memprof/forward/2'``; without an iteration: ``'memprof/forward'``."""
+    return f"{PHASE_PREFIX}{phase}" + ("" if iteration is None else f"/{iteration}")
+
+
+def parse_phase_label(label: str) -> tuple[str, int | None] | None:
+    """Inverse of :func:`phase_label`; ``None`` for labels memprof did not write."""
+    if not label.startswith(PHASE_PREFIX):
+        return None
+    rest = label[len(PHASE_PREFIX):]
+    name, _, it = rest.partition("/")
+    if not name:
+        return None
+    try:
+        return name, (int(it) if it else None)
+    except ValueError:
+        return name, None
