@@ -144,18 +144,32 @@ class Snapshot:
         self.info["_user_frames"] = out
         return out
 
-    def site_labels(self, stack_ids: np.ndarray) -> np.ndarray:
-        """'file.py:line:function' of the innermost user frame for each stack id ('<no stack>' for -1)."""
+    def site_labels(self, stack_ids: np.ndarray, alloc_idx: np.ndarray | None = None) -> np.ndarray:
+        """'file.py:line:function' of the innermost user frame for each stack id.
+
+        Allocations without frames get an explanation instead: with ``alloc_idx`` given,
+        -1 means it was allocated before recording started; otherwise no Python frames
+        were on the allocating thread (typically autograd's backward thread, or C++).
+        """
         uf = self.user_frame_ids()
         labels = np.array(
             [f"{os.path.basename(f)}:{l}:{n}" for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
-            + ["<no stack recorded>"],
+            + [NO_FRAMES_LABEL, BEFORE_RECORDING_LABEL],
             dtype=object,
         )
         sid = np.asarray(stack_ids, dtype=np.int64)
-        fid = np.where(sid >= 0, uf[np.clip(sid, 0, max(len(uf) - 1, 0))] if len(uf) else -1, -1)
-        return labels[np.where(fid >= 0, fid, len(labels) - 1)]
+        fid = np.full(len(sid), -1, dtype=np.int64)
+        if len(uf):
+            ok = sid >= 0
+            fid[ok] = uf[sid[ok]]
+        none = len(labels) - 2
+        if alloc_idx is not None:
+            none = np.where(np.asarray(alloc_idx) < 0, len(labels) - 1, len(labels) - 2)
+        return labels[np.where(fid >= 0, fid, none)]
 
+
+NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
+BEFORE_RECORDING_LABEL = "<allocated before recording started>"
 
 _LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
 
