@@ -18,6 +18,7 @@ import contextlib
 import gc
 import statistics
 import time
+import warnings
 import weakref
 from typing import Any, Iterator
 
@@ -83,9 +84,12 @@ def backend_for(device: torch.device, backend: str | None = None) -> str:
 def live_tensors(device_type: str) -> list[torch.Tensor]:
     """Every tensor of ``device_type`` reachable from Python now (for storages alive before a window)."""
     out: list[torch.Tensor] = []
-    for obj in gc.get_objects():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        objs = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    for obj in objs:
         try:
-            if isinstance(obj, torch.Tensor) and obj.device.type == device_type and not obj.is_meta:
+            if True and obj.device.type == device_type and not obj.is_meta:
                 out.append(obj)
         except (RuntimeError, NotImplementedError, ReferenceError):
             continue
