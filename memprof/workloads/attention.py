@@ -31,7 +31,10 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    # The fused (flash / memory-efficient) kernels need (batch, heads, seq, d): with 3-D inputs
+    # PyTorch silently falls back to the math kernel, which materialises the S x S matrices.
+    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), is_causal=causal)
+    return out.squeeze(1)
 
 
 def attention_fn(impl: str) -> Callable[..., torch.Tensor]:
