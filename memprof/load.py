@@ -336,10 +336,12 @@ def _trace_columns(trace: list[dict[str, Any]], device: int, interner: _StackInt
         raise MemprofError("trace entries are not dicts: not a snapshot this tool understands")
     try:
         action = np.fromiter(map(ACTION_CODE.__getitem__, map(itemgetter("action"), trace)), dtype=np.int8, count=n)
-    except KeyError:
+    except (KeyError, TypeError):
         names = [e.get("action") if isinstance(e, dict) else None for e in trace]
         if any(a is None for a in names):
             raise MemprofError("a trace entry has no 'action': not a snapshot this tool understands") from None
+        if not all(isinstance(a, str) for a in names):
+            raise MemprofError("a trace entry's 'action' is not a string: not a snapshot this tool understands") from None
         unknown = sorted({a for a in names if a not in ACTION_CODE})
         info.setdefault("unknown_actions", []).extend(str(u) for u in unknown)
         action = np.fromiter((ACTION_CODE.get(a, A_OTHER) for a in names), dtype=np.int8, count=n)
@@ -584,6 +586,14 @@ def _columns_from_fast(
     return _build_snapshot(snap, source, parts, interner, info)
 
 
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+
+
+def _shape_error(path: Path, e: Exception) -> MemprofError:
+    """A file that decodes but holds the wrong shapes: one line, never a traceback."""
+    return MemprofError(f"{path}: not a snapshot this tool understands ({type(e).__name__}: {str(e)[:120]})")
+
+
 def _fastpickle_module() -> Any:
     from memprof import _fastpickle  # built by setup.py; see load_fast
 
@@ -619,9 +629,12 @@ def load_fast(path: Path, file_format: str) -> Snapshot | None:
         if gc_was:
             gc.enable()
     size = path.stat().st_size
-    if not fast:  # no device_traces recognised (e.g. a legacy segment list): plain objects
-        return columns_from_raw(root, source=str(path), file_format=file_format, file_size=size)
-    return _columns_from_fast(root, stacks, um_values, str(path), file_format, size)
+    try:
+        if not fast:  # no device_traces recognised (e.g. a legacy segment list): plain objects
+            return columns_from_raw(root, source=str(path), file_format=file_format, file_size=size)
+        return _columns_from_fast(root, stacks, um_values, str(path), file_format, size)
+    except _SHAPE_ERRORS as e:
+        raise _shape_error(path, e) from None
 
 
 # ---------------------------------------------------------------------------
@@ -714,9 +727,10 @@ def _load_uncached(p: Path, fast: bool = True) -> Snapshot:
         if snap is not None:
             return snap
     raw, fmt = read_raw(p)
-    snap = columns_from_raw(raw, source=str(p), file_format=fmt, file_size=p.stat().st_size)
-    del raw
-    return snap
+    try:
+        return columns_from_raw(raw, source=str(p), file_format=fmt, file_size=p.stat().st_size)
+    except _SHAPE_ERRORS as e:
+        raise _shape_error(p, e) from None
 
 
 def iter_snapshot_files(folder: str | os.PathLike[str]) -> Iterable[Path]:
