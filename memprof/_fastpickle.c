@@ -48,12 +48,23 @@ typedef struct {
     Py_ssize_t trace;
 } Entry;
 
+/* A frames list being read. 16 bytes: there is one per allocation in a torch snapshot.
+ * While open, items[0:n] are owned references; once done (cap == -1), n is its stack id. */
 typedef struct {
     PyObject **items;
-    Py_ssize_t n, cap;
-    int32_t sid;
-    int done;
+    int32_t n;
+    int32_t cap;
 } Builder;
+#define B_DONE(b) ((b)->cap == -1)
+
+/* Memo slots are tagged words (8 bytes; a snapshot memoises every entry and frames list):
+ * 0 empty, 1 a released trace entry, (idx << 2) | 2 a frames-list builder, else a PyObject* (owned). */
+typedef uintptr_t Slot;
+#define S_EMPTY ((Slot)0)
+#define S_RELEASED ((Slot)1)
+#define S_IS_BUILDER(x) (((x)&3) == 2)
+#define S_BUILDER(i) ((((Slot)(i)) << 2) | 2)
+#define S_IS_OBJ(x) ((x) > 1 && ((x)&3) == 0)
 
 typedef struct {
     PyObject *list; /* strong reference: the (empty) list object standing for this device's trace */
@@ -82,7 +93,7 @@ typedef struct {
     Py_ssize_t sp, scap;
     Py_ssize_t *marks;
     Py_ssize_t nm, mcap;
-    Val *memo;
+    Slot *memo;
     Py_ssize_t memolen;
     Py_ssize_t memo_count; /* filled slots: MEMOIZE stores at this index, as CPython does */
 
@@ -421,33 +432,34 @@ static int32_t intern_items(VM *vm, PyObject **items, Py_ssize_t n, int steal) {
 }
 
 static int32_t builder_finish(VM *vm, Builder *b) {
-    if (b->done)
-        return b->sid;
-    if (b->n == 0)
-        b->sid = -1;
-    else {
-        int32_t sid = intern_items(vm, b->items, b->n, 1);
+    if (B_DONE(b))
+        return b->n;
+    int32_t sid = -1;
+    if (b->n > 0) {
+        sid = intern_items(vm, b->items, b->n, 1);
         if (sid == -2) {
-            /* items not consumed on failure before the list took them: they stay in b and are released at cleanup */
+            /* items the list did not take stay in b (NULLed if taken) and are released at cleanup */
             return -2;
         }
-        b->sid = sid;
-        b->n = 0;
     }
     PyMem_Free(b->items);
     b->items = NULL;
-    b->cap = 0;
-    b->done = 1;
-    return b->sid;
+    b->cap = -1;
+    b->n = sid;
+    return sid;
 }
 
 static int builder_append(VM *vm, Builder *b, PyObject *o /* stolen */) {
-    if (b->done) {
+    if (B_DONE(b)) {
         Py_DECREF(o);
         return unsupported("a frames list grew after it was used");
     }
     if (b->n == b->cap) {
-        Py_ssize_t ncap = b->cap ? b->cap * 2 : 16;
+        if (b->cap >= (1 << 29)) {
+            Py_DECREF(o);
+            return unsupported("a frames list too long");
+        }
+        int32_t ncap = b->cap ? b->cap * 2 : 16;
         PyObject **ni = PyMem_Realloc(b->items, sizeof(PyObject *) * (size_t)ncap);
         if (!ni) {
             Py_DECREF(o);
@@ -464,13 +476,13 @@ static int builder_append(VM *vm, Builder *b, PyObject *o /* stolen */) {
 
 /* A new reference to a plain list equal to a finished builder. */
 static PyObject *builder_materialise(VM *vm, Builder *b) {
-    if (!b->done) {
+    if (!B_DONE(b)) {
         unsupported("a frames list used before it was complete");
         return NULL;
     }
-    if (b->sid < 0)
+    if (b->n < 0)
         return PyList_New(0);
-    PyObject *lst = PyList_GET_ITEM(vm->stacks, b->sid);
+    PyObject *lst = PyList_GET_ITEM(vm->stacks, b->n);
     return PyList_GetSlice(lst, 0, PyList_GET_SIZE(lst));
 }
 
@@ -504,7 +516,7 @@ static PyObject *take_obj(VM *vm, Val *v) {
 /* trace entries */
 
 static int grow_trace(Trace *t) {
-    Py_ssize_t ncap = t->cap ? t->cap * 2 : 1024;
+    Py_ssize_t ncap = t->cap ? t->cap + t->cap / 2 : 1024;
     int8_t *a = PyMem_Realloc(t->action, (size_t)ncap);
     if (!a)
         goto nomem;
@@ -864,7 +876,6 @@ static int op_empty_list(VM *vm) {
                 }
                 Builder *b = &vm->bld[vm->nb];
                 memset(b, 0, sizeof(Builder));
-                b->sid = -1;
                 Val v;
                 v.kind = V_STACKB;
                 v.u.idx = vm->nb++;
@@ -979,22 +990,18 @@ static int memo_put(VM *vm, Py_ssize_t idx) {
             return unsupported("sparse memo");
         Py_ssize_t ncap = vm->memolen ? vm->memolen : 1024;
         while (ncap <= idx)
-            ncap *= 2;
-        Val *nm = PyMem_Realloc(vm->memo, sizeof(Val) * (size_t)ncap);
+            ncap += ncap / 2;
+        Slot *nm = PyMem_Realloc(vm->memo, sizeof(Slot) * (size_t)ncap);
         if (!nm) {
             PyErr_NoMemory();
             return -1;
         }
-        for (Py_ssize_t i = vm->memolen; i < ncap; i++) {
-            nm[i].kind = V_EMPTY;
-            nm[i].u.i = 0;
-        }
+        memset(nm + vm->memolen, 0, sizeof(Slot) * (size_t)(ncap - vm->memolen));
         vm->memo = nm;
         vm->memolen = ncap;
     }
     Val *top = &vm->stack[vm->sp - 1];
-    Val *slot = &vm->memo[idx];
-    Val nv;
+    Slot nv;
     switch (top->kind) {
     case V_INT: {
         PyObject *o = PyLong_FromLongLong(top->u.i);
@@ -1005,42 +1012,46 @@ static int memo_put(VM *vm, Py_ssize_t idx) {
     }
         /* fall through */
     case V_OBJ:
+        if (((uintptr_t)top->u.o & 3) != 0)
+            return malformed("unaligned object");
         Py_INCREF(top->u.o);
-        nv.kind = V_OBJ;
-        nv.u.o = top->u.o;
+        nv = (Slot)top->u.o;
         break;
     case V_ENTRY:
-        nv.kind = V_RELEASED; /* entries are never referenced again: no slot kept */
-        nv.u.i = 0;
+        nv = S_RELEASED; /* entries are never referenced again: no object kept */
         break;
     case V_STACKB:
-        nv = *top;
+        nv = S_BUILDER(top->u.idx);
         break;
     default:
         return malformed("bad stack value");
     }
-    Val old = *slot;
-    if (old.kind == V_EMPTY)
+    Slot old = vm->memo[idx];
+    if (old == S_EMPTY)
         vm->memo_count++;
-    *slot = nv;
-    val_clear(vm, &old);
+    vm->memo[idx] = nv;
+    if (S_IS_OBJ(old))
+        Py_DECREF((PyObject *)old);
     return 0;
 }
 
 static int memo_get(VM *vm, Py_ssize_t idx) {
-    if (idx < 0 || idx >= vm->memolen || vm->memo[idx].kind == V_EMPTY)
+    if (idx < 0 || idx >= vm->memolen || vm->memo[idx] == S_EMPTY)
         return malformed("memo key not found");
-    Val *slot = &vm->memo[idx];
-    if (slot->kind == V_RELEASED)
+    Slot x = vm->memo[idx];
+    if (x == S_RELEASED)
         return unsupported("a trace entry is referenced twice");
-    if (slot->kind == V_OBJ) {
-        PyObject *o = slot->u.o;
-        if (o == vm->dt || trace_index(vm, o) >= 0)
-            return unsupported("a device trace is referenced twice");
-        Py_INCREF(o);
-        return push_obj(vm, o);
+    if (S_IS_BUILDER(x)) {
+        Val v;
+        v.kind = V_STACKB;
+        v.u.idx = (Py_ssize_t)(x >> 2);
+        return push(vm, v);
     }
-    return push(vm, *slot);
+    PyObject *o = (PyObject *)x;
+    if (o == vm->dt || trace_index(vm, o) >= 0)
+        return unsupported("a device trace is referenced twice");
+    Py_INCREF(o);
+    return push_obj(vm, o);
 }
 
 static int parse_line_index(const char *s, Py_ssize_t n, Py_ssize_t *out) {
@@ -1224,24 +1235,35 @@ fail:
 /* ------------------------------------------------------------------------ */
 /* cleanup */
 
+/* The memo and the builders are not needed once the file is read: free them before the result is built. */
+static void release_memo(VM *vm) {
+    for (Py_ssize_t i = 0; i < vm->memolen; i++)
+        if (S_IS_OBJ(vm->memo[i]))
+            Py_DECREF((PyObject *)vm->memo[i]);
+    PyMem_Free(vm->memo);
+    vm->memo = NULL;
+    vm->memolen = 0;
+    for (Py_ssize_t i = 0; i < vm->nb; i++) {
+        Builder *b = &vm->bld[i];
+        if (!B_DONE(b)) {
+            for (Py_ssize_t j = 0; j < b->n; j++)
+                Py_XDECREF(b->items[j]);
+            PyMem_Free(b->items);
+        }
+    }
+    PyMem_Free(vm->bld);
+    vm->bld = NULL;
+    vm->nb = vm->bcap = 0;
+}
+
 static void vm_free(VM *vm) {
     for (Py_ssize_t i = 0; i < vm->sp; i++)
         val_clear(vm, &vm->stack[i]);
     PyMem_Free(vm->stack);
     PyMem_Free(vm->marks);
-    for (Py_ssize_t i = 0; i < vm->memolen; i++)
-        if (vm->memo[i].kind == V_OBJ)
-            Py_XDECREF(vm->memo[i].u.o);
-    PyMem_Free(vm->memo);
+    release_memo(vm);
     PyMem_Free(vm->entries);
     PyMem_Free(vm->efree);
-    for (Py_ssize_t i = 0; i < vm->nb; i++) {
-        Builder *b = &vm->bld[i];
-        for (Py_ssize_t j = 0; j < b->n; j++)
-            Py_XDECREF(b->items[j]);
-        PyMem_Free(b->items);
-    }
-    PyMem_Free(vm->bld);
     for (Py_ssize_t i = 0; i < vm->ntr; i++) {
         Trace *t = &vm->tr[i];
         Py_XDECREF(t->list);
@@ -1309,6 +1331,7 @@ static PyObject *run(VM *vm) {
             PyObject *root = take_obj(vm, &vm->stack[--vm->sp]);
             if (!root)
                 return NULL;
+            release_memo(vm);
             PyObject *r = finish(vm, root);
             Py_DECREF(root);
             return r;
