@@ -31,7 +31,7 @@ import pandas as pd
 from memprof.errors import MemprofError, UnsafePickleError
 from memprof.safe_pickle import safe_load
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
 
 #: Trace actions in code order; ``other`` holds actions this version of memprof does not know.
 ACTIONS: tuple[str, ...] = (
