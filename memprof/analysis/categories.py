@@ -12,8 +12,9 @@ and friends: [[addr, nbytes], ...]). Rules, first match wins:
    created in backward, alive past that backward -> gradient;
    created in the optimizer step, alive past it -> optimizer_state;
    created outside every phase and alive into one -> input;
-3. ``peak-heuristic`` (only whole steps known, e.g. detected from the sawtooth): created before an
-   iteration's peak and freed after it -> activation; created and freed on one side -> temporary;
+3. ``peak-heuristic`` (only whole steps known, e.g. detected from the sawtooth; not for a single
+   whole-window step, where it would say nothing): created before an iteration's peak and freed
+   after it within the iteration -> activation; created and freed on one side of it -> temporary;
 4. otherwise ``unknown`` (e.g. alive for the whole window with no metadata: a parameter, an input
    or optimizer state, the trace cannot tell which).
 """
@@ -127,7 +128,7 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
         for mask, name in reversed(rules):  # first rule wins: apply in reverse
             cat[mask] = name
             src[mask] = "phases"
-    elif len(phases) and rep.n_events:
+    elif len(phases) and rep.n_events and not (phases["source"] == "whole-window").all():
         pk = _iteration_peaks(rep, phases)
         s, e, pidx = pk["start_idx"].to_numpy(), pk["end_idx"].to_numpy(), pk["peak_idx"].to_numpy()
         j = np.searchsorted(s, ai, side="right") - 1

@@ -13,6 +13,7 @@ Sources, in order of trust:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from memprof.load import Snapshot
 from memprof.meta import PHASE_PREFIX, parse_phase_label
 from memprof.replay import Replay
 
+_PHASE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 PHASE_COLUMNS = ["phase", "iteration", "start_us", "end_us", "start_idx", "end_idx", "source"]
 #: Phases that split an iteration (``step`` and ``warmup`` span whole iterations).
 FINE_PHASES = ("forward", "backward", "optimizer")
@@ -51,6 +53,8 @@ def _parse_labels(names: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """(is memprof label, phase, iteration or -1) for each name; parsed once per distinct name."""
     uniq, inv = np.unique(names.to_numpy(dtype=object).astype(str), return_inverse=True)
     parsed = [parse_phase_label(u) for u in uniq]
+    # only labels memprof wrote: a plain phase word (a Python frame such as 'memprof/meta.py(74): f' is not one)
+    parsed = [p if p is not None and _PHASE_WORD.match(p[0]) else None for p in parsed]
     ok = np.array([p is not None for p in parsed], dtype=bool)
     ph = np.array([p[0] if p else "" for p in parsed], dtype=object)
     it = np.array([(p[1] if p and p[1] is not None else -1) for p in parsed], dtype=np.int64)
