@@ -376,3 +376,32 @@ def test_every_snapshot_in_repo() -> None:
         assert (fr["rounding_waste"] >= 0).all() and (fr["free_cached"] >= 0).all(), f
         assert an.verdict.verdict in ("allocator-bound", "compute-bound", "inconclusive"), f
         json.dumps(explain_dict(an))
+
+
+def test_transformer_account_and_batch_oom() -> None:
+    from memprof.analysis.peak import predict_oom, transformer_account
+
+    w = {"kind": "transformer", "vocab_size": 1000, "d_model": 64, "num_layers": 2, "num_heads": 4, "d_ff": 256,
+         "context_length": 32, "batch": 4, "dtype": "fp32"}
+    items, formula, coeffs = transformer_account(w)
+    d = dict(items)
+    p = 2 * 1000 * 64 + 2 * (4 * 64 * 64 + 2 * 64 * 256 + 4 * 64) + 2 * 64
+    assert d[f"parameters (P={p:,} x 4 B)"] == 4 * p
+    assert d["AdamW state (2 x P x 4 B)"] == 8 * p
+    expected = sum(d.values())
+    total = 64 * expected
+    po = predict_oom("transformer", coeffs, expected, expected, total)
+    bmax = po["max_fitting"]
+    def cost(b: int) -> int:
+        return sum(x for _, x in transformer_account({**w, "batch": b})[0])
+    assert cost(bmax) <= total < cost(bmax + 1)
+
+
+def test_annotations_of_other_device_are_ignored() -> None:
+    g = SnapGen()
+    sawtooth(g, 3, n_up=2, size=MiB, up_dt=10, down_dt=10)
+    raw = g.raw()
+    raw["external_annotations"] = raw["external_annotations"] + [
+        {**a, "device": 1, "name": a["name"].replace("step", "forward")} for a in raw["external_annotations"]]
+    an = analyze(columns_from_raw(raw), meta={})
+    assert set(an.phases["phase"]) == {"step"} and len(an.phases) == 3
