@@ -405,3 +405,18 @@ def test_annotations_of_other_device_are_ignored() -> None:
         {**a, "device": 1, "name": a["name"].replace("step", "forward")} for a in raw["external_annotations"]]
     an = analyze(columns_from_raw(raw), meta={})
     assert set(an.phases["phase"]) == {"step"} and len(an.phases) == 3
+
+
+def test_verdict_on_a_cpu_recording_is_inconclusive() -> None:
+    g, cpu_ms = _timed_sawtooth()
+    meta = {"device": {"type": "cpu"}, "timings_ms": {"step": {"mean": cpu_ms}}, "cpu_timings_ms": {"step": {"mean": cpu_ms}}}
+    v = _an(g, meta).verdict
+    assert v.verdict == "inconclusive" and "CUDA device" in v.explanation
+
+
+def test_verdict_prefers_the_recorders_unrecorded_cpu_timings() -> None:
+    g, cpu_ms = _timed_sawtooth()
+    meta = {"timings_ms": {"step": {"mean": 9.0}}, "cpu_timings_ms": {"step": {"mean": 10.0}}}
+    v = _an(g, meta).verdict
+    assert v.numbers["cpu_source"] == "meta cpu_timings_ms" and v.numbers["gpu_busy"] == pytest.approx(0.9)
+    assert v.verdict == "compute-bound"

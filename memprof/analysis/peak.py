@@ -102,30 +102,40 @@ def transformer_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, 
     """Items of a Transformer LM training step trained with AdamW.
 
     P = 2*V*d (embedding + untied LM head) + L*(4*d^2 + 2*d*d_ff + 4*d) + 2*d.
-    Parameters 4P bytes (fp32), gradients 4P, AdamW state 8P (exp_avg and exp_avg_sq, fp32).
+    Parameters 4P bytes (fp32), gradients 4P (modes forward_backward and train), AdamW state 8P
+    (exp_avg and exp_avg_sq, fp32; mode train).
     Activations per layer: S*B*d*(34 + 5*h*S/d) bytes in 16-bit (Korthikanti et al. 2022,
     no recomputation), doubled for fp32; logits B*S*V, twice (logits and their gradient).
     """
-    v = int(_opt(w, "vocab_size", "vocab", default=10000))
+    v = int(_opt(w, "vocab", "vocab_size", default=10000))
     d = int(_opt(w, "d_model", "dim", default=512))
     L = int(_opt(w, "num_layers", "n_layers", "layers", default=4))
     h = int(_opt(w, "num_heads", "n_heads", "heads", default=8))
     dff = int(_opt(w, "d_ff", "ffn_dim", default=4 * d))
-    s = int(_opt(w, "context_length", "seq_len", default=256))
+    s = int(_opt(w, "context", "context_length", "seq_len", default=256))
     b = int(_opt(w, "batch", "batch_size", default=1))
     e = ELEM_BYTES.get(str(_opt(w, "dtype", default="fp32")).lower(), 4)
     p = 2 * v * d + L * (4 * d * d + 2 * d * dff + 4 * d) + 2 * d
     act_layer = s * b * d * (34 + 5 * h * s / d) * (e / 2)
-    items = [
-        (f"parameters (P={p:,} x 4 B)", 4 * p),
-        ("gradients (P x 4 B)", 4 * p),
-        ("AdamW state (2 x P x 4 B)", 8 * p),
-        (f"activations ({L} layers x S*B*d*(34+5*h*S/d)*{e}/2)", int(L * act_layer)),
-        ("logits and their gradient (2 x B*S*V*4)", 2 * b * s * v * 4),
-    ]
-    formula = "16 P (params+grads+AdamW) + L*S*B*d*(34+5hS/d)*e/2 + 2*B*S*V*4"
-    per_sample = L * act_layer / b + 2 * s * v * 4
-    return items, formula, {"fixed": 16 * p, "per_sample": per_sample, "b": b}
+    mode = str(_opt(w, "mode", default="train"))
+    items = [(f"parameters (P={p:,} x 4 B)", 4 * p)]
+    fixed = 4 * p
+    if mode in ("forward_backward", "train"):
+        items.append(("gradients (P x 4 B)", 4 * p))
+        fixed += 4 * p
+    if mode == "train":
+        items.append(("AdamW state (2 x P x 4 B)", 8 * p))
+        fixed += 8 * p
+    if mode == "forward":  # nothing is kept for backward: about one layer's activations and the logits
+        items += [(f"one layer's activations (S*B*d*(34+5*h*S/d)*{e}/2)", int(act_layer)), ("logits (B*S*V*4)", b * s * v * 4)]
+        per_sample = act_layer / b + s * v * 4
+    else:
+        items += [(f"activations ({L} layers x S*B*d*(34+5*h*S/d)*{e}/2)", int(L * act_layer)),
+                  ("logits and their gradient (2 x B*S*V*4)", 2 * b * s * v * 4)]
+        per_sample = L * act_layer / b + 2 * s * v * 4
+    formula = f"{fixed // p} P (params" + (", grads" if mode != "forward" else "") + (", AdamW" if mode == "train" else "") \
+        + ") + activations L*S*B*d*(34+5hS/d)*e/2 + logits B*S*V*4 (x2 with their gradient)"
+    return items, formula, {"fixed": fixed, "per_sample": per_sample, "b": b}
 
 
 def predict_oom(kind: str, coeffs: dict[str, Any], measured: int, expected: int, total: int | None) -> dict[str, Any]:

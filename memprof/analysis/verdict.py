@@ -79,15 +79,18 @@ def _timing_mean(t: Any) -> float | None:
 def phase_cpu_ms(phases: pd.DataFrame, meta: dict[str, Any]) -> tuple[dict[str, float], str]:
     """Mean host-side span (ms) per phase name, and where it came from.
 
-    From the trace's phase ranges (annotations, user_metadata or meta phases; warm-up left
-    out), else from ``meta['cpu_timings_ms']``.
+    ``meta['cpu_timings_ms']`` first when the GPU timings came with it (the recorder times the
+    same unrecorded steps on both sides, so recording overhead does not skew the comparison);
+    else the trace's phase ranges (annotations, user_metadata or meta phases; warm-up left out).
     """
+    cpu = meta.get("cpu_timings_ms") or {}
+    out = {str(k): m for k, v in cpu.items() if (m := _timing_mean(v)) is not None}
+    if out and meta.get("timings_ms"):
+        return out, "meta cpu_timings_ms"
     p = phases[phases["source"].isin(["annotations", "user_metadata", "meta"]) & (phases["phase"] != "warmup")]
     if len(p):
         dur = (p["end_us"] - p["start_us"]) / 1000.0
         return {str(k): float(v) for k, v in dur.groupby(p["phase"]).mean().items()}, f"trace ({p['source'].iloc[0]})"
-    cpu = meta.get("cpu_timings_ms") or {}
-    out = {str(k): m for k, v in cpu.items() if (m := _timing_mean(v)) is not None}
     return out, "meta cpu_timings_ms"
 
 
@@ -125,12 +128,17 @@ def allocator_bound_verdict(rep: Replay, phases: pd.DataFrame, meta: dict[str, A
     )
 
     gpu = {str(k): m for k, v in (meta.get("timings_ms") or {}).items() if (m := _timing_mean(v)) is not None}
+    dev_type = str((meta.get("device") or {}).get("type", "cuda"))
+    if dev_type != "cuda":
+        gpu = {}  # on cpu/mps the recorder's "GPU" timings are host times: nothing to compare
     cpu, cpu_source = phase_cpu_ms(phases, meta)
     nums["cpu_source"] = cpu_source
     common = [p for p in FINE_PHASES if p in gpu and p in cpu] or [p for p in gpu if p in cpu]
     if not gpu or not common:
         missing = []
-        if not gpu:
+        if dev_type != "cuda":
+            missing.append(f"a CUDA device (this run was on {dev_type}, so there is no separate GPU time)")
+        elif not gpu:
             missing.append("the GPU time of each phase (meta['timings_ms'], measured with CUDA events)")
         if not cpu:
             missing.append("the host-side span of each phase (record_function phase annotations or meta['cpu_timings_ms'])")
