@@ -1,0 +1,184 @@
+"""Allocator-bound or compute-bound? A verdict with its numbers, a plain explanation and remedies.
+
+A memory trace's ``time_us`` is CPU issue time: when the host asked the allocator for memory.
+The recorder also measures each phase's GPU time with CUDA events (``meta['timings_ms']``).
+If the GPU needs much less time than the host took to issue the phase, the GPU sat waiting for
+the host: the CPU-side path (allocations, kernel launches, Python) sets the pace — seed 004's
+symmetric sawtooth. If the GPU time matches (or exceeds) the host span, the host was held back
+by the GPU (a full launch queue): compute-bound. The ramp symmetry of the sawtooth supports the
+reading but never decides it alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memprof.analysis.phases import FINE_PHASES
+from memprof.replay import Replay
+
+#: GPU time / CPU span below this: the GPU idles most of the phase -> allocator-bound.
+HOST_BOUND_BELOW = 0.6
+#: At or above this: the GPU is busy the whole phase -> compute-bound.
+GPU_BOUND_FROM = 0.85
+#: rise/fall ratios inside [1/SYMMETRIC, SYMMETRIC] count as symmetric ramps.
+SYMMETRIC = 1.5
+
+REMEDIES_HOST = [
+    "Give the GPU more work per launch: a bigger batch (or longer sequences) costs the host the same number of "
+    "allocations and launches but keeps the GPU busy longer.",
+    "Capture the step in a CUDA graph (torch.cuda.graphs, or torch.compile(mode='reduce-overhead')): one launch "
+    "replays every kernel with its memory already planned, so the per-tensor allocator work disappears.",
+    "torch.compile the model: fused kernels mean fewer launches and fewer temporary tensors to allocate and free.",
+    "Make fewer small allocations: reuse buffers, use in-place ops (out=, add_), avoid .clone()/.contiguous() in loops.",
+    "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True so growing memory extends a segment instead of calling "
+    "cudaMalloc for new ones.",
+]
+REMEDIES_GPU = [
+    "The GPU is the bottleneck, so host-side tricks will not help much: use faster kernels (bf16/TF32 matmuls, "
+    "fused attention such as F.scaled_dot_product_attention / FlashAttention).",
+    "torch.compile can still fuse element-wise ops and save memory bandwidth.",
+    "If memory, not time, is the limit: activation checkpointing or a smaller batch trade time for memory.",
+]
+REMEDIES_MISSING = [
+    "Record with `memprof record` (it measures each phase's GPU time with CUDA events and writes it to the "
+    "snapshot's .meta.json) and run `memprof explain` again.",
+]
+
+
+@dataclass
+class Verdict:
+    """``verdict`` is 'allocator-bound', 'compute-bound' or 'inconclusive'."""
+
+    verdict: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    explanation: str = ""
+    remedies: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "numbers": self.numbers, "explanation": self.explanation, "remedies": self.remedies}
+
+
+def _timing_mean(t: Any) -> float | None:
+    if isinstance(t, dict):
+        v = t.get("mean")
+        if v is None and t.get("samples"):
+            v = float(np.mean(t["samples"]))
+    else:
+        v = t
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) and f >= 0 else None
+
+
+def phase_cpu_ms(phases: pd.DataFrame, meta: dict[str, Any]) -> tuple[dict[str, float], str]:
+    """Mean host-side span (ms) per phase name, and where it came from.
+
+    ``meta['cpu_timings_ms']`` first when the GPU timings came with it (the recorder times the
+    same unrecorded steps on both sides, so recording overhead does not skew the comparison);
+    else the trace's phase ranges (annotations, user_metadata or meta phases; warm-up left out).
+    """
+    cpu = meta.get("cpu_timings_ms") or {}
+    out = {str(k): m for k, v in cpu.items() if (m := _timing_mean(v)) is not None}
+    if out and meta.get("timings_ms"):
+        return out, "meta cpu_timings_ms"
+    p = phases[phases["source"].isin(["annotations", "user_metadata", "meta"]) & (phases["phase"] != "warmup")]
+    if len(p):
+        dur = (p["end_us"] - p["start_us"]) / 1000.0
+        return {str(k): float(v) for k, v in dur.groupby(p["phase"]).mean().items()}, f"trace ({p['source'].iloc[0]})"
+    return out, "meta cpu_timings_ms"
+
+
+def allocator_bound_verdict(rep: Replay, phases: pd.DataFrame, meta: dict[str, Any] | None,
+                            iterations: pd.DataFrame | None = None) -> Verdict:
+    """Decide whether the host-side allocation/launch path or the GPU sets the pace.
+
+    ``numbers`` holds: per_phase {phase: {cpu_ms, gpu_ms, gpu_busy}}, gpu_ms, cpu_ms, gpu_busy
+    (GPU time / CPU span over the compared phases), cpu_source, rise_fall_ratio (median over
+    iterations), rise_allocs_per_ms, fall_frees_per_ms, symmetric_ramps, n_iterations, and the
+    thresholds used.
+    """
+    meta = meta or {}
+    if iterations is None:
+        from memprof.analysis.sawtooth import iterations as _its
+
+        iterations = _its(rep, phases)
+    nums: dict[str, Any] = {"host_bound_below": HOST_BOUND_BELOW, "gpu_bound_from": GPU_BOUND_FROM,
+                            "n_iterations": int(len(iterations))}
+    if len(iterations):
+        rf = iterations["rise_fall_ratio"].to_numpy(dtype=np.float64)
+        rf = rf[np.isfinite(rf)]
+        nums["rise_fall_ratio"] = float(np.median(rf)) if len(rf) else None
+        nums["rise_allocs_per_ms"] = float(np.nanmedian(iterations["rise_allocs_per_ms"])) if iterations["rise_allocs_per_ms"].notna().any() else None
+        nums["fall_frees_per_ms"] = float(np.nanmedian(iterations["fall_frees_per_ms"])) if iterations["fall_frees_per_ms"].notna().any() else None
+    else:
+        nums["rise_fall_ratio"] = nums["rise_allocs_per_ms"] = nums["fall_frees_per_ms"] = None
+    rfr = nums["rise_fall_ratio"]
+    symmetric = None if rfr is None else bool(1 / SYMMETRIC <= rfr <= SYMMETRIC)
+    nums["symmetric_ramps"] = symmetric
+    ramp_text = "" if rfr is None else (
+        f" The sawtooth's rise takes {rfr:.2f}x as long as its fall"
+        + (" (symmetric ramps: the host allocates and frees at about the same pace)" if symmetric else
+           " (asymmetric ramps)") + "."
+    )
+
+    gpu = {str(k): m for k, v in (meta.get("timings_ms") or {}).items() if (m := _timing_mean(v)) is not None}
+    dev_type = str((meta.get("device") or {}).get("type", "cuda"))
+    if dev_type != "cuda":
+        gpu = {}  # on cpu/mps the recorder's "GPU" timings are host times: nothing to compare
+    cpu, cpu_source = phase_cpu_ms(phases, meta)
+    nums["cpu_source"] = cpu_source
+    common = [p for p in FINE_PHASES if p in gpu and p in cpu] or [p for p in gpu if p in cpu]
+    if not gpu or not common:
+        missing = []
+        if dev_type != "cuda":
+            missing.append(f"a CUDA device (this run was on {dev_type}, so there is no separate GPU time)")
+        elif not gpu:
+            missing.append("the GPU time of each phase (meta['timings_ms'], measured with CUDA events)")
+        if not cpu:
+            missing.append("the host-side span of each phase (record_function phase annotations or meta['cpu_timings_ms'])")
+        if gpu and cpu and not common:
+            missing.append(f"phases with both timings (GPU: {sorted(gpu)}, host: {sorted(cpu)})")
+        return Verdict(
+            "inconclusive", nums,
+            "A memory trace only shows when the host (CPU) asked for memory, not when the GPU did the work, so it "
+            "cannot say by itself which side is slow. Missing: " + "; ".join(missing) + "." + ramp_text
+            + " Symmetric ramps hint at an allocator-bound loop, but they are not proof on their own.",
+            list(REMEDIES_MISSING),
+        )
+    per = {p: {"cpu_ms": cpu[p], "gpu_ms": gpu[p], "gpu_busy": (gpu[p] / cpu[p]) if cpu[p] > 0 else None} for p in common}
+    g_ms, c_ms = sum(gpu[p] for p in common), sum(cpu[p] for p in common)
+    busy = g_ms / c_ms if c_ms > 0 else float("inf")
+    nums.update(per_phase=per, gpu_ms=g_ms, cpu_ms=c_ms, gpu_busy=busy)
+    head = (f"Over {', '.join(common)}, the host took {c_ms:.2f} ms to issue the work and the GPU needed "
+            f"{g_ms:.2f} ms for it (the GPU is busy {busy:.0%} of the host's time).")
+    if busy < HOST_BOUND_BELOW:
+        agree = "" if symmetric is None else (" This agrees with the symmetric ramps." if symmetric else
+                                             " (The ramps are not symmetric, so part of the time is elsewhere.)")
+        return Verdict(
+            "allocator-bound", nums,
+            head + " The GPU finishes each piece of work quickly and then waits for the host to allocate the next "
+            "tensor and launch the next kernel: the CPU-side allocation and launch path sets the pace, not the GPU's "
+            "arithmetic." + ramp_text + agree,
+            list(REMEDIES_HOST),
+        )
+    if busy >= GPU_BOUND_FROM:
+        agree = "" if symmetric is None else (" (Symmetric ramps alone would have suggested the host; the timings "
+                                             "outweigh them.)" if symmetric else " This agrees with the slow rise and faster fall.")
+        return Verdict(
+            "compute-bound", nums,
+            head + " The GPU is busy for (nearly) all of the time the host spends: the host gets ahead and then waits "
+            "for the GPU, so the GPU's work sets the pace." + ramp_text + agree,
+            list(REMEDIES_GPU),
+        )
+    return Verdict(
+        "inconclusive", nums,
+        head + f" That is between the two clear cases (below {HOST_BOUND_BELOW:.0%}: the GPU waits for the host; "
+        f"from {GPU_BOUND_FROM:.0%}: the host waits for the GPU), so both sides matter." + ramp_text,
+        list(REMEDIES_HOST[:2]) + list(REMEDIES_GPU[:1]),
+    )
