@@ -76,9 +76,13 @@ def record_tiny_training(iterations: int = 3, seed: int = 0) -> tuple[dict[str, 
     ]
     annotations = []
     for e in prof.profiler.kineto_results.events():
-        if e.name().startswith("memprof/") and "(" not in e.name():
-            annotations.append({"device": 0, "stage": "START", "name": e.name(), "time_us": e.start_ns() // 1000})
-            annotations.append({"device": 0, "stage": "END", "name": e.name(), "time_us": (e.start_ns() + e.duration_ns()) // 1000})
+        try:
+            name = e.name()
+        except UnicodeDecodeError:  # torch occasionally hands back undecodable names for Python-tracer events
+            continue
+        if name.startswith("memprof/") and "(" not in name:
+            annotations.append({"device": 0, "stage": "START", "name": name, "time_us": e.start_ns() // 1000})
+            annotations.append({"device": 0, "stage": "END", "name": name, "time_us": (e.start_ns() + e.duration_ns()) // 1000})
     meta = {
         "parameter_addrs": _addrs(model.parameters()),
         "optimizer_state_addrs": _addrs(v for st in opt.state.values() for v in st.values()),

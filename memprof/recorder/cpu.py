@@ -41,9 +41,18 @@ def _frames(node: Any) -> list[Frame]:
     while p is not None:
         if p.tag in (_EventType.PyCall, _EventType.PyCCall):
             c = p.extra_fields.caller
-            out.append({"filename": c.file_name, "line": int(c.line_number), "name": c.function_name})
+            out.append({"filename": _text(lambda: c.file_name), "line": int(c.line_number), "name": _text(lambda: c.function_name)})
         p = p.parent
     return out
+
+
+def _text(get: Any, default: str = "??") -> str:
+    # torch's profiler now and then hands back undecodable bytes for a Python-tracer string
+    # (seen with torch 2.13 CPU: UnicodeDecodeError); one bad name must not lose the recording.
+    try:
+        return str(get())
+    except UnicodeDecodeError:
+        return default
 
 
 def _walk(roots: Iterable[Any]) -> Iterable[Any]:
@@ -69,8 +78,11 @@ def profiler_ops(prof: profile, device_type: str = "cpu") -> tuple[list[Op], lis
                 continue
             ops.append((int(e.start_time_ns) // 1000, int(ef.ptr), int(ef.alloc_size), _frames(e)))
         elif e.tag == _EventType.TorchOp and str(e.extra_fields.scope).endswith("USER_SCOPE"):
-            ann.append({"device": 0, "stage": "START", "name": e.name, "time_us": int(e.start_time_ns) // 1000})
-            ann.append({"device": 0, "stage": "END", "name": e.name, "time_us": int(e.end_time_ns) // 1000})
+            name = _text(lambda: e.name, "")
+            if not name:
+                continue
+            ann.append({"device": 0, "stage": "START", "name": name, "time_us": int(e.start_time_ns) // 1000})
+            ann.append({"device": 0, "stage": "END", "name": name, "time_us": int(e.end_time_ns) // 1000})
     ops.sort(key=lambda o: o[0])
     ann.sort(key=lambda a: a["time_us"])
     return ops, ann
