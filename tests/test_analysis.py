@@ -420,3 +420,81 @@ def test_verdict_prefers_the_recorders_unrecorded_cpu_timings() -> None:
     v = _an(g, meta).verdict
     assert v.numbers["cpu_source"] == "meta cpu_timings_ms" and v.numbers["gpu_busy"] == pytest.approx(0.9)
     assert v.verdict == "compute-bound"
+
+
+# --- verdict from measured GPU busy time ----------------------------------------
+
+
+def _busy_meta(busy_step: float, host_step: float = 50.0, launches: int = 2000, event_ratio: float = 1.0) -> dict[str, Any]:
+    """Metadata as the recorder writes it: busy time split 30/50/20 % over forward/backward/optimizer."""
+    split = {"forward": 0.3, "backward": 0.5, "optimizer": 0.2}
+    busy = {p: busy_step * f for p, f in split.items()} | {"step": busy_step}
+    host = {p: host_step * f for p, f in split.items()} | {"step": host_step}
+    return {
+        "device": {"type": "cuda"},
+        "timings_ms": {p: {"mean": v * event_ratio} for p, v in host.items()},  # CUDA events ~ host span
+        "cpu_timings_ms": {p: {"mean": v} for p, v in host.items()},
+        "gpu_busy_ms": busy,
+        "profiled_host_ms": host,
+        "kernel_launches": {p: int(launches * f) for p, f in split.items()} | {"step": launches},
+        "gpu_busy_profile": {"steps": 1},
+    }
+
+
+@pytest.mark.parametrize("busy, launches, expected", [
+    (10.0, 2000, "allocator-bound"),  # 20 % busy, 5 us kernels: the GPU waits for the host
+    (47.0, 400, "compute-bound"),     # 94 % busy
+    (36.0, 1000, "inconclusive"),     # 72 %: between the thresholds
+])  # fmt: skip
+def test_verdict_from_busy_time(busy: float, launches: int, expected: str) -> None:
+    # GIVEN a sawtooth whose CUDA-event time equals the host span (which alone would say compute-bound)
+    g, _ = _timed_sawtooth()
+    # WHEN the metadata carries the measured busy time
+    v = _an(g, _busy_meta(busy, launches=launches)).verdict
+    # THEN busy time decides, and the numbers and explanation carry utilisation and launch rates
+    assert v.verdict == expected
+    n = v.numbers
+    assert n["basis"] == "gpu busy time"
+    assert n["gpu_utilization"] == pytest.approx(busy / 50.0)
+    assert n["launches_per_ms"] == pytest.approx(launches / 50.0)
+    assert n["mean_kernel_us"] == pytest.approx(1000 * busy / launches)
+    assert n["event_over_host"] == pytest.approx(1.0)
+    assert n["per_phase"]["backward"]["utilization"] == pytest.approx(busy / 50.0)
+    assert n["per_phase"]["forward"]["launches"] == int(launches * 0.3)
+    assert f"{busy / 50.0:.0%}" in v.explanation and "per ms" in v.explanation and "idle gaps" in v.explanation
+    assert "Re-record" not in v.explanation
+    if expected == "allocator-bound":
+        assert "many tiny kernels" in v.explanation and any("CUDA graph" in r for r in v.remedies)
+    if expected == "compute-bound":
+        assert any("FlashAttention" in r for r in v.remedies)
+
+
+def test_verdict_busy_high_but_events_disagree_is_inconclusive() -> None:
+    g, _ = _timed_sawtooth()
+    v = _an(g, _busy_meta(47.0, event_ratio=0.5)).verdict
+    assert v.verdict == "inconclusive" and v.numbers["event_over_host"] == pytest.approx(0.5)
+    assert "may not be typical" in v.explanation
+
+
+def test_verdict_busy_time_overrides_cuda_events_host_bound_run() -> None:
+    # GIVEN the golden eager-bf16 shape: events ~ host span (102 %), but the GPU busy only a third of it
+    g, _ = _timed_sawtooth()
+    meta = _busy_meta(16.0, host_step=50.0, event_ratio=1.02)
+    # WHEN / THEN old logic would say compute-bound; busy time says allocator-bound
+    assert _an(g, {k: v for k, v in meta.items() if k not in ("gpu_busy_ms", "profiled_host_ms")}).verdict.verdict == "compute-bound"
+    assert _an(g, meta).verdict.verdict == "allocator-bound"
+
+
+def test_verdict_without_busy_time_says_events_cannot_tell_idle_from_busy() -> None:
+    g, cpu_ms = _timed_sawtooth()
+    v = _an(g, {"timings_ms": {"step": {"mean": cpu_ms}}}).verdict
+    assert v.numbers["basis"] == "cuda events" and "gpu_utilization" not in v.numbers
+    assert "idle" in v.explanation and "Re-record with this memprof version" in v.explanation
+
+
+def test_verdict_busy_time_from_a_cpu_run_is_ignored() -> None:
+    # the recorder writes zero busy time on CPU: no verdict from it
+    g, _ = _timed_sawtooth()
+    meta = _busy_meta(0.0) | {"device": {"type": "cpu"}}
+    v = _an(g, meta).verdict
+    assert v.verdict == "inconclusive" and "CUDA device" in v.explanation

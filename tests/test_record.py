@@ -87,7 +87,7 @@ def test_oom_writes_snapshot_and_exits_3(tmp_path: Path, monkeypatch: pytest.Mon
 
     def step(self, phase=nullphase):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] != 4:  # warm-up 1 + timing 2 -> the first recorded step fails in backward
+        if calls["n"] != 6:  # warm-up 1 + timing 2 + profiled 1 (+ its warm-up) -> the first recorded step fails
             return real_step(self, phase)
 
         def failing(name: str):  # type: ignore[no-untyped-def]

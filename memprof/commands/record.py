@@ -35,6 +35,8 @@ def add_common(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     p.add_argument("--device", default=d, help="cuda, cuda:N, mps or cpu (default: cuda if available, else mps, else cpu)")
     p.add_argument("--steps", type=int, default=argparse.SUPPRESS if suppress else 3, help="measured steps (default 3)")
     p.add_argument("--warmup", type=int, default=argparse.SUPPRESS if suppress else 2, help="warm-up steps before recording (default 2)")
+    p.add_argument("--profile-steps", type=int, default=argparse.SUPPRESS if suppress else 1,
+                   help="steps profiled (after timing, recording off) to measure GPU busy time per phase; 0: none (default 1)")
     p.add_argument("--max-entries", type=int, default=argparse.SUPPRESS if suppress else 1_000_000, help="trace ring-buffer size (default 1,000,000)")
     p.add_argument("--stacks", choices=("python", "all"), default=argparse.SUPPRESS if suppress else "python", help="stack frames to record (CUDA)")
     p.add_argument("--gzip", action="store_true", default=argparse.SUPPRESS if suppress else False, help="write .pickle.gz")
@@ -101,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _opts(args: argparse.Namespace, sub: argparse.Namespace) -> dict[str, Any]:
-    o = {k: getattr(args, k) for k in ("output", "device", "steps", "warmup", "max_entries", "stacks", "gzip", "no_progress")}
+    o = {k: getattr(args, k) for k in ("output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress")}
     o.update({k: v for k, v in vars(sub).items() if k in o})
-    if o["steps"] < 1 or o["warmup"] < 0:
-        raise MemprofError("--steps must be >= 1 and --warmup >= 0")
+    if o["steps"] < 1 or o["warmup"] < 0 or o["profile_steps"] < 0:
+        raise MemprofError("--steps must be >= 1, --warmup >= 0 and --profile-steps >= 0")
     return o
 
 
@@ -114,7 +116,7 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     o = _opts(args, sub)
     if kind == "attention" and sub.impl not in ATTN_IMPLS:
         raise MemprofError(f"unknown attention implementation {sub.impl!r} (use {', '.join(ATTN_IMPLS)})")
-    common = {"output", "device", "steps", "warmup", "max_entries", "stacks", "gzip", "no_progress"}
+    common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress"}
     wopts = {k: v for k, v in vars(sub).items() if k not in common}
 
     from memprof.recorder.runner import record_workload
@@ -126,7 +128,7 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     meta = record_workload(
         workload, path, device, steps=o["steps"], warmup=o["warmup"], max_entries=o["max_entries"], stacks=o["stacks"],
         compress=o["gzip"] or str(path).endswith(".gz"), command=_command(sys.argv[1:] if sys.argv[1:2] == ["record"] else ["record", *target]),
-        progress=not o["no_progress"],
+        progress=not o["no_progress"], profile_steps=o["profile_steps"],
     )  # fmt: skip
     print(summary(meta))
     if meta["status"] == "oom":

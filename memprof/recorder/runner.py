@@ -89,11 +89,15 @@ def record_workload(
     progress: bool = True,
     backend: str | None = None,
     step_hook: Callable[[Workload, int], None] | None = None,
+    profile_steps: int = 1,
 ) -> dict[str, Any]:
     """Run ``workload`` and write its snapshot (when ``path``) and metadata.
 
     Returns the metadata dict (also written beside the snapshot): status ``ok`` or ``oom``.
     ``step_hook(workload, i)`` runs before every step (tests use it to simulate failures).
+    ``profile_steps`` steps after timing (recording off) run under torch.profiler to measure GPU
+    busy time per phase (:mod:`memprof.recorder.busy`); 0 skips them. A profiler failure is
+    written as ``gpu_busy_error`` and the run goes on.
     An OOM is caught: memory is freed, the snapshot (with the allocator's ``oom`` entry on
     CUDA) and metadata are written with status ``oom``; nothing is raised.
     """
@@ -102,11 +106,13 @@ def record_workload(
         workload={"kind": workload.kind, **workload.options},
         command=command,
         status="ok",
-        record={"max_entries": max_entries, "stacks": stacks, "context": "all", "warmup_steps": warmup, "measured_steps": steps},
+        record={"max_entries": max_entries, "stacks": stacks, "context": "all", "warmup_steps": warmup, "measured_steps": steps,
+                "profiled_steps": profile_steps},
     )
     rec: Recording | None = None
     snap: dict[str, Any] | None = None
-    bar = _progress(warmup + 2 * steps if path else warmup + steps, workload.slug(), progress)
+    n_profiled = profile_steps + 1 if profile_steps > 0 else 0  # + the profiler's warm-up step
+    bar = _progress(warmup + n_profiled + (2 * steps if path else steps), workload.slug(), progress)
     stage = "setup"
     try:
         workload.setup(device)
@@ -125,6 +131,9 @@ def record_workload(
                 workload.step(lambda name, _i=i: timer.time(name, _i))
             bar.update()
         meta["timings_ms"], meta["cpu_timings_ms"] = timer.timings()
+        if profile_steps > 0:
+            stage = "profiling"
+            meta.update(_profile(workload, device, profile_steps, warmup + steps, step_hook, bar))
         if path is not None:
             stage = "recording"
             alive = [x for v in workload.tensors().values() for x in v] if device.type != "cuda" else None
@@ -133,7 +142,7 @@ def record_workload(
             meta.update(tensor_addrs(workload))
             for i in range(steps):
                 if step_hook:
-                    step_hook(workload, warmup + steps + i)
+                    step_hook(workload, warmup + steps + n_profiled + i)
                 rec.iteration = i
                 with rec.timer.time("step", i):
                     workload.step(rec.phase)
@@ -171,6 +180,30 @@ def record_workload(
         write_meta(path, meta)
         meta["snapshot_path"] = str(Path(path))
     return meta
+
+
+def _profile(workload: Workload, device: torch.device, n: int, first: int,
+             step_hook: Callable[[Workload, int], None] | None, bar: Any) -> dict[str, Any]:
+    """GPU busy time per phase from ``n`` profiled steps, or ``{'gpu_busy_error': ...}``.
+
+    Runs after the timed steps and before the recorded window, so neither the honest timings
+    nor the snapshot see the profiler. An OOM is re-raised (the run's own OOM handling applies).
+    """
+    from memprof.recorder.busy import profile_steps
+
+    def run_step(phase: Callable[[str], Any], i: int) -> None:
+        if step_hook:
+            step_hook(workload, i)
+        workload.step(phase)
+        bar.update()
+
+    try:
+        return profile_steps(run_step, device.type, n, first)
+    except OOM_ERRORS:
+        raise
+    except Exception as e:  # noqa: BLE001 - CUPTI missing, profiler already running, ...
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return {"gpu_busy_error": f"{type(e).__name__}: {msg}".rstrip(": ")}
 
 
 def _record_oom_step(workload: Workload, device: torch.device, max_entries: int, stacks: str) -> dict[str, Any] | None:
