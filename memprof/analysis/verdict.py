@@ -217,7 +217,8 @@ def busy_verdict(meta: dict[str, Any], nums: dict[str, Any], events: dict[str, f
                  symmetric: bool | None) -> Verdict | None:
     """The verdict from measured GPU busy time (``meta['gpu_busy_ms']``), or None without it.
 
-    Adds to ``nums``: basis 'gpu busy time', gpu_utilization (busy / host span of the step),
+    Adds to ``nums``: basis 'gpu busy time', gpu_utilization (busy / elapsed time of the step: its
+    CUDA-event time on unprofiled steps, else the profiled host span), span_ms,
     busy_ms, host_ms, kernel_launches, launches_per_ms, mean_kernel_us, event_over_host (CUDA-event
     time / unprofiled host time of the step: secondary, idle gaps included), profile_steps, and
     per_phase {phase: {busy_ms, host_ms, utilization, launches, launches_per_ms, mean_kernel_us,
@@ -237,8 +238,13 @@ def busy_verdict(meta: dict[str, Any], nums: dict[str, Any], events: dict[str, f
         b, h, n = sum(busy[p] for p in ps), sum(host[p] for p in ps), sum(launches.get(p, 0.0) for p in ps)
         ev = sum(events[p] for p in ps) if all(p in events for p in ps) else None
         c = sum(honest[p] for p in ps) if all(p in honest for p in ps) else None
-        return {"busy_ms": b, "host_ms": h, "utilization": (b / h) if h > 0 else None, "launches": n,
-                "launches_per_ms": (n / h) if h > 0 else None, "mean_kernel_us": (1000.0 * b / n) if n else None,
+        # The denominator is how long the phase really took: its CUDA-event time on unprofiled steps
+        # (start to end on the GPU's timeline, idle gaps included). The profiled step's host span is
+        # inflated by the profiler's own per-op cost, so it is only the fallback.
+        span = ev if ev else h
+        return {"busy_ms": b, "host_ms": h, "span_ms": span, "span_source": "cuda events" if ev else "profiled host",
+                "utilization": (b / span) if span > 0 else None, "launches": n,
+                "launches_per_ms": (n / span) if span > 0 else None, "mean_kernel_us": (1000.0 * b / n) if n else None,
                 "event_ms": ev, "cpu_ms": c}
 
     per = {p: stats([p]) for p in fine + ([whole] if whole else [])}
@@ -247,16 +253,18 @@ def busy_verdict(meta: dict[str, Any], nums: dict[str, Any], events: dict[str, f
     if util is None:
         return None
     ev_ratio = (tot["event_ms"] / tot["cpu_ms"]) if tot["event_ms"] is not None and tot["cpu_ms"] else None
-    nums.update(basis="gpu busy time", per_phase=per, gpu_utilization=util, busy_ms=tot["busy_ms"],
+    nums.update(basis="gpu busy time", per_phase=per, gpu_utilization=util, busy_ms=tot["busy_ms"], span_ms=tot["span_ms"],
                 host_ms=tot["host_ms"], kernel_launches=tot["launches"], launches_per_ms=tot["launches_per_ms"],
                 mean_kernel_us=tot["mean_kernel_us"], event_over_host=ev_ratio,
                 profile_steps=(meta.get("gpu_busy_profile") or {}).get("steps"))
     scope = "the step" if whole else ", ".join(fine)
-    phase_txt = "; ".join(f"{p} {v['busy_ms']:.2f} of {v['host_ms']:.2f} ms ({v['utilization']:.0%})"
+    phase_txt = "; ".join(f"{p} {v['busy_ms']:.2f} of {v['span_ms']:.2f} ms ({v['utilization']:.0%})"
                           for p, v in per.items() if p != "step" and v["utilization"] is not None)
-    head = (f"On a profiled step the GPU was busy (kernels, copies) {tot['busy_ms']:.2f} ms of the "
-            f"{tot['host_ms']:.2f} ms that {scope} took: GPU utilisation {util:.0%}."
-            + (f" Per phase, busy of host time: {phase_txt}." if phase_txt else ""))
+    took = ("measured with CUDA events on unprofiled steps" if tot["span_source"] == "cuda events"
+            else "the profiled step's host span, which the profiler itself lengthens")
+    head = (f"The GPU was busy (kernels, copies; from a profiled step) {tot['busy_ms']:.2f} ms of the "
+            f"{tot['span_ms']:.2f} ms that {scope} took ({took}): GPU utilisation {util:.0%}."
+            + (f" Per phase, busy of elapsed time: {phase_txt}." if phase_txt else ""))
     if tot["launches"]:
         head += (f" The host launched {tot['launches']:.0f} kernels ({tot['launches_per_ms']:.1f} per ms), "
                  f"{tot['mean_kernel_us']:.1f} us of GPU work each on average"
