@@ -94,6 +94,11 @@ class Snapshot:
     def n_devices(self) -> int:
         return int(self.info.get("n_devices", 0))
 
+    def default_device(self) -> int:
+        """The device with the most trace entries (0 when there is no trace)."""
+        counts = self.info.get("entries_per_device") or []
+        return int(max(range(len(counts)), key=lambda i: counts[i])) if counts else 0
+
     def check_device(self, device: int) -> None:
         if not 0 <= device < max(self.n_devices, 1):
             raise MemprofError(

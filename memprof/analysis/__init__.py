@@ -35,8 +35,7 @@ __all__ = ["Analysis", "analyze", "Diff", "PeakExplanation", "Verdict", "default
 
 def default_device(snap: Snapshot) -> int:
     """The device with the most trace entries."""
-    counts = snap.info.get("entries_per_device") or []
-    return int(max(range(len(counts)), key=lambda i: counts[i])) if counts else 0
+    return snap.default_device()
 
 
 class Analysis:

@@ -23,11 +23,6 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def default_device(snap: Any) -> int:
-    counts = snap.info.get("entries_per_device") or []
-    return int(max(range(len(counts)), key=lambda i: counts[i])) if counts else 0
-
-
 def wrapped(snap: Any, meta: dict[str, Any], device: int) -> bool:
     """True when the trace filled its ring buffer (``max_entries``), so its start was overwritten."""
     counts = snap.info.get("entries_per_device") or [0]
@@ -92,7 +87,7 @@ def render(d: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     snap = load(args.snapshot, use_cache=not args.no_cache)
-    device = default_device(snap) if args.device is None else args.device
+    device = snap.default_device() if args.device is None else args.device
     snap.check_device(device)
     rep = replay(snap, device)
     d = stats_dict(snap, rep, read_meta(args.snapshot), args.top)
