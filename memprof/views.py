@@ -139,6 +139,7 @@ class TimelineModel:
     snap: Snapshot
     rep: Replay
     meta: dict[str, Any]
+    analysis: Any = None
 
 
 def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any = None) -> TimelineModel:
@@ -194,7 +195,7 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
         peak_bytes=int(rep.peak_bytes), peak_ms=(rep.peak_time_us - t0) / 1000.0,
         peak_reserved_bytes=int(rep.peak_reserved_bytes),
         oom_ms=(rep.oom_events["time_us"].to_numpy(dtype=float) - t0) / 1000.0,
-        snap=snap, rep=rep, meta=meta,
+        snap=snap, rep=rep, meta=meta, analysis=analysis,
     )
 
 
@@ -337,3 +338,114 @@ def by_site(df: pd.DataFrame, top: int = 20) -> pd.DataFrame:
     g = df.groupby("site", sort=False).agg(bytes=("size", "sum"), count=("size", "count"),
                                            category=("category", lambda c: c.value_counts().index[0])).reset_index()
     return g.sort_values("bytes", ascending=False, ignore_index=True).head(top)[["site", "category", "bytes", "count"]]
+
+
+def align_offset(m: TimelineModel) -> float:
+    """Where to put 0 when comparing: the start of the first forward phase (else the trace start), in ms."""
+    f = m.phases[m.phases["phase"] == "forward"]
+    return float(f["start_ms"].iloc[0]) if len(f) else 0.0
+
+
+def verdict(m: TimelineModel) -> dict[str, Any]:
+    """Is the peak bound by the tensors themselves or by the allocator (reserved but unused)?
+
+    Uses ``memprof.analysis`` when present; otherwise compares peak reserved to peak allocated.
+    Keys: verdict, explanation, remedies (list), numbers (dict of label -> value).
+    """
+    from memprof.format import fmt_bytes
+
+    a = getattr(m, "analysis", None)
+    if a is not None:
+        try:
+            v = a.verdict
+            return {"verdict": str(v.verdict), "explanation": str(v.explanation), "remedies": list(v.remedies),
+                    "numbers": {str(k): val for k, val in dict(v.numbers).items()}}
+        except Exception:
+            pass
+    alloc, res = m.peak_bytes, m.peak_reserved_bytes
+    slack = res - alloc
+    ratio = res / alloc if alloc else float("inf")
+    total = (m.meta.get("device") or {}).get("total_memory_bytes")
+    at_peak = alive_at(m, m.peak_ms)
+    cats = by_category(at_peak)
+    top = cats.iloc[0] if len(cats) else None
+    if ratio > 1.3 and slack > (64 << 20):
+        v = "allocator-bound"
+        expl = (f"At its peak the caching allocator held {fmt_bytes(res)} but tensors used only {fmt_bytes(alloc)}: "
+                f"{fmt_bytes(slack)} ({(ratio - 1) * 100:.0f}% more) is cached or fragmented blocks.")
+        rem = ["PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", "free or reuse large temporaries earlier",
+               "torch.cuda.empty_cache() between phases if other processes need the memory"]
+    else:
+        v = "tensor-bound"
+        expl = (f"The peak is {fmt_bytes(alloc)} of live tensors (reserved {fmt_bytes(res)}, only {fmt_bytes(slack)} more)"
+                + (f"; the largest share is {top['category']} ({fmt_bytes(int(top['bytes']))})." if top is not None else "."))
+        rem = {"activation": ["activation checkpointing", "smaller batch or sequence length", "fused/flash attention"],
+               "optimizer_state": ["8-bit or sharded optimizer state", "an optimizer with less state (SGD, Adafactor)"],
+               "parameter": ["lower precision weights (bf16)", "sharding (FSDP)"],
+               "temporary": ["in-place ops", "torch.compile to fuse temporaries"]}.get(str(top["category"]) if top is not None else "", [])
+    if len(m.oom_ms):
+        v = "out of memory · " + v
+    numbers: dict[str, Any] = {
+        "peak allocated": fmt_bytes(alloc), "peak reserved": fmt_bytes(res), "reserved / allocated": f"{ratio:.2f}",
+        "allocator slack at peak": fmt_bytes(slack), "allocations alive at peak": f"{len(at_peak):,}",
+        "peak time": f"{m.peak_ms:.3f} ms",
+    }
+    if total:
+        numbers["device memory"] = fmt_bytes(int(total))
+    if m.meta.get("peak_allocated_bytes"):
+        numbers["allocator's own peak (max_memory_allocated)"] = fmt_bytes(int(m.meta["peak_allocated_bytes"]))
+    return {"verdict": v, "explanation": expl, "remedies": rem, "numbers": numbers}
+
+
+def analytic_account(m: TimelineModel) -> pd.DataFrame:
+    """Measured bytes at the peak per category next to what the metadata accounts for.
+
+    Uses ``analysis.peak.analytic`` when present. Columns: item, measured, expected, note.
+    """
+    from memprof.format import fmt_bytes
+
+    a = getattr(m, "analysis", None)
+    if a is not None:
+        try:
+            df = a.peak.analytic
+            return df.astype(str)
+        except Exception:
+            pass
+    at_peak = by_category(alive_at(m, m.peak_ms)).set_index("category")["bytes"]
+    rows = []
+    for cat, key in (("parameter", "parameter_addrs"), ("gradient", "gradient_addrs"), ("optimizer_state", "optimizer_state_addrs"), ("input", "input_addrs")):
+        exp = sum(int(v[1]) for v in (m.meta.get(key) or []) if isinstance(v, (list, tuple)) and len(v) == 2)
+        rows.append((cat, fmt_bytes(int(at_peak.get(cat, 0))), fmt_bytes(exp) if exp else "-", "from the recorded tensor addresses" if exp else "not recorded"))
+    for cat in at_peak.index:
+        if cat not in ("parameter", "gradient", "optimizer_state", "input"):
+            rows.append((cat, fmt_bytes(int(at_peak[cat])), "-", "measured only"))
+    rows.append(("total", fmt_bytes(int(at_peak.sum())), fmt_bytes(m.peak_bytes), "replayed peak"))
+    return pd.DataFrame(rows, columns=["item", "measured", "expected", "note"])
+
+
+def compare_summary(models: list[TimelineModel], labels: list[str]) -> pd.DataFrame:
+    """One row per snapshot. Columns: snapshot, peak_allocated, peak_reserved, delta_peak, duration_ms, allocations."""
+    from memprof.format import fmt_bytes
+
+    base = models[0].peak_bytes
+    return pd.DataFrame({
+        "snapshot": labels,
+        "peak_allocated": [fmt_bytes(m.peak_bytes) for m in models],
+        "peak_reserved": [fmt_bytes(m.peak_reserved_bytes) for m in models],
+        "delta_peak": [fmt_bytes(m.peak_bytes - base) for m in models],
+        "duration_ms": [round(m.end_ms, 3) for m in models],
+        "allocations": [len(m.allocs) for m in models],
+    })
+
+
+def diff_by(models: list[TimelineModel], labels: list[str], key: str) -> pd.DataFrame:
+    """Bytes alive at each snapshot's peak grouped by ``key`` (category or site), one column per
+    snapshot (MiB) and ``delta_MiB`` of the last against the first, largest change first."""
+    cols = {}
+    for lab, m in zip(labels, models):
+        alive = alive_at(m, m.peak_ms)
+        cols[lab] = alive.groupby(key)["size"].sum() / 2**20
+    df = pd.DataFrame(cols).fillna(0.0)
+    df["delta_MiB"] = df[labels[-1]] - df[labels[0]]
+    df = df.reindex(df["delta_MiB"].abs().sort_values(ascending=False).index).round(2)
+    return df.reset_index().rename(columns={"index": key})
