@@ -31,7 +31,7 @@ import pandas as pd
 from memprof.errors import MemprofError, UnsafePickleError
 from memprof.safe_pickle import safe_load
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
 
 #: Trace actions in code order; ``other`` holds actions this version of memprof does not know.
 ACTIONS: tuple[str, ...] = (
@@ -144,18 +144,32 @@ class Snapshot:
         self.info["_user_frames"] = out
         return out
 
-    def site_labels(self, stack_ids: np.ndarray) -> np.ndarray:
-        """'file.py:line:function' of the innermost user frame for each stack id ('<no stack>' for -1)."""
+    def site_labels(self, stack_ids: np.ndarray, alloc_idx: np.ndarray | None = None) -> np.ndarray:
+        """'file.py:line:function' of the innermost user frame for each stack id.
+
+        Allocations without frames get an explanation instead: with ``alloc_idx`` given,
+        -1 means it was allocated before recording started; otherwise no Python frames
+        were on the allocating thread (typically autograd's backward thread, or C++).
+        """
         uf = self.user_frame_ids()
         labels = np.array(
             [f"{os.path.basename(f)}:{l}:{n}" for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
-            + ["<no stack recorded>"],
+            + [NO_FRAMES_LABEL, BEFORE_RECORDING_LABEL],
             dtype=object,
         )
         sid = np.asarray(stack_ids, dtype=np.int64)
-        fid = np.where(sid >= 0, uf[np.clip(sid, 0, max(len(uf) - 1, 0))] if len(uf) else -1, -1)
-        return labels[np.where(fid >= 0, fid, len(labels) - 1)]
+        fid = np.full(len(sid), -1, dtype=np.int64)
+        if len(uf):
+            ok = sid >= 0
+            fid[ok] = uf[sid[ok]]
+        none = len(labels) - 2
+        if alloc_idx is not None:
+            none = np.where(np.asarray(alloc_idx) < 0, len(labels) - 1, len(labels) - 2)
+        return labels[np.where(fid >= 0, fid, none)]
 
+
+NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
+BEFORE_RECORDING_LABEL = "<allocated before recording started>"
 
 _LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
 
@@ -287,7 +301,11 @@ class _StackInterner:
             return np.zeros(0, dtype=np.int32)
         ids = np.fromiter(map(id, frame_lists), dtype=np.int64, count=n)
         uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-        sid = np.fromiter((self.stack(frame_lists[i]) for i in first), dtype=np.int32, count=len(uniq))
+        # Intern in order of first appearance, so stack ids do not depend on memory addresses
+        # (and match the C loader's order).
+        sid = np.empty(len(uniq), dtype=np.int32)
+        for j in np.argsort(first, kind="stable"):
+            sid[j] = self.stack(frame_lists[first[j]])
         return sid[inverse]
 
     def frames_frame(self) -> pd.DataFrame:
@@ -332,10 +350,12 @@ def _trace_columns(trace: list[dict[str, Any]], device: int, interner: _StackInt
         raise MemprofError("trace entries are not dicts: not a snapshot this tool understands")
     try:
         action = np.fromiter(map(ACTION_CODE.__getitem__, map(itemgetter("action"), trace)), dtype=np.int8, count=n)
-    except KeyError:
+    except (KeyError, TypeError):
         names = [e.get("action") if isinstance(e, dict) else None for e in trace]
         if any(a is None for a in names):
             raise MemprofError("a trace entry has no 'action': not a snapshot this tool understands") from None
+        if not all(isinstance(a, str) for a in names):
+            raise MemprofError("a trace entry's 'action' is not a string: not a snapshot this tool understands") from None
         unknown = sorted({a for a in names if a not in ACTION_CODE})
         info.setdefault("unknown_actions", []).extend(str(u) for u in unknown)
         action = np.fromiter((ACTION_CODE.get(a, A_OTHER) for a in names), dtype=np.int8, count=n)
@@ -365,9 +385,8 @@ def _trace_columns(trace: list[dict[str, Any]], device: int, interner: _StackInt
 def _string_codes(trace: list[dict[str, Any]], key: str, values: list[str]) -> np.ndarray:
     """Per-entry optional string as int32 codes into ``values`` (-1: absent or empty)."""
     n = len(trace)
-    if n == 0 or not any(key in e for e in (trace[0], trace[-1], trace[n // 2])):
-        if not any(key in e for e in trace[:: max(1, n // 64)]):
-            return np.full(n, -1, dtype=np.int32)
+    if not any(key in e for e in trace):
+        return np.full(n, -1, dtype=np.int32)
     index = {v: i for i, v in enumerate(values)}
 
     def code(e: dict[str, Any]) -> int:
@@ -460,17 +479,27 @@ def _annotations(raw: dict[str, Any]) -> pd.DataFrame:
     return df.sort_values(["device", "time_us"], kind="stable", ignore_index=True)
 
 
-def columns_from_raw(raw: Any, source: str = "<snapshot>", file_format: str = "dict", file_size: int = 0) -> Snapshot:
-    """Turn a raw snapshot object (dict or legacy list) into a columnar :class:`Snapshot`."""
-    snap = _normalise(raw, source)
-    traces = snap.get("device_traces") or []
+_EVENT_DTYPES: tuple[tuple[str, Any], ...] = (
+    ("device", np.int16), ("idx", np.int64), ("action", np.int8), ("addr", np.int64), ("size", np.int64),
+    ("stream", np.int64), ("time_us", np.int64), ("stack_id", np.int32), ("device_free", np.int64),
+    ("user_metadata", np.int32),
+)
+
+
+def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int], file_format: str, file_size: int) -> dict[str, Any]:
+    """The ``info`` dict shared by both loaders; raises on a snapshot with an empty trace."""
     segments_raw = snap.get("segments") or []
     legacy = bool(snap.get("_legacy_segment_list"))
-    n_devices = len(traces)
+    n_devices = len(entries_per_device)
     seg_devices = [int(s.get("device", 0)) for s in segments_raw if isinstance(s, dict)]
     if seg_devices:
         n_devices = max(n_devices, max(seg_devices) + 1)
-    info: dict[str, Any] = {
+    if not legacy and sum(entries_per_device) == 0:
+        raise MemprofError(
+            f"{source}: the snapshot's trace is empty: record with torch.cuda.memory._record_memory_history() "
+            "enabled before the work you want to see (or use `memprof record`)"
+        )
+    return {
         "n_devices": n_devices,
         "format": file_format,
         "file_size": file_size,
@@ -479,28 +508,23 @@ def columns_from_raw(raw: Any, source: str = "<snapshot>", file_format: str = "d
         "user_metadata": snap.get("user_metadata") or {},
         "has_time": True,
         "unknown_actions": [],
-        "entries_per_device": [len(t) for t in traces],
+        "entries_per_device": list(entries_per_device),
+        "user_metadata_values": [],
     }
-    if not legacy and sum(len(t) for t in traces) == 0:
-        raise MemprofError(
-            f"{source}: the snapshot's trace is empty: record with torch.cuda.memory._record_memory_history() "
-            "enabled before the work you want to see (or use `memprof record`)"
-        )
-    interner = _StackInterner()
-    parts = []
-    for dev, trace in enumerate(traces):
-        if not isinstance(trace, list):
-            raise MemprofError(f"{source}: device_traces[{dev}] is not a list: not a snapshot this tool understands")
-        parts.append(_trace_columns(trace, dev, interner, info))
-    if parts:
+
+
+def _build_snapshot(
+    snap: dict[str, Any], source: str, parts: list[dict[str, np.ndarray]], interner: _StackInterner, info: dict[str, Any]
+) -> Snapshot:
+    """Everything but the trace columns, shared by both loaders: segments, blocks, annotations."""
+    if len(parts) == 1:
+        cols = parts[0]  # one device: no copy
+    elif parts:
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     else:
-        cols = {k: np.zeros(0, dtype=t) for k, t in (
-            ("device", np.int16), ("idx", np.int64), ("action", np.int8), ("addr", np.int64), ("size", np.int64),
-            ("stream", np.int64), ("time_us", np.int64), ("stack_id", np.int32), ("device_free", np.int64),
-            ("user_metadata", np.int32))}
+        cols = {k: np.zeros(0, dtype=t) for k, t in _EVENT_DTYPES}
     info["has_frames"] = bool(len(interner.stacks))
-    segs, blocks = _segments_and_blocks(segments_raw, interner)
+    segs, blocks = _segments_and_blocks(snap.get("segments") or [], interner)
     annotations = _annotations(snap)
     offsets, flat = interner.csr()
     events = pd.DataFrame(cols, copy=False)
@@ -515,6 +539,116 @@ def columns_from_raw(raw: Any, source: str = "<snapshot>", file_format: str = "d
         annotations=annotations,
         info=info,
     )
+
+
+def columns_from_raw(raw: Any, source: str = "<snapshot>", file_format: str = "dict", file_size: int = 0) -> Snapshot:
+    """Turn a raw snapshot object (dict or legacy list) into a columnar :class:`Snapshot`."""
+    snap = _normalise(raw, source)
+    traces = snap.get("device_traces") or []
+    for dev, trace in enumerate(traces):
+        if not isinstance(trace, list):
+            raise MemprofError(f"{source}: device_traces[{dev}] is not a list: not a snapshot this tool understands")
+    info = _start_info(snap, source, [len(t) for t in traces], file_format, file_size)
+    interner = _StackInterner()
+    parts = [_trace_columns(trace, dev, interner, info) for dev, trace in enumerate(traces)]
+    return _build_snapshot(snap, source, parts, interner, info)
+
+
+def _columns_from_fast(
+    root: Any, stacks: list[Any], um_values: list[str], source: str, file_format: str, file_size: int
+) -> Snapshot:
+    """A :class:`Snapshot` from the C loader's result: ``root['device_traces']`` holds column dicts."""
+    snap = _normalise(root, source)
+    traces: list[dict[str, Any]] = snap.get("device_traces") or []
+    info = _start_info(snap, source, [int(c["n"]) for c in traces], file_format, file_size)
+    info["user_metadata_values"] = list(um_values)
+    interner = _StackInterner()
+    # The C loader deduplicated stacks by frame identity, in order of first appearance: interning
+    # them in that order gives the same ids as the pure loader. -1 (no frames) maps to the last slot.
+    stack_map = np.fromiter((interner.stack(s) for s in stacks), dtype=np.int32, count=len(stacks))
+    stack_map = np.append(stack_map, np.int32(-1))
+    parts = []
+    for dev, c in enumerate(traces):
+        n = int(c["n"])
+        present = c["present"]
+        if present["action"] < n:
+            raise MemprofError("a trace entry has no 'action': not a snapshot this tool understands")
+        info["unknown_actions"].extend(str(u) for u in sorted(c["unknown_actions"]))
+        action = np.frombuffer(c["action"], dtype=np.int8)
+        has_time = bool(c["time_us_first"])
+        info["has_time"] = bool(info["has_time"] and has_time)
+        dfree = np.frombuffer(c["device_free"], dtype=np.int64)
+        if present["device_free"]:
+            dfree = np.where((action == A_OOM) & (dfree != 0), dfree, -1)  # as `int(e.get(..., -1) or -1)` for oom entries
+        else:
+            dfree = np.full(n, -1, dtype=np.int64)
+        parts.append(
+            {
+                "device": np.full(n, dev, dtype=np.int16),
+                "idx": np.arange(n, dtype=np.int64),
+                "action": action,
+                "addr": np.frombuffer(c["addr"], dtype=np.int64),
+                "size": np.frombuffer(c["size"], dtype=np.int64),
+                "stream": np.frombuffer(c["stream"], dtype=np.int64),
+                "time_us": np.frombuffer(c["time_us"], dtype=np.int64) if has_time else np.arange(n, dtype=np.int64),
+                "stack_id": stack_map[np.frombuffer(c["stack"], dtype=np.int32)],
+                "device_free": dfree,
+                "user_metadata": np.frombuffer(c["user_metadata"], dtype=np.int32),
+            }
+        )
+        c.clear()  # drop the column bytes we no longer need
+    return _build_snapshot(snap, source, parts, interner, info)
+
+
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+
+
+def _shape_error(path: Path, e: Exception) -> MemprofError:
+    """A file that decodes but holds the wrong shapes: one line, never a traceback."""
+    return MemprofError(f"{path}: not a snapshot this tool understands ({type(e).__name__}: {str(e)[:120]})")
+
+
+def _fastpickle_module() -> Any:
+    from memprof import _fastpickle  # built by setup.py; see load_fast
+
+    return _fastpickle
+
+
+def load_fast(path: Path, file_format: str) -> Snapshot | None:
+    """Load a pickle snapshot with the C streaming loader; None when it cannot (then use the pure loader).
+
+    Raises :class:`MemprofError` for a truncated or corrupt file.
+    """
+    try:
+        fp = _fastpickle_module()
+    except ImportError:
+        return None
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        opener = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=0)
+        with opener as f:
+            root, fast, stacks, um_values = fp.load(f, ACTIONS)
+    except fp.Unsupported:
+        return None
+    except fp.Malformed as e:
+        raise MemprofError(f"{path}: truncated or corrupt snapshot ({e})") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise MemprofError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})") from None
+    except MemoryError:
+        raise MemprofError(f"{path}: out of memory while reading") from None
+    except OSError as e:
+        raise MemprofError(f"{path}: cannot read ({e.strerror or e})") from None
+    finally:
+        if gc_was:
+            gc.enable()
+    size = path.stat().st_size
+    try:
+        if not fast:  # no device_traces recognised (e.g. a legacy segment list): plain objects
+            return columns_from_raw(root, source=str(path), file_format=file_format, file_size=size)
+        return _columns_from_fast(root, stacks, um_values, str(path), file_format, size)
+    except _SHAPE_ERRORS as e:
+        raise _shape_error(path, e) from None
 
 
 # ---------------------------------------------------------------------------
@@ -583,15 +717,34 @@ def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
             return _read_cache(str(p), where)
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             shutil.rmtree(where, ignore_errors=True)
-    raw, fmt = read_raw(p)
-    snap = columns_from_raw(raw, source=str(p), file_format=fmt, file_size=p.stat().st_size)
-    del raw
+    snap = _load_uncached(p)
     if where is not None:
         try:
             _write_cache(snap, where)
         except OSError:
             pass  # a read-only or full cache folder must not stop the analysis
     return snap
+
+
+def _pickle_format(p: Path) -> str | None:
+    name = p.name.lower()
+    if name.endswith(".json") or name.endswith(".json.gz"):
+        return None
+    return "pickle.gz" if name.endswith(".gz") else "pickle"
+
+
+def _load_uncached(p: Path, fast: bool = True) -> Snapshot:
+    """Read a snapshot file: the C loader for pickles when it can, else the restricted unpickler."""
+    fmt = _pickle_format(p)
+    if fast and fmt is not None:
+        snap = load_fast(p, fmt)
+        if snap is not None:
+            return snap
+    raw, fmt = read_raw(p)
+    try:
+        return columns_from_raw(raw, source=str(p), file_format=fmt, file_size=p.stat().st_size)
+    except _SHAPE_ERRORS as e:
+        raise _shape_error(p, e) from None
 
 
 def iter_snapshot_files(folder: str | os.PathLike[str]) -> Iterable[Path]:

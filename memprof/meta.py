@@ -11,6 +11,13 @@ from anyone else has no metadata at all):
     record: {max_entries, stacks, context, warmup_steps, measured_steps},
     timings_ms: {phase: {mean, std, n, samples: [...]}}   # GPU time per phase (CUDA events)
     cpu_timings_ms: {phase: {mean, std, n, samples}}      # host wall time per phase
+    gpu_busy_ms: {phase: ms}        # sum of kernel/memcpy/memset durations launched in the phase,
+                                    # from record.profiled_steps profiled steps (memprof.recorder.busy)
+    kernel_launches: {phase: n}     # device ops (kernels, memcpys, memsets) launched in the phase
+    profiled_host_ms: {phase: ms}   # host span of the phase in the profiled step ('step' runs until
+                                    # the GPU is drained); gpu_utilization = busy / span of 'step'
+    gpu_busy_profile: {steps, warmup_steps, activities, device_ops, attribution, profiler_wall_ms}
+    gpu_busy_error (str)            # when the profiler failed (e.g. CUPTI missing): no busy keys
     peak_allocated_bytes, peak_reserved_bytes               # the allocator's own counters
     parameter_addrs: [[addr, size], ...]                   # parameters' storages (for categories)
     optimizer_state_addrs, gradient_addrs, input_addrs     # likewise, when known

@@ -106,6 +106,14 @@ def free_events(action: np.ndarray, addr: np.ndarray) -> np.ndarray:
     return merged | (is_done & ~dropped) | (action == A_FREE)
 
 
+def _prepend(first: float, rest: np.ndarray, dtype: type) -> np.ndarray:
+    """``[first, *rest]`` as one new array (no intermediate copies)."""
+    out = np.empty(len(rest) + 1, dtype=dtype)
+    out[0] = first
+    out[1:] = rest
+    return out
+
+
 def replay(snap: Snapshot, device: int = 0) -> Replay:
     """Replay one device's trace into allocations and timelines."""
     ev = snap.device_events(device)
@@ -144,6 +152,8 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     last_at_addr = np.ones(len(order), dtype=bool)
     last_at_addr[:-1] = ~same_next[:-1]
     alive_end_addrs = o_addr[last_at_addr & o_alloc]
+    # free the sort temporaries before building tables (peak memory on million-event traces)
+    del rel, order, o_addr, o_alloc, same_next, next_is_free, prev_is_alloc, a_pos, orphan_pos, last_at_addr, is_alloc, is_free
 
     blk = snap.blocks
     blk = blk[(blk["device"].to_numpy() == device) & (blk["state"].to_numpy() == "active_allocated")]
@@ -179,15 +189,18 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     d_idx, d_val = d_idx[keep], d_val[keep]
     o = np.argsort(d_idx, kind="stable")
     d_idx, d_val = d_idx[o], d_val[o]
+    del keep, o
     allocated = initial + np.cumsum(d_val)
     timeline = pd.DataFrame(
         {
-            "idx": np.concatenate([[-1], d_idx]).astype(np.int64),
-            "time_us": np.concatenate([[t_us[0] if n else 0.0], t_us[d_idx]]),
-            "delta": np.concatenate([[initial], d_val]).astype(np.int64),
-            "allocated": np.concatenate([[initial], allocated]).astype(np.int64),
-        }
+            "idx": _prepend(-1, d_idx, np.int64),
+            "time_us": _prepend(t_us[0] if n else 0.0, t_us[d_idx], np.float64),
+            "delta": _prepend(initial, d_val, np.int64),
+            "allocated": _prepend(initial, allocated, np.int64),
+        },
+        copy=False,
     )
+    del d_val
     if len(allocated):
         k = int(np.argmax(allocated))
         peak_bytes, peak_idx, peak_t = int(allocated[k]), int(d_idx[k]), float(t_us[d_idx[k]])

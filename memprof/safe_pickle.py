@@ -33,6 +33,8 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ("builtins", "tuple"): tuple,
     ("_codecs", "encode"): _latin1_encode,
 }
+# Protocols 0-2 written by Python 3 spell builtins as Python 2's ``__builtin__`` (fix_imports).
+_ALLOWED.update({("__builtin__", n): f for (m, n), f in list(_ALLOWED.items()) if m == "builtins"})
 
 
 class SafeUnpickler(pickle.Unpickler):

@@ -37,7 +37,7 @@ def wrapped(snap: Any, meta: dict[str, Any], device: int) -> bool:
 
 def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[str, Any]:
     at_peak = rep.at_peak().head(top)
-    sites = snap.site_labels(at_peak["stack_id"].to_numpy())
+    sites = snap.site_labels(at_peak["stack_id"].to_numpy(), at_peak["alloc_idx"].to_numpy())
     return {
         "snapshot": snap.source,
         "device": rep.device,

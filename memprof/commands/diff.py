@@ -1,0 +1,53 @@
+"""``memprof diff A B``: how run B's memory differs from run A's (peak, categories, source lines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from memprof.format import fmt_bytes
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("diff", help="compare two snapshots: peak, categories and source lines at the peak")
+    p.add_argument("a", help="snapshot A (the baseline)")
+    p.add_argument("b", help="snapshot B (compared with A)")
+    p.add_argument("--device", type=int, default=None, help="device index in both (default: most entries)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--top", type=int, default=10, help="how many source lines to list")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
+    return p
+
+
+def _sign(n: int) -> str:
+    return ("+" if n > 0 else "") + fmt_bytes(n)
+
+
+def render(d: dict, a: str, b: str) -> str:
+    pa, pb = d["peak_a_bytes"], d["peak_b_bytes"]
+    rel = f" ({d['peak_delta_bytes'] / pa:+.1%})" if pa else ""
+    lines = [f"A: {a}", f"B: {b}", "",
+             f"PEAK  A {fmt_bytes(pa)}  B {fmt_bytes(pb)}  B-A {_sign(d['peak_delta_bytes'])}{rel}", "",
+             "BY CATEGORY AT THE PEAK"]
+    for c in d["by_category"]:
+        lines.append(f"  {c['category']:<16} {fmt_bytes(c['a_bytes']):>10} -> {fmt_bytes(c['b_bytes']):>10}  {_sign(c['delta']):>11}")
+    if d["by_site"]:
+        lines += ["", "SOURCE LINES THAT CHANGED AT THE PEAK"]
+        for s in d["by_site"]:
+            lines.append(f"  {_sign(s['delta']):>11}  {s['status']:<11} {s['site']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memprof.analysis import analyze
+
+    an_a = analyze(args.a, device=args.device, use_cache=not args.no_cache)
+    an_b = analyze(args.b, device=args.device, use_cache=not args.no_cache)
+    d = an_a.diff(an_b).to_dict(args.top)
+    if args.json:
+        json.dump(d, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(render(d, args.a, args.b))
+    return 0

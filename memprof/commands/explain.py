@@ -1,0 +1,119 @@
+"""``memprof explain SNAPSHOT``: the iterations, the verdict, what fills the peak, fragmentation, OOM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from memprof.format import fmt_bytes, fmt_us
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("explain", help="why memory peaks where it does, and whether the allocator sets the pace")
+    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present")
+    p.add_argument("--device", type=int, default=None, help="device index (default: the device with most entries)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--top", type=int, default=8, help="how many source lines to list at the peak")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
+    return p
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if not np.isfinite(v) else float(v)
+    return v
+
+
+def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
+    """Everything ``memprof explain --json`` prints, as plain JSON values."""
+    from memprof.analysis.fragmentation import fragmentation_summary
+
+    its = an.iterations
+    peak = an.peak
+    pd_ = peak.to_dict(top)
+    return {
+        "snapshot": an.snap.source,
+        "device": an.rep.device,
+        "phase_source": str(an.phases["source"].iloc[0]) if len(an.phases) else None,
+        "phases": [{k: _num(v) for k, v in r.items()} for r in an.phases.to_dict("records")],
+        "iterations": [{k: _num(v) for k, v in r.items()} for r in its.to_dict("records")],
+        "leak": {k: _num(v) for k, v in an.leak.items()},
+        "verdict": an.verdict.to_dict(),
+        "peak_bytes": int(an.rep.peak_bytes),
+        "peak_us": float(an.rep.peak_time_us),
+        "peak_by_category": pd_["by_category"],
+        "peak_by_site": pd_["by_site"],
+        "peak_by_phase": pd_["by_phase"],
+        "analytic": {"items": pd_["analytic"], "expected_bytes": pd_["expected_bytes"],
+                     "difference_bytes": pd_["difference_bytes"], "formula": pd_["formula"]},
+        "predicted_oom": pd_["predicted_oom"],
+        "fragmentation": fragmentation_summary(an.fragmentation, an.rep),
+        "oom": an.oom,
+    }
+
+
+def render(d: dict[str, Any], start_us: float) -> str:
+    v = d["verdict"]
+    lines = [f"{d['snapshot']}  (device {d['device']})", ""]
+    its = d["iterations"]
+    lines.append(f"ITERATIONS  ({len(its)}, phases from {d['phase_source']})")
+    for it in its[:8]:
+        lines.append(f"  #{it['iteration']:<3} peak {fmt_bytes(it['peak_bytes']):>10} at +{fmt_us(it['peak_us'] - start_us):>9}"
+                     f"   rise {fmt_us(it['rise_us']):>9}  fall {fmt_us(it['fall_us']):>9}"
+                     f"   rise/fall {it['rise_fall_ratio']:.2f}" if it["rise_fall_ratio"] is not None else
+                     f"  #{it['iteration']:<3} peak {fmt_bytes(it['peak_bytes']):>10}")
+    if len(its) > 8:
+        lines.append(f"  ... {len(its) - 8} more")
+    lines.append(f"  leak: {d['leak']['explanation']}")
+    lines += ["", f"VERDICT  {v['verdict'].upper()}", f"  {v['explanation']}"]
+    for r in v["remedies"]:
+        lines.append(f"  - {r}")
+    lines += ["", f"PEAK  {fmt_bytes(d['peak_bytes'])} at +{fmt_us(d['peak_us'] - start_us)}"]
+    total = max(d["peak_bytes"], 1)
+    for c, b in d["peak_by_category"].items():
+        lines.append(f"  {c:<16} {fmt_bytes(b):>10}  {b / total:6.1%}")
+    if d["peak_by_site"]:
+        lines.append("  largest source lines:")
+        for s in d["peak_by_site"]:
+            lines.append(f"    {fmt_bytes(s['bytes']):>10}  {s['share']:6.1%}  x{s['count']:<4} {s['site']}")
+    a = d["analytic"]
+    if a["expected_bytes"]:
+        lines.append(f"  expected from the shapes: {fmt_bytes(a['expected_bytes'])} ({a['formula']}); "
+                     f"measured - expected = {fmt_bytes(a['difference_bytes'])}")
+        for k, b in a["items"].items():
+            lines.append(f"    {fmt_bytes(b):>10}  {k}")
+    po = d["predicted_oom"]
+    if po:
+        lines.append(f"  out of memory predicted at {po['parameter']} > {po['max_fitting']:,} "
+                     f"(device {fmt_bytes(po['device_total_bytes'])}); {po['note']}")
+    f = d["fragmentation"]
+    if f:
+        r = f["at_peak_reserved"]
+        lines += ["", f"RESERVED  {fmt_bytes(r['reserved'])} at its peak: {fmt_bytes(r['allocated'])} allocated, "
+                      f"{fmt_bytes(r['rounding_waste'])} rounding waste, {fmt_bytes(r['free_cached'])} free in the cache"
+                      + ("" if f["reserved_complete"] else " (the trace misses segment events: reserved is a lower bound)")]
+    if d["oom"]:
+        lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memprof.analysis import analyze
+    from memprof.load import load
+    from memprof.meta import read_meta
+
+    snap = load(args.snapshot, use_cache=not args.no_cache)
+    an = analyze(snap, device=args.device, meta=read_meta(args.snapshot))
+    d = explain_dict(an, args.top)
+    if args.json:
+        json.dump(d, sys.stdout, default=_num)
+        sys.stdout.write("\n")
+    else:
+        print(render(d, an.rep.start_us))
+    return 0

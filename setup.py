@@ -1,0 +1,17 @@
+"""Builds the optional C loader; everything else is in pyproject.toml.
+
+Without a compiler the extension is skipped and memprof uses its pure-Python loader.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "memprof._fastpickle",
+            ["memprof/_fastpickle.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        )
+    ]
+)
