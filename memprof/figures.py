@@ -167,48 +167,56 @@ def plot_compare(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], phases: S
     return fig
 
 
-def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "impl", title: str = "", log_y: bool = True) -> go.Figure:
-    """One line per ``by`` value of ``y`` against ``x`` on log axes; OOM rows marked with an x at the top."""
+def _numeric_x(v: pd.Series) -> bool:
+    return bool(pd.to_numeric(v, errors="coerce").notna().all()) and len(v) > 0
+
+
+def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series", title: str = "", log_y: bool = True) -> go.Figure:
+    """One line per ``by`` value of ``y`` against ``x`` on log axes (``x`` categorical when not numeric,
+    in file order); OOM rows marked with an x labelled OOM at the top. Error bars from ``<phase>_std``."""
     fig = go.Figure()
-    palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2")
-    std = y.replace("_mean", "_std") if y.endswith("_mean") else None
+    palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2", "#EECA3B", "#FF9DA6", "#9D755D", "#BAB0AC")
+    std = y.replace("_ms", "_std") if y.endswith("_ms") else None
     status = df["status"].astype(str) if "status" in df else pd.Series("ok", index=df.index)
     ok = df[status == "ok"]
     top = pd.to_numeric(ok[y], errors="coerce").max() if len(ok) else 1.0
+    top = top if top == top else 1.0
+    numeric = _numeric_x(df[x])
+    order = list(dict.fromkeys(df[x].astype(str)))
     for i, (key, g) in enumerate(df.groupby(by, sort=True) if by in df else [("all", df)]):
         color = palette[i % len(palette)]
-        g = g.sort_values(x)
+        g = g.sort_values(x) if numeric else g.iloc[np.argsort([order.index(v) for v in g[x].astype(str)], kind="stable")]
         gs = status.loc[g.index]
         good = g[gs == "ok"]
+        xs = pd.to_numeric(good[x]) if numeric else good[x].astype(str)
         err = None
-        if std and std in good:
-            err = {"type": "data", "array": pd.to_numeric(good[std], errors="coerce"), "visible": True}
-        fig.add_trace(go.Scatter(x=good[x], y=pd.to_numeric(good[y], errors="coerce"), mode="lines+markers", name=str(key),
-                                 line={"color": color}, error_y=err))
+        if std and std in good and pd.to_numeric(good[std], errors="coerce").notna().any():
+            err = {"type": "data", "array": pd.to_numeric(good[std], errors="coerce").to_numpy(), "visible": True}
+        fig.add_trace(go.Scatter(x=xs, y=pd.to_numeric(good[y], errors="coerce"), mode="lines+markers", name=str(key),
+                                 line={"color": color}, error_y=err, legendgroup=str(key)))
         bad = g[gs != "ok"]
         if len(bad):
-            fig.add_trace(go.Scatter(x=bad[x], y=[top * 1.3] * len(bad), mode="markers+text", name=f"{key} OOM",
+            fig.add_trace(go.Scatter(x=pd.to_numeric(bad[x]) if numeric else bad[x].astype(str), y=[top * 1.5] * len(bad),
+                                     mode="markers+text", name=f"{key} OOM", legendgroup=str(key),
                                      marker={"symbol": "x", "size": 12, "color": color}, text=["OOM"] * len(bad),
                                      textposition="top center", showlegend=False,
                                      hovertemplate=f"{key}: out of memory at {x}=%{{x}}<extra></extra>"))
-    fig.update_layout(title=title or y, template="plotly_white", height=380, margin={"l": 60, "r": 20, "t": 40, "b": 50},
-                      xaxis={"type": "log", "title": x}, yaxis={"type": "log" if log_y else "linear", "title": y})
+    xaxis: dict[str, Any] = {"type": "log", "title": x} if numeric else {"type": "category", "title": x, "categoryorder": "array", "categoryarray": order}
+    fig.update_layout(title=title or y, template="plotly_white", height=400, margin={"l": 60, "r": 20, "t": 40, "b": 50},
+                      xaxis=xaxis, yaxis={"type": "log" if log_y else "linear", "title": y}, legend={"font": {"size": 10}})
     return fig
 
 
-def plot_speedup(df: pd.DataFrame, baseline: str, y: str = "forward_ms_mean", x: str = "seq_len", by: str = "impl") -> go.Figure:
-    """Speedup over ``baseline`` (baseline time / time) per ``by`` value against ``x``."""
-    ok = df[df.get("status", pd.Series("ok", index=df.index)).astype(str) == "ok"].copy()
-    ok[y] = pd.to_numeric(ok[y], errors="coerce")
-    base = ok[ok[by] == baseline].set_index(x)[y]
+def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
+    """Speedup lines from ``df`` (columns: x, series, speedup; see ``app.common.speedup_frame``)."""
     fig = go.Figure()
-    for key, g in ok.groupby(by, sort=True):
-        if key == baseline:
-            continue
-        g = g.sort_values(x)
-        sp = base.reindex(g[x]).to_numpy() / g[y].to_numpy()
-        fig.add_trace(go.Scatter(x=g[x], y=sp, mode="lines+markers", name=str(key)))
+    numeric = _numeric_x(df[x])
+    order = list(dict.fromkeys(df[x].astype(str)))
+    for key, g in df.groupby("series", sort=True):
+        g = g.sort_values(x) if numeric else g
+        fig.add_trace(go.Scatter(x=g[x] if numeric else g[x].astype(str), y=g["speedup"], mode="lines+markers", name=str(key)))
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888")
-    fig.update_layout(title=f"speedup over {baseline} ({y})", template="plotly_white", height=340,
-                      margin={"l": 60, "r": 20, "t": 40, "b": 50}, xaxis={"type": "log", "title": x}, yaxis_title="×")
+    xaxis: dict[str, Any] = {"type": "log", "title": x} if numeric else {"type": "category", "title": x, "categoryorder": "array", "categoryarray": order}
+    fig.update_layout(title="speedup over the baseline (step time; >1 is faster)", template="plotly_white", height=380,
+                      margin={"l": 60, "r": 20, "t": 40, "b": 50}, xaxis=xaxis, yaxis_title="×", legend={"font": {"size": 10}})
     return fig
