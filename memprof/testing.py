@@ -102,7 +102,10 @@ def training_snapshot(
                 trace.append({"action": "oom", "addr": 0, "size": 40 * h, "stream": 0, "time_us": t, "device_free": h, "frames": _stack(rng, layer, "backward")})
                 mark("END", "backward", it)
                 phases.append({"name": "backward", "iteration": it, "start_us": start, "end_us": t})
-                return _finish(trace, ann, reserved, params, phases, oom=True, iterations=iterations, layers=layers, hidden_mb=hidden_mb)
+                snap, meta = _finish(trace, ann, reserved, params, phases, oom=True, iterations=iterations, layers=layers, hidden_mb=hidden_mb)
+                meta["gradient_addrs"] = [[a, s] for a, s in grads]
+                meta["optimizer_state_addrs"] = [[a, s] for a, s in opt_state]
+                return snap, meta
             if it == 0:
                 grads.append((alloc(h, _stack(rng, layer, "AccumulateGrad")), h))
             tmp_fr = _stack(rng, layer, "linear_backward")
