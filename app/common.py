@@ -87,10 +87,7 @@ def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float 
 def timeline_figure(snap_id: int, device: int | None, height: int = 540) -> tuple[Any, list[int]]:
     m = library().model(snap_id, device)
     traces, rows = timeline_view(snap_id, device, None, None)
-    fig = figures.plot_timeline(m, height=height)
-    fig.data = []
-    fig.add_traces(traces)
-    return fig, rows
+    return figures.plot_timeline(m, height=height, traces=traces), rows
 
 
 def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Patch, list[int]]:

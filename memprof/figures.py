@@ -125,9 +125,12 @@ def phase_labels(phases: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | None = None, k: int = 80, height: int = 520) -> go.Figure:
-    """Allocated and reserved memory over time, the largest allocations stacked, phases, peaks."""
-    traces, _ = timeline_traces(model, x0, x1, k)
+def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | None = None, k: int = 80, height: int = 520,
+                  traces: list[dict[str, Any]] | None = None) -> go.Figure:
+    """Allocated and reserved memory over time, the largest allocations stacked, phases, peaks.
+    ``traces``: already computed :func:`timeline_traces` output (the app caches it per view)."""
+    if traces is None:
+        traces, _ = timeline_traces(model, x0, x1, k)
     fig = go.Figure(data=traces)
     fig.update_layout(
         height=height, margin={"l": 60, "r": 20, "t": 40, "b": 50}, template="plotly_white",
