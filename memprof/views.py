@@ -314,6 +314,9 @@ def stacked_polygons(model: TimelineModel, x0: float | None = None, x1: float | 
         xs = np.array(xs_top + xs_bot[::-1] + xs_top[:1], dtype=float)
         ys = np.array(ys_top + ys_bot[::-1] + ys_top[:1], dtype=np.int64)
         polys.append(Polygon(row=int(vis[i]), category=str(cats[vis[i]]), size=int(sz[i]), xs=xs, ys=ys))
+    if total_t[-1] < hi:
+        total_t.append(hi)  # hold the last height to the right edge, so the fill above it closes there
+        total_y.append(cur)
     return polys, np.array(total_t), np.array(total_y)
 
 
