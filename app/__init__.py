@@ -1,0 +1,40 @@
+"""The memprof dashboard: a Dash multi-page app over a folder of snapshots (``memprof serve``).
+
+Layers: :mod:`memprof.views` (arrays) -> :mod:`memprof.figures` (plotly figures) ->
+:mod:`app.common` (what each callback returns) -> ``app/pages/*`` (layouts and 3-5 line
+callbacks). Component ids carry their page's name (``timeline-graph``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
+         ("Compare", "/compare"), ("Sweeps", "/sweeps"))
+
+
+def create_app(root: str | os.PathLike[str]):  # -> dash.Dash
+    """Build the app serving the snapshots under ``root`` (only those)."""
+    import dash
+    from dash import Dash, dcc, html
+
+    from app import state
+
+    state.configure(root)
+    app = Dash(
+        __name__,
+        use_pages=True,
+        pages_folder=str(Path(__file__).parent / "pages"),
+        assets_folder=str(Path(__file__).parent / "assets"),
+        title="memprof",
+        suppress_callback_exceptions=True,
+        serve_locally=True,
+    )
+    nav = html.Nav(
+        [html.Span("memprof", className="brand")]
+        + [dcc.Link(name, href=href, id=f"nav-{name.lower()}", className="nav-link") for name, href in PAGES],
+        className="navbar",
+    )
+    app.layout = html.Div([nav, html.Main(dash.page_container, className="page")])
+    return app

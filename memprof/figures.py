@@ -1,0 +1,225 @@
+"""Pure figure functions: DataFrames and models in, ``plotly.graph_objects.Figure`` out. No dash.
+
+The timeline's traces are built by :func:`timeline_traces` for a visible x-range, so the app
+can answer a zoom with only new trace data (a ``dash.Patch``) and the report can embed the
+same figure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from memprof.format import fmt_bytes
+from memprof.views import TimelineModel, stacked_polygons, step_view
+
+MIB = float(1 << 20)
+
+CATEGORY_COLORS: dict[str, str] = {
+    "parameter": "#4C78A8",
+    "gradient": "#F58518",
+    "optimizer_state": "#B279A2",
+    "input": "#72B7B2",
+    "activation": "#E45756",
+    "temporary": "#EECA3B",
+    "alive_before_window": "#9D755D",
+    "other": "#54A24B",
+    "autograd_saved": "#FF9DA6",
+    "workspace": "#BAB0AC",
+}
+PHASE_COLORS: dict[str, str] = {"forward": "rgba(76,120,168,0.10)", "backward": "rgba(228,87,86,0.10)", "optimizer": "rgba(84,162,75,0.12)"}
+
+
+def category_color(cat: str) -> str:
+    if cat in CATEGORY_COLORS:
+        return CATEGORY_COLORS[cat]
+    palette = ("#8CD17D", "#D37295", "#79706E", "#FABFD2", "#B6992D", "#499894")
+    return palette[sum(map(ord, cat)) % len(palette)]
+
+
+def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | None = None, k: int = 80, n_buckets: int = 1000) -> tuple[list[dict[str, Any]], list[int]]:
+    """Trace dicts for the visible range ``[x0, x1]`` (ms) and, per trace, the allocation row it draws (-1: none).
+
+    Order: per-allocation polygons of the ``k`` largest allocations (coloured by category,
+    stacked as memory_viz stacks them), their summed height, the rest of allocated memory
+    above it, the allocated and reserved curves (min/max reduced to ``n_buckets``), the
+    per-iteration peaks, the overall peak and any OOM.
+    """
+    polys, st_x, st_y = stacked_polygons(model, x0, x1, k)
+    al = model.allocs
+    sites = al["site"].to_numpy()
+    traces: list[dict[str, Any]] = []
+    rows: list[int] = []
+    shown: set[str] = set()
+    for p in polys:
+        label = f"{fmt_bytes(p.size)} {p.category}"
+        site = str(sites[p.row])
+        traces.append({
+            "type": "scatter", "x": p.xs, "y": p.ys / MIB, "mode": "lines", "fill": "toself",
+            "line": {"width": 0.5, "color": "rgba(255,255,255,0.6)"}, "fillcolor": category_color(p.category),
+            "hoveron": "fills+points", "name": f"{label} · {site}", "legendgroup": p.category,
+            "showlegend": p.category not in shown, "legendgrouptitle": None,
+            "customdata": np.full(len(p.xs), p.row), "text": [f"{label}<br>{site}"] * len(p.xs),
+            "hovertemplate": "%{text}<extra></extra>",
+        })
+        if p.category not in shown:
+            traces[-1]["name"] = p.category
+            traces[-1]["hovertemplate"] = "%{text}<extra></extra>"
+            shown.add(p.category)
+        rows.append(p.row)
+    for t in traces:
+        t.pop("legendgrouptitle", None)
+    sx, sy = step_view(st_x, st_y, x0, x1, n_buckets)
+    traces.append({"type": "scatter", "x": sx, "y": sy / MIB, "mode": "lines", "line": {"width": 0, "shape": "hv"},
+                   "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
+    rows.append(-1)
+    ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
+    traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
+                   "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
+                   "name": "allocated", "hovertemplate": "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+    rows.append(-1)
+    rx, ry = step_view(model.t_res, model.reserved, x0, x1, n_buckets)
+    if len(rx) and rx[-1] < (model.end_ms if x1 is None else x1):
+        rx = np.append(rx, model.end_ms if x1 is None else min(x1, model.end_ms))
+        ry = np.append(ry, ry[-1])
+    traces.append({"type": "scatter", "x": rx, "y": ry / MIB, "mode": "lines",
+                   "line": {"width": 1.5, "color": "#7F3C8D", "dash": "dash", "shape": "hv"},
+                   "name": "reserved", "hovertemplate": "reserved %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+    rows.append(-1)
+    it = model.iterations
+    if len(it):
+        traces.append({"type": "scatter", "x": it["peak_ms"].to_numpy(), "y": it["peak_bytes"].to_numpy() / MIB,
+                       "mode": "markers", "marker": {"symbol": "triangle-down", "size": 10, "color": "#F58518"},
+                       "name": "iteration peaks", "customdata": np.c_[it["iteration"].to_numpy(), it["ramp_ms"].to_numpy()],
+                       "hovertemplate": "iteration %{customdata[0]} peak %{y:.1f} MiB<br>ramp %{customdata[1]:.3f} ms<extra></extra>"})
+        rows.append(-1)
+    traces.append({"type": "scatter", "x": [model.peak_ms], "y": [model.peak_bytes / MIB], "mode": "markers+text",
+                   "marker": {"symbol": "star", "size": 14, "color": "#D62728"}, "text": [f"peak {fmt_bytes(model.peak_bytes)}"],
+                   "textposition": "top center", "name": "peak", "hovertemplate": "peak %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+    rows.append(-1)
+    if len(model.oom_ms):
+        traces.append({"type": "scatter", "x": model.oom_ms, "y": [model.peak_bytes / MIB] * len(model.oom_ms),
+                       "mode": "markers+text", "marker": {"symbol": "x", "size": 14, "color": "#000"}, "text": ["OOM"] * len(model.oom_ms),
+                       "textposition": "bottom center", "name": "out of memory", "hovertemplate": "OOM at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
+    return traces, rows
+
+
+def phase_shapes(phases: pd.DataFrame) -> list[dict[str, Any]]:
+    """Background bands (layout shapes) for forward/backward/optimizer ranges."""
+    return [
+        {"type": "rect", "xref": "x", "yref": "paper", "x0": float(s), "x1": float(e), "y0": 0, "y1": 1, "layer": "below",
+         "line": {"width": 0}, "fillcolor": PHASE_COLORS.get(p, "rgba(120,120,120,0.08)")}
+        for p, s, e in zip(phases["phase"], phases["start_ms"], phases["end_ms"])
+    ]
+
+
+def phase_labels(phases: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"x": (float(s) + float(e)) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom", "showarrow": False,
+         "text": f"{p[:3]}{'' if i < 0 else i}", "font": {"size": 10, "color": "#555"}}
+        for p, i, s, e in zip(phases["phase"], phases["iteration"], phases["start_ms"], phases["end_ms"])
+    ]
+
+
+def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | None = None, k: int = 80, height: int = 520,
+                  traces: list[dict[str, Any]] | None = None) -> go.Figure:
+    """Allocated and reserved memory over time, the largest allocations stacked, phases, peaks.
+    ``traces``: already computed :func:`timeline_traces` output (the app caches it per view)."""
+    if traces is None:
+        traces, _ = timeline_traces(model, x0, x1, k)
+    fig = go.Figure(data=traces)
+    fig.update_layout(
+        height=height, margin={"l": 60, "r": 20, "t": 40, "b": 50}, template="plotly_white",
+        xaxis={"title": "time since trace start (ms)"}, yaxis={"title": "memory (MiB)", "rangemode": "tozero"},
+        shapes=phase_shapes(model.phases), annotations=phase_labels(model.phases) if len(model.phases) <= 40 else [],
+        hovermode="closest", legend={"orientation": "h", "y": -0.18}, uirevision=model.source,
+    )
+    return fig
+
+
+def plot_category_bars(df: pd.DataFrame, title: str = "alive at the peak, by category") -> go.Figure:
+    """Horizontal bars of ``df`` (columns: category, bytes)."""
+    d = df.sort_values("bytes")
+    fig = go.Figure(go.Bar(x=d["bytes"] / MIB, y=d["category"], orientation="h",
+                           marker_color=[category_color(c) for c in d["category"]],
+                           text=[fmt_bytes(b) for b in d["bytes"]], textposition="auto",
+                           hovertemplate="%{y}: %{x:.1f} MiB<extra></extra>"))
+    fig.update_layout(title=title, height=max(220, 40 * len(d) + 90), margin={"l": 140, "r": 20, "t": 40, "b": 40},
+                      template="plotly_white", xaxis_title="MiB")
+    return fig
+
+
+def plot_compare(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], phases: Sequence[pd.DataFrame] | None = None) -> go.Figure:
+    """Allocated memory of several snapshots on one time axis. ``curves``: (label, t_ms, bytes),
+    already aligned (see :func:`memprof.views.align_offset`)."""
+    fig = go.Figure()
+    palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2")
+    for i, (label, x, y) in enumerate(curves):
+        fig.add_trace(go.Scatter(x=x, y=np.asarray(y) / MIB, mode="lines", name=label,
+                                 line={"shape": "hv", "color": palette[i % len(palette)], "width": 1.5},
+                                 hovertemplate=f"{label}<br>%{{y:.1f}} MiB at %{{x:.3f}} ms<extra></extra>"))
+    if phases is not None and len(phases):
+        fig.update_layout(shapes=phase_shapes(phases[0]))
+    fig.update_layout(height=420, template="plotly_white", margin={"l": 60, "r": 20, "t": 30, "b": 50},
+                      xaxis_title="time since first forward (ms)", yaxis_title="allocated (MiB)", hovermode="x unified",
+                      legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def _numeric_x(v: pd.Series) -> bool:
+    return bool(pd.to_numeric(v, errors="coerce").notna().all()) and len(v) > 0
+
+
+def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series", title: str = "", log_y: bool = True) -> go.Figure:
+    """One line per ``by`` value of ``y`` against ``x`` on log axes (``x`` categorical when not numeric,
+    in file order); OOM rows marked with an x labelled OOM at the top. Error bars from ``<phase>_std``."""
+    fig = go.Figure()
+    palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2", "#EECA3B", "#FF9DA6", "#9D755D", "#BAB0AC")
+    std = y.replace("_ms", "_std") if y.endswith("_ms") else None
+    status = df["status"].astype(str) if "status" in df else pd.Series("ok", index=df.index)
+    ok = df[status == "ok"]
+    top = pd.to_numeric(ok[y], errors="coerce").max() if len(ok) else 1.0
+    top = top if top == top else 1.0
+    numeric = _numeric_x(df[x])
+    order = list(dict.fromkeys(df[x].astype(str)))
+    for i, (key, g) in enumerate(df.groupby(by, sort=True) if by in df else [("all", df)]):
+        color = palette[i % len(palette)]
+        g = g.sort_values(x) if numeric else g.iloc[np.argsort([order.index(v) for v in g[x].astype(str)], kind="stable")]
+        gs = status.loc[g.index]
+        good = g[gs == "ok"]
+        xs = pd.to_numeric(good[x]) if numeric else good[x].astype(str)
+        err = None
+        if std and std in good and pd.to_numeric(good[std], errors="coerce").notna().any():
+            err = {"type": "data", "array": pd.to_numeric(good[std], errors="coerce").to_numpy(), "visible": True}
+        fig.add_trace(go.Scatter(x=xs, y=pd.to_numeric(good[y], errors="coerce"), mode="lines+markers", name=str(key),
+                                 line={"color": color}, error_y=err, legendgroup=str(key)))
+        bad = g[gs != "ok"]
+        if len(bad):
+            fig.add_trace(go.Scatter(x=pd.to_numeric(bad[x]) if numeric else bad[x].astype(str), y=[top * 1.5] * len(bad),
+                                     mode="markers+text", name=f"{key} OOM", legendgroup=str(key),
+                                     marker={"symbol": "x", "size": 12, "color": color}, text=["OOM"] * len(bad),
+                                     textposition="top center", showlegend=False,
+                                     hovertemplate=f"{key}: out of memory at {x}=%{{x}}<extra></extra>"))
+    xaxis: dict[str, Any] = {"type": "log", "title": x} if numeric else {"type": "category", "title": x, "categoryorder": "array", "categoryarray": order}
+    fig.update_layout(title=title or y, template="plotly_white", height=400, margin={"l": 60, "r": 20, "t": 40, "b": 50},
+                      xaxis=xaxis, yaxis={"type": "log" if log_y else "linear", "title": y}, legend={"font": {"size": 10}})
+    return fig
+
+
+def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
+    """Speedup lines from ``df`` (columns: x, series, speedup; see ``app.common.speedup_frame``)."""
+    fig = go.Figure()
+    numeric = _numeric_x(df[x])
+    order = list(dict.fromkeys(df[x].astype(str)))
+    for key, g in df.groupby("series", sort=True):
+        g = g.sort_values(x) if numeric else g
+        fig.add_trace(go.Scatter(x=g[x] if numeric else g[x].astype(str), y=g["speedup"], mode="lines+markers", name=str(key)))
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#888")
+    xaxis: dict[str, Any] = {"type": "log", "title": x} if numeric else {"type": "category", "title": x, "categoryorder": "array", "categoryarray": order}
+    fig.update_layout(title="speedup over the baseline (step time; >1 is faster)", template="plotly_white", height=380,
+                      margin={"l": 60, "r": 20, "t": 40, "b": 50}, xaxis=xaxis, yaxis_title="×", legend={"font": {"size": 10}})
+    return fig

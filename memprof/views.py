@@ -1,0 +1,454 @@
+"""What the timeline, the tables and the report show, as plain arrays and DataFrames.
+
+This sits between the analysis layer and :mod:`memprof.figures`: it turns a snapshot, its
+replay and its metadata into a :class:`TimelineModel` (times in ms since the trace start) and
+answers the questions a view asks for a visible x-range: the min/max-reduced step curves
+(:func:`step_view`) and the stacked per-allocation polygons of the largest allocations
+(:func:`stacked_polygons`, as PyTorch's memory_viz draws them). No plotting here.
+
+Categories and phases come from :mod:`memprof.analysis` when it is installed; otherwise the
+small fallbacks below (:func:`phases_table`, :func:`categorize`) are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memprof.downsample import DEFAULT_BUCKETS, minmax_step
+from memprof.load import Snapshot
+from memprof.meta import parse_phase_label
+from memprof.replay import Replay
+
+#: Categories in drawing order, with the fallback colours the figures use.
+CATEGORIES: tuple[str, ...] = (
+    "parameter", "gradient", "optimizer_state", "input", "activation", "temporary", "alive_before_window", "other",
+)
+
+
+def phases_table(snap: Snapshot, meta: dict[str, Any], device: int = 0) -> pd.DataFrame:
+    """Phase ranges from memprof's annotations (``memprof/<phase>/<i>``), else from the metadata.
+
+    Columns: phase (str), iteration (int, -1 when none), start_us, end_us (float).
+    """
+    rows: list[tuple[str, int, float, float]] = []
+    ann = snap.annotations
+    if len(ann):
+        ann = ann[ann["device"].to_numpy() == device]
+        open_: dict[str, float] = {}
+        for stage, name, t in zip(ann["stage"], ann["name"], ann["time_us"]):
+            parsed = parse_phase_label(name)
+            if parsed is None:
+                continue
+            if stage == "START":
+                open_[name] = float(t)
+            elif stage == "END" and name in open_:
+                ph, it = parsed
+                rows.append((ph, -1 if it is None else it, open_.pop(name), float(t)))
+    if not rows:
+        for p in meta.get("phases") or []:
+            try:
+                rows.append((str(p["name"]), int(p.get("iteration", -1) if p.get("iteration") is not None else -1),
+                             float(p["start_us"]), float(p["end_us"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+    df = pd.DataFrame(rows, columns=["phase", "iteration", "start_us", "end_us"])
+    return df.sort_values("start_us", kind="stable", ignore_index=True)
+
+
+def _addr_set(meta: dict[str, Any], key: str) -> np.ndarray:
+    vals = meta.get(key) or []
+    try:
+        return np.array([int(v[0]) for v in vals], dtype=np.int64)
+    except (TypeError, ValueError, IndexError):
+        return np.zeros(0, dtype=np.int64)
+
+
+def phase_of(times_us: np.ndarray, phases: pd.DataFrame) -> np.ndarray:
+    """The phase name in force at each time ('' outside every phase)."""
+    out = np.full(len(times_us), "", dtype=object)
+    if not len(phases):
+        return out
+    st = phases["start_us"].to_numpy()
+    en = phases["end_us"].to_numpy()
+    k = np.searchsorted(st, times_us, side="right") - 1
+    ok = (k >= 0) & ~np.isnan(times_us)
+    kk = np.clip(k, 0, len(st) - 1)
+    ok &= times_us <= en[kk]
+    out[ok] = phases["phase"].to_numpy()[kk[ok]]
+    return out
+
+
+def categorize(rep: Replay, meta: dict[str, Any], phases: pd.DataFrame) -> np.ndarray:
+    """A category per allocation (fallback when :mod:`memprof.analysis` is absent).
+
+    Addresses listed in the metadata win (parameter, gradient, optimizer_state, input); then
+    allocations made in a forward pass and freed in a backward pass are activations; those
+    freed in the phase that made them are temporaries.
+    """
+    a = rep.allocations
+    n = len(a)
+    cat = np.full(n, "other", dtype=object)
+    cat[a["alive_at_start"].to_numpy()] = "alive_before_window"
+    ph_a = phase_of(a["alloc_us"].to_numpy(), phases)
+    ph_f = phase_of(a["free_us"].to_numpy(), phases)
+    freed = ~a["alive_at_end"].to_numpy()
+    born = ~a["alive_at_start"].to_numpy()
+    cat[born & freed & (ph_a == ph_f) & (ph_a != "")] = "temporary"
+    cat[born & (ph_a == "forward") & (ph_f == "backward")] = "activation"
+    addr = a["addr"].to_numpy()
+    for key, name in (("input_addrs", "input"), ("optimizer_state_addrs", "optimizer_state"),
+                      ("gradient_addrs", "gradient"), ("parameter_addrs", "parameter")):
+        s = _addr_set(meta, key)
+        if len(s):
+            # An address is reused; only the first (longest-lived) allocation at it is the tensor.
+            hit = np.isin(addr, s) & ~a.duplicated("addr").to_numpy()
+            cat[hit] = name
+    return cat
+
+
+@dataclass
+class TimelineModel:
+    """Everything the timeline and the tables show for one (file, device).
+
+    ``allocs`` — one row per allocation, in replay order: size, t0_ms, t1_ms (alloc/free in
+        ms since start; the window's ends when unknown), lifetime_us, category, phase (of the
+        alloc), site (innermost user frame), stack_id, alloc_idx, free_idx, alive_at_end.
+    ``phases`` — phase, iteration, start_ms, end_ms.
+    ``iterations`` — iteration, peak_bytes, peak_ms, start_ms, end_ms.
+    """
+
+    source: str
+    device: int
+    start_us: float
+    end_ms: float
+    t_alloc: np.ndarray
+    allocated: np.ndarray
+    t_res: np.ndarray
+    reserved: np.ndarray
+    allocs: pd.DataFrame
+    phases: pd.DataFrame
+    iterations: pd.DataFrame
+    peak_bytes: int
+    peak_ms: float
+    peak_reserved_bytes: int
+    oom_ms: np.ndarray
+    snap: Snapshot
+    rep: Replay
+    meta: dict[str, Any]
+    analysis: Any = None
+
+
+def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any = None) -> TimelineModel:
+    """Assemble the :class:`TimelineModel`; ``analysis`` is a :mod:`memprof.analysis` result when available."""
+    t0 = rep.start_us
+    a = rep.allocations
+    if analysis is not None:
+        ph = analysis.phases[["phase", "iteration", "start_us", "end_us"]].copy()
+        al = analysis.allocations
+        cat = al["category"].astype(str).to_numpy()
+        phase = al["phase"].astype(str).to_numpy() if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
+        site = al["site"].astype(str).to_numpy() if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
+    else:
+        ph = phases_table(snap, meta, rep.device)
+        cat = categorize(rep, meta, ph)
+        phase = phase_of(a["alloc_us"].to_numpy(), ph)
+        site = snap.site_labels(a["stack_id"].to_numpy())
+    end_ms = (rep.end_us - t0) / 1000.0
+    au = a["alloc_us"].to_numpy()
+    fu = a["free_us"].to_numpy()
+    allocs = pd.DataFrame(
+        {
+            "size": a["size"].to_numpy(),
+            "t0_ms": np.where(np.isnan(au), 0.0, (au - t0) / 1000.0),
+            "t1_ms": np.where(np.isnan(fu), end_ms, (fu - t0) / 1000.0),
+            "lifetime_us": np.where(np.isnan(au) | np.isnan(fu), np.nan, fu - au),
+            "category": cat,
+            "phase": phase,
+            "site": site,
+            "stack_id": a["stack_id"].to_numpy(),
+            "alloc_idx": a["alloc_idx"].to_numpy(),
+            "free_idx": a["free_idx"].to_numpy(),
+            "alive_at_end": a["alive_at_end"].to_numpy(),
+        }
+    )
+    phases = pd.DataFrame(
+        {
+            "phase": ph["phase"].astype(str).to_numpy(),
+            "iteration": ph["iteration"].to_numpy(),
+            "start_ms": (ph["start_us"].to_numpy(dtype=float) - t0) / 1000.0,
+            "end_ms": (ph["end_us"].to_numpy(dtype=float) - t0) / 1000.0,
+        }
+    )
+    tl = rep.timeline
+    t_alloc = (tl["time_us"].to_numpy() - t0) / 1000.0
+    allocated = tl["allocated"].to_numpy()
+    iters = iteration_peaks(t_alloc, allocated, phases)
+    return TimelineModel(
+        source=snap.source, device=rep.device, start_us=t0, end_ms=end_ms,
+        t_alloc=t_alloc, allocated=allocated,
+        t_res=(rep.reserved["time_us"].to_numpy() - t0) / 1000.0, reserved=rep.reserved["reserved"].to_numpy(),
+        allocs=allocs, phases=phases, iterations=iters,
+        peak_bytes=int(rep.peak_bytes), peak_ms=(rep.peak_time_us - t0) / 1000.0,
+        peak_reserved_bytes=int(rep.peak_reserved_bytes),
+        oom_ms=(rep.oom_events["time_us"].to_numpy(dtype=float) - t0) / 1000.0,
+        snap=snap, rep=rep, meta=meta, analysis=analysis,
+    )
+
+
+def iteration_peaks(t_ms: np.ndarray, allocated: np.ndarray, phases: pd.DataFrame) -> pd.DataFrame:
+    """Per-iteration peak of allocated bytes.
+
+    Columns: iteration, start_ms, end_ms, peak_bytes, peak_ms, ramp_ms (from the iteration's
+    start to its peak).
+    """
+    cols = ["iteration", "start_ms", "end_ms", "peak_bytes", "peak_ms", "ramp_ms"]
+    ph = phases[phases["iteration"] >= 0]
+    if not len(ph) or not len(t_ms):
+        return pd.DataFrame(columns=cols)
+    g = ph.groupby("iteration", sort=True).agg(start_ms=("start_ms", "min"), end_ms=("end_ms", "max")).reset_index()
+    rows = []
+    for it, s, e in zip(g["iteration"], g["start_ms"], g["end_ms"]):
+        lo = max(int(np.searchsorted(t_ms, s, side="right")) - 1, 0)
+        hi = int(np.searchsorted(t_ms, e, side="right"))
+        if hi <= lo:
+            continue
+        k = lo + int(np.argmax(allocated[lo:hi]))
+        rows.append((int(it), float(s), float(e), int(allocated[k]), float(max(t_ms[k], s)), float(max(t_ms[k], s) - s)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def step_view(x: np.ndarray, y: np.ndarray, x0: float | None, x1: float | None, n_buckets: int = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+    """The min/max-reduced step curve over the visible range, ending at the range's right edge."""
+    idx = minmax_step(x, y, x0, x1, n_buckets)
+    return x[idx], y[idx]
+
+
+@dataclass
+class Polygon:
+    """One allocation's band in the stacked view: its row in ``allocs`` and the outline."""
+
+    row: int
+    category: str
+    size: int
+    xs: np.ndarray
+    ys: np.ndarray
+
+
+def stacked_polygons(model: TimelineModel, x0: float | None = None, x1: float | None = None, k: int = 100) -> tuple[list[Polygon], np.ndarray, np.ndarray]:
+    """The ``k`` largest allocations alive in ``[x0, x1]``, stacked in allocation order.
+
+    As memory_viz does: each allocation sits on top of those allocated before it that are still
+    alive; when one below is freed, everything above slides down. Returns the polygons and the
+    step curve (x, y) of their summed height (the rest of allocated memory is drawn above it).
+    """
+    al = model.allocs
+    lo = 0.0 if x0 is None else float(x0)
+    hi = model.end_ms if x1 is None else float(x1)
+    t0 = al["t0_ms"].to_numpy()
+    t1 = al["t1_ms"].to_numpy()
+    size = al["size"].to_numpy()
+    vis = np.flatnonzero((t0 <= hi) & (t1 >= lo) & (size > 0))
+    if len(vis) > k:
+        vis = vis[np.argpartition(-size[vis], k - 1)[:k]]
+    vis = np.sort(vis)  # allocation order (allocs are sorted by alloc_idx)
+    if not len(vis):
+        return [], np.array([lo, hi]), np.array([0, 0])
+    a0 = np.clip(t0[vis], lo, hi)
+    a1 = np.clip(t1[vis], lo, hi)
+    sz = size[vis]
+    m = len(vis)
+    # Events: (time, kind 0=free first at equal times, position)
+    ev_t = np.concatenate([a1, a0])
+    ev_kind = np.concatenate([np.zeros(m, np.int8), np.ones(m, np.int8)])
+    ev_pos = np.concatenate([np.arange(m), np.arange(m)])
+    order = np.lexsort((ev_pos, ev_kind, ev_t))
+    alive = np.zeros(m, dtype=bool)
+    offset = np.zeros(m, dtype=np.int64)
+    changes: list[list[tuple[float, int]]] = [[] for _ in range(m)]
+    total_t: list[float] = [lo]
+    total_y: list[int] = [0]
+    cur = 0
+    for e in order:
+        t, kind, p = float(ev_t[e]), ev_kind[e], int(ev_pos[e])
+        if kind == 1:
+            below = alive[:p]
+            offset[p] = int(sz[:p][below].sum())
+            alive[p] = True
+            changes[p].append((t, int(offset[p])))
+            cur += int(sz[p])
+        else:
+            alive[p] = False
+            changes[p].append((t, -1))
+            above = np.flatnonzero(alive[p + 1:]) + p + 1
+            for q in above:
+                offset[q] -= int(sz[p])
+                changes[q].append((t, int(offset[q])))
+            cur -= int(sz[p])
+        total_t.append(t)
+        total_y.append(cur)
+    polys = []
+    cats = al["category"].to_numpy()
+    for i in range(m):
+        ch = changes[i]
+        xs_top: list[float] = []
+        ys_top: list[int] = []
+        xs_bot: list[float] = []
+        ys_bot: list[int] = []
+        prev_off = None
+        for t, off in ch:
+            if off < 0:
+                off_end = prev_off if prev_off is not None else 0
+                xs_top.append(t); ys_top.append(off_end + int(sz[i]))
+                xs_bot.append(t); ys_bot.append(off_end)
+                break
+            if prev_off is not None:
+                xs_top.append(t); ys_top.append(prev_off + int(sz[i]))
+                xs_bot.append(t); ys_bot.append(prev_off)
+            xs_top.append(t); ys_top.append(off + int(sz[i]))
+            xs_bot.append(t); ys_bot.append(off)
+            prev_off = off
+        xs = np.array(xs_top + xs_bot[::-1] + xs_top[:1], dtype=float)
+        ys = np.array(ys_top + ys_bot[::-1] + ys_top[:1], dtype=np.int64)
+        polys.append(Polygon(row=int(vis[i]), category=str(cats[vis[i]]), size=int(sz[i]), xs=xs, ys=ys))
+    if total_t[-1] < hi:
+        total_t.append(hi)  # hold the last height to the right edge, so the fill above it closes there
+        total_y.append(cur)
+    return polys, np.array(total_t), np.array(total_y)
+
+
+def alive_at(model: TimelineModel, t_ms: float) -> pd.DataFrame:
+    """Allocations alive at ``t_ms`` (ms since start), largest first; columns as ``model.allocs``."""
+    al = model.allocs
+    m = (al["t0_ms"].to_numpy() <= t_ms) & ((al["t1_ms"].to_numpy() > t_ms) | al["alive_at_end"].to_numpy())
+    return al[m].sort_values("size", ascending=False, kind="stable")
+
+
+def by_category(df: pd.DataFrame) -> pd.DataFrame:
+    """Bytes and counts per category of an allocation table. Columns: category, bytes, count."""
+    g = df.groupby("category", sort=False)["size"].agg(["sum", "count"]).reset_index()
+    g.columns = ["category", "bytes", "count"]
+    return g.sort_values("bytes", ascending=False, ignore_index=True)
+
+
+def by_site(df: pd.DataFrame, top: int = 20) -> pd.DataFrame:
+    """Bytes per allocation site. Columns: site, category (most bytes), bytes, count."""
+    if not len(df):
+        return pd.DataFrame(columns=["site", "category", "bytes", "count"])
+    g = df.groupby("site", sort=False).agg(bytes=("size", "sum"), count=("size", "count"),
+                                           category=("category", lambda c: c.value_counts().index[0])).reset_index()
+    return g.sort_values("bytes", ascending=False, ignore_index=True).head(top)[["site", "category", "bytes", "count"]]
+
+
+def align_offset(m: TimelineModel) -> float:
+    """Where to put 0 when comparing: the start of the first forward phase (else the trace start), in ms."""
+    f = m.phases[m.phases["phase"] == "forward"]
+    return float(f["start_ms"].iloc[0]) if len(f) else 0.0
+
+
+def verdict(m: TimelineModel) -> dict[str, Any]:
+    """Is the peak bound by the tensors themselves or by the allocator (reserved but unused)?
+
+    Uses ``memprof.analysis`` when present; otherwise compares peak reserved to peak allocated.
+    Keys: verdict, explanation, remedies (list), numbers (dict of label -> value).
+    """
+    from memprof.format import fmt_bytes
+
+    a = getattr(m, "analysis", None)
+    if a is not None:
+        try:
+            v = a.verdict
+            return {"verdict": str(v.verdict), "explanation": str(v.explanation), "remedies": list(v.remedies),
+                    "numbers": {str(k): val for k, val in dict(v.numbers).items()}}
+        except Exception:
+            pass
+    alloc, res = m.peak_bytes, m.peak_reserved_bytes
+    slack = res - alloc
+    ratio = res / alloc if alloc else float("inf")
+    total = (m.meta.get("device") or {}).get("total_memory_bytes")
+    at_peak = alive_at(m, m.peak_ms)
+    cats = by_category(at_peak)
+    top = cats.iloc[0] if len(cats) else None
+    if ratio > 1.3 and slack > (64 << 20):
+        v = "allocator-bound"
+        expl = (f"At its peak the caching allocator held {fmt_bytes(res)} but tensors used only {fmt_bytes(alloc)}: "
+                f"{fmt_bytes(slack)} ({(ratio - 1) * 100:.0f}% more) is cached or fragmented blocks.")
+        rem = ["PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", "free or reuse large temporaries earlier",
+               "torch.cuda.empty_cache() between phases if other processes need the memory"]
+    else:
+        v = "tensor-bound"
+        expl = (f"The peak is {fmt_bytes(alloc)} of live tensors (reserved {fmt_bytes(res)}, only {fmt_bytes(slack)} more)"
+                + (f"; the largest share is {top['category']} ({fmt_bytes(int(top['bytes']))})." if top is not None else "."))
+        rem = {"activation": ["activation checkpointing", "smaller batch or sequence length", "fused/flash attention"],
+               "optimizer_state": ["8-bit or sharded optimizer state", "an optimizer with less state (SGD, Adafactor)"],
+               "parameter": ["lower precision weights (bf16)", "sharding (FSDP)"],
+               "temporary": ["in-place ops", "torch.compile to fuse temporaries"]}.get(str(top["category"]) if top is not None else "", [])
+    if len(m.oom_ms):
+        v = "out of memory · " + v
+    numbers: dict[str, Any] = {
+        "peak allocated": fmt_bytes(alloc), "peak reserved": fmt_bytes(res), "reserved / allocated": f"{ratio:.2f}",
+        "allocator slack at peak": fmt_bytes(slack), "allocations alive at peak": f"{len(at_peak):,}",
+        "peak time": f"{m.peak_ms:.3f} ms",
+    }
+    if total:
+        numbers["device memory"] = fmt_bytes(int(total))
+    if m.meta.get("peak_allocated_bytes"):
+        numbers["allocator's own peak (max_memory_allocated)"] = fmt_bytes(int(m.meta["peak_allocated_bytes"]))
+    return {"verdict": v, "explanation": expl, "remedies": rem, "numbers": numbers}
+
+
+def analytic_account(m: TimelineModel) -> pd.DataFrame:
+    """Measured bytes at the peak per category next to what the metadata accounts for.
+
+    Uses ``analysis.peak.analytic`` when present. Columns: item, measured, expected, note.
+    """
+    from memprof.format import fmt_bytes
+
+    a = getattr(m, "analysis", None)
+    if a is not None:
+        try:
+            df = a.peak.analytic
+            return df.astype(str)
+        except Exception:
+            pass
+    at_peak = by_category(alive_at(m, m.peak_ms)).set_index("category")["bytes"]
+    rows = []
+    for cat, key in (("parameter", "parameter_addrs"), ("gradient", "gradient_addrs"), ("optimizer_state", "optimizer_state_addrs"), ("input", "input_addrs")):
+        exp = sum(int(v[1]) for v in (m.meta.get(key) or []) if isinstance(v, (list, tuple)) and len(v) == 2)
+        rows.append((cat, fmt_bytes(int(at_peak.get(cat, 0))), fmt_bytes(exp) if exp else "-", "from the recorded tensor addresses" if exp else "not recorded"))
+    for cat in at_peak.index:
+        if cat not in ("parameter", "gradient", "optimizer_state", "input"):
+            rows.append((cat, fmt_bytes(int(at_peak[cat])), "-", "measured only"))
+    rows.append(("total", fmt_bytes(int(at_peak.sum())), fmt_bytes(m.peak_bytes), "replayed peak"))
+    return pd.DataFrame(rows, columns=["item", "measured", "expected", "note"])
+
+
+def compare_summary(models: list[TimelineModel], labels: list[str]) -> pd.DataFrame:
+    """One row per snapshot. Columns: snapshot, peak_allocated, peak_reserved, delta_peak, duration_ms, allocations."""
+    from memprof.format import fmt_bytes
+
+    base = models[0].peak_bytes
+    return pd.DataFrame({
+        "snapshot": labels,
+        "peak_allocated": [fmt_bytes(m.peak_bytes) for m in models],
+        "peak_reserved": [fmt_bytes(m.peak_reserved_bytes) for m in models],
+        "delta_peak": [fmt_bytes(m.peak_bytes - base) for m in models],
+        "duration_ms": [round(m.end_ms, 3) for m in models],
+        "allocations": [len(m.allocs) for m in models],
+    })
+
+
+def diff_by(models: list[TimelineModel], labels: list[str], key: str) -> pd.DataFrame:
+    """Bytes alive at each snapshot's peak grouped by ``key`` (category or site), one column per
+    snapshot (MiB) and ``delta_MiB`` of the last against the first, largest change first."""
+    cols = {}
+    for lab, m in zip(labels, models):
+        alive = alive_at(m, m.peak_ms)
+        cols[lab] = alive.groupby(key)["size"].sum() / 2**20
+    df = pd.DataFrame(cols).fillna(0.0)
+    df["delta_MiB"] = df[labels[-1]] - df[labels[0]]
+    df = df.reindex(df["delta_MiB"].abs().sort_values(ascending=False).index).round(2)
+    return df.reset_index().rename(columns={"index": key})
