@@ -177,14 +177,12 @@ def _ms(t: Any) -> float | None:
 
 
 def _make_model(path: Path, device: int | None) -> TimelineModel:
-    from memprof.commands.stats import default_device
-
     try:
         from memprof.analysis import analyze  # type: ignore[import-not-found]
     except ImportError:
         analyze = None
     snap = load(path)
-    dev = default_device(snap) if device is None else int(device)
+    dev = snap.default_device() if device is None else int(device)
     snap.check_device(dev)
     if analyze is not None:
         try:
