@@ -186,8 +186,15 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
     top = top if top == top else 1.0
     numeric = _numeric_x(df[x])
     order = list(dict.fromkeys(df[x].astype(str)))
-    for i, (key, g) in enumerate(df.groupby(by, sort=True) if by in df else [("all", df)]):
-        color = palette[i % len(palette)]
+    groups = list(df.groupby(by, sort=True)) if by in df else [("all", df)]
+    # Colour by the series' first word (the implementation, or the mode), dash style by the rest (d, dtype...).
+    families = list(dict.fromkeys(str(k).split(" ")[0] for k, _ in groups))
+    variants = list(dict.fromkeys(" ".join(str(k).split(" ")[1:]) for k, _ in groups))
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+    for key, g in groups:
+        fam, var = str(key).split(" ")[0], " ".join(str(key).split(" ")[1:])
+        color = palette[families.index(fam) % len(palette)]
+        dash = dashes[variants.index(var) % len(dashes)]
         g = g.sort_values(x) if numeric else g.iloc[np.argsort([order.index(v) for v in g[x].astype(str)], kind="stable")]
         gs = status.loc[g.index]
         good = g[gs == "ok"]
@@ -196,7 +203,7 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
         if std and std in good and pd.to_numeric(good[std], errors="coerce").notna().any():
             err = {"type": "data", "array": pd.to_numeric(good[std], errors="coerce").to_numpy(), "visible": True}
         fig.add_trace(go.Scatter(x=xs, y=pd.to_numeric(good[y], errors="coerce"), mode="lines+markers", name=str(key),
-                                 line={"color": color}, error_y=err, legendgroup=str(key)))
+                                 line={"color": color, "dash": dash}, error_y=err, legendgroup=str(key)))
         bad = g[gs != "ok"]
         if len(bad):
             fig.add_trace(go.Scatter(x=pd.to_numeric(bad[x]) if numeric else bad[x].astype(str), y=[top * 1.5] * len(bad),
