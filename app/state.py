@@ -19,10 +19,10 @@ from typing import Any, Callable, TypeVar
 
 import pandas as pd
 
+from memprof.analysis import analyze
 from memprof.errors import MemprofError
-from memprof.load import iter_snapshot_files, load
+from memprof.load import iter_snapshot_files
 from memprof.meta import read_meta
-from memprof.replay import replay
 from memprof.views import TimelineModel, build_model
 
 log = logging.getLogger("memprof.app")
@@ -177,22 +177,14 @@ def _ms(t: Any) -> float | None:
 
 
 def _make_model(path: Path, device: int | None) -> TimelineModel:
+    a = analyze(path, device=device)  # loads once (Arrow cache), replays once, reads the .meta.json
     try:
-        from memprof.analysis import analyze  # type: ignore[import-not-found]
-    except ImportError:
-        analyze = None
-    snap = load(path)
-    dev = snap.default_device() if device is None else int(device)
-    snap.check_device(dev)
-    if analyze is not None:
-        try:
-            a = analyze(path, device=dev)
-            return build_model(a.snap, a.rep, a.meta, analysis=a)
-        except MemprofError:
-            raise
-        except Exception:  # the analysis layer is young: never let it take the timeline down
-            log.exception("memprof.analysis failed on %s; using the built-in categories", path)
-    return build_model(snap, replay(snap, dev), read_meta(path))
+        return build_model(a.snap, a.rep, a.meta, analysis=a)
+    except MemprofError:
+        raise
+    except Exception:  # an odd snapshot must not take the timeline down: fall back to lifetimes-only categories
+        log.exception("memprof.analysis failed on %s; using the built-in categories", path)
+        return build_model(a.snap, a.rep, a.meta)
 
 
 _LIBRARY: Library | None = None
