@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from memprof.commands import add_report_options
 from memprof.format import fmt_bytes
 
 
@@ -13,10 +14,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="compare two snapshots: peak, categories and source lines at the peak")
     p.add_argument("a", help="snapshot A (the baseline)")
     p.add_argument("b", help="snapshot B (compared with A)")
-    p.add_argument("--device", type=int, default=None, help="device index in both (default: most entries)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--top", type=int, default=10, help="how many source lines to list")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
+    add_report_options(p, top=10, top_help="how many source lines to list")
     return p
 
 

@@ -9,16 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from memprof.commands import add_report_options
 from memprof.format import fmt_bytes, fmt_us
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="why memory peaks where it does, and whether the allocator sets the pace")
     p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present")
-    p.add_argument("--device", type=int, default=None, help="device index (default: the device with most entries)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--top", type=int, default=8, help="how many source lines to list at the peak")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
+    add_report_options(p, top=8, top_help="how many source lines to list at the peak")
     return p
 
 

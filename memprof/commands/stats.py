@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from memprof.commands import add_report_options
 from memprof.format import fmt_bytes, fmt_us
 from memprof.load import load
 from memprof.meta import read_meta
@@ -16,10 +17,7 @@ from memprof.replay import Replay, replay
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="summary of a snapshot: entries, peak, what is alive at the peak")
     p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json)")
-    p.add_argument("--device", type=int, default=None, help="device index (default: the device with most entries)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--top", type=int, default=10, help="how many allocations alive at the peak to list")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
+    add_report_options(p, top=10, top_help="how many allocations alive at the peak to list")
     return p
 
 
