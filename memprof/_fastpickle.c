@@ -108,6 +108,7 @@ typedef struct {
     uint16_t *memo_depth;
     Py_ssize_t memolen;
     Py_ssize_t base;      /* absolute offset of buf[0] in the stream */
+    long long frame_end;  /* absolute end of the current FRAME, -1 outside one */
     long long max_bytes;  /* limits (see memprof/limits.py) */
     int max_depth;
     long long cost;       /* the memory estimate, without stack and memo */
@@ -260,12 +261,27 @@ static int fill(VM *vm, Py_ssize_t need) {
     return 0;
 }
 
+/* Frames as pickle reads them: an opcode and its argument lie within one FRAME, or wholly after
+ * its end (then reading goes on outside any frame). Returns -1 for an opcode straddling the end. */
+static int frame_check(VM *vm, Py_ssize_t n) {
+    long long at = (long long)vm->base + vm->pos;
+    if (at == vm->frame_end) {
+        vm->frame_end = -1;
+        return 0;
+    }
+    if (at + n > vm->frame_end)
+        return malformed("an opcode runs past the end of its FRAME");
+    return 0;
+}
+
 /* Pointer to n bytes of input, advancing past them; NULL on error. Valid until the next read. */
 static inline const char *take(VM *vm, Py_ssize_t n) {
     if (n < 0) {
         malformed("negative length");
         return NULL;
     }
+    if (vm->frame_end >= 0 && frame_check(vm, n) < 0)
+        return NULL;
     if (vm->len - vm->pos < n && fill(vm, n) < 0)
         return NULL;
     const char *p = vm->buf + vm->pos;
@@ -275,11 +291,15 @@ static inline const char *take(VM *vm, Py_ssize_t n) {
 
 static int readline(VM *vm, const char **out, Py_ssize_t *outlen) {
     Py_ssize_t scanned = 0;
+    if (vm->frame_end >= 0 && frame_check(vm, 1) < 0)
+        return -1;
     for (;;) {
         char *s = vm->buf + vm->pos;
         Py_ssize_t avail = vm->len - vm->pos;
         char *nl = avail > scanned ? memchr(s + scanned, '\n', (size_t)(avail - scanned)) : NULL;
         if (nl) {
+            if (vm->frame_end >= 0 && (long long)vm->base + vm->pos + (nl - s) + 1 > vm->frame_end)
+                return malformed("an opcode runs past the end of its FRAME");
             *out = s;
             *outlen = nl - s;
             vm->pos += (nl - s) + 1;
@@ -303,7 +323,13 @@ static inline uint64_t le_u(const char *p, int n) {
 
 static inline int push(VM *vm, Val v) {
     if (vm->sp == vm->scap) {
-        Py_ssize_t ncap = vm->scap ? vm->scap * 2 : 256;
+        Py_ssize_t ncap = vm->scap ? vm->scap + vm->scap / 2 : 256;
+        if (vm->cost + (long long)C_SLOT * ncap > vm->max_bytes) { /* the stack itself is memory */
+            if (v.kind == V_OBJ)
+                Py_DECREF(v.u.o);
+            return limit_err("memory", PyUnicode_FromFormat("building it needs more than %lld bytes",
+                                                            vm->cost + (long long)C_SLOT * ncap));
+        }
         Val *ns = PyMem_Realloc(vm->stack, sizeof(Val) * (size_t)ncap);
         if (!ns) {
             if (v.kind == V_OBJ)
@@ -346,7 +372,8 @@ static inline int push_int(VM *vm, long long i) {
 }
 
 static int too_deep(VM *vm) {
-    return limit_err("depth", PyUnicode_FromFormat("a container (limit %d)", vm->max_depth));
+    (void)vm;
+    return limit_err("depth", PyUnicode_FromString("a container"));
 }
 
 static int check_memory(VM *vm) {
@@ -1445,8 +1472,13 @@ static PyObject *run(VM *vm) {
                 limit_err("bytes", PyUnicode_FromFormat("a FRAME of %llu bytes", (unsigned long long)fl));
                 return NULL;
             }
+            if (vm->frame_end >= 0 && vm->base + vm->pos != vm->frame_end) {
+                malformed("a FRAME inside a FRAME");
+                return NULL;
+            }
             if (fill(vm, (Py_ssize_t)fl) < 0)
                 return NULL;
+            vm->frame_end = vm->base + vm->pos + (long long)fl;
             break;
         }
         case '.': { /* STOP */
@@ -1849,6 +1881,7 @@ static PyObject *fp_load(PyObject *self, PyObject *args) {
     vm.n_actions = (int)na;
     vm.max_bytes = max_bytes;
     vm.max_depth = max_depth;
+    vm.frame_end = -1;
     PyObject *res = NULL;
     vm.stacks = PyList_New(0);
     vm.um_index = PyDict_New();
@@ -1896,7 +1929,7 @@ typedef struct {
 
 static int iv_push(IntVec *a, int x) {
     if (a->n == a->cap) {
-        Py_ssize_t ncap = a->cap ? a->cap * 2 : 256;
+        Py_ssize_t ncap = a->cap ? a->cap + a->cap / 2 : 256;
         int *nv = PyMem_Realloc(a->v, sizeof(int) * (size_t)ncap);
         if (!nv) {
             PyErr_NoMemory();
@@ -2016,7 +2049,17 @@ static int scan_run(VM *vm, IntVec *st, IntVec *marks, IntVec *memo) {
                 return limit_err("bytes", PyUnicode_FromFormat("a string of %llu bytes", (unsigned long long)un));
             n = (Py_ssize_t)un;
             vm->cost += C_STR + n;
-            /* stream past it: at most a chunk is buffered */
+            if (op == 0x8c || op == 'X' || op == 0x8d || op == 'U' || op == 'T') { /* text: decoded as load does */
+                if (!(p = take(vm, n)))
+                    return -1;
+                PyObject *o = (op == 'U' || op == 'T') ? PyUnicode_DecodeASCII(p, n, "strict")
+                                                       : PyUnicode_DecodeUTF8(p, n, "surrogatepass");
+                if (!o)
+                    return -1;
+                Py_DECREF(o);
+                n = 0;
+            }
+            /* stream past bytes: at most a chunk is buffered */
             while (n > 0) {
                 Py_ssize_t k = n < CHUNK ? n : CHUNK;
                 if (!take(vm, k))
@@ -2112,8 +2155,11 @@ static int scan_run(VM *vm, IntVec *st, IntVec *marks, IntVec *memo) {
             uint64_t fl = le_u(p, 8);
             if (fl > (uint64_t)LEFT)
                 return limit_err("bytes", PyUnicode_FromFormat("a FRAME of %llu bytes", (unsigned long long)fl));
+            if (vm->frame_end >= 0 && vm->base + vm->pos != vm->frame_end)
+                return malformed("a FRAME inside a FRAME");
             if (fill(vm, (Py_ssize_t)fl) < 0)
                 return -1;
+            vm->frame_end = vm->base + vm->pos + (long long)fl;
             break;
         }
         case 0x80:
@@ -2267,6 +2313,7 @@ static PyObject *fp_scan(PyObject *self, PyObject *args) {
     vm.file = file;
     vm.max_bytes = max_bytes;
     vm.max_depth = max_depth;
+    vm.frame_end = -1;
     IntVec st = {0}, marks = {0}, memo = {0};
     int rc = scan_run(&vm, &st, &marks, &memo);
     PyMem_Free(st.v);

@@ -260,6 +260,19 @@ def to_i64(v: Any) -> int:
 # Shape bounds checked between decoding and interpretation
 
 
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def _text_fields(d: dict[Any, Any], keys: tuple[str, ...], what: str, source: str) -> None:
+    """Fields shown as text hold scalars (a container there would be printed by its repr)."""
+    for k in keys:
+        v = d.get(k)
+        if not isinstance(v, _SCALAR) and not (
+            k == "segment_pool_id" and isinstance(v, (list, tuple)) and all(isinstance(x, _SCALAR) for x in v)
+        ):
+            raise MemprofError(f"{source}: a {what}'s {k!r} holds a {type(v).__name__}: not a snapshot this tool understands")
+
+
 def _fold(d: dict[Any, Any]) -> None:
     """Out-of-range integers of one segment, block or annotation dict as :func:`to_i64`, in place."""
     for k, v in d.items():
@@ -299,6 +312,7 @@ def check_expansion(root: Any, nbytes: int, source: str) -> None:
                 c += 1
                 if isinstance(b, dict):
                     _fold(b)
+                    _text_fields(b, ("state",), "block", source)
                     fr = b.get("frames")
                     c += len(fr) if isinstance(fr, (list, tuple)) else 0
                     h = b.get("history")
@@ -315,6 +329,7 @@ def check_expansion(root: Any, nbytes: int, source: str) -> None:
                 if isinstance(s, dict):
                     _check_device(s.get("device", 0), "segment", source)
                     _fold(s)
+                    _text_fields(s, ("segment_type", "segment_pool_id"), "segment", source)
                     bl = s.get("blocks")
                     if isinstance(bl, (list, tuple)):
                         c += blocks_rows(bl)
@@ -330,6 +345,7 @@ def check_expansion(root: Any, nbytes: int, source: str) -> None:
             if isinstance(a, dict):
                 _check_device(a.get("device", 0), "annotation", source)
                 _fold(a)
+                _text_fields(a, ("stage", "name"), "annotation", source)
     if rows > cap:
         raise limit_error(
             "rows",

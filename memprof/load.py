@@ -30,6 +30,7 @@ import pandas as pd
 
 from memprof import limits
 from memprof.errors import MemprofError, UnsafePickleError
+from memprof.escape import printable
 from memprof.safe_pickle import safe_load, scan
 
 CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
@@ -294,6 +295,8 @@ def _read_raw(p: Path) -> tuple[Any, str, int]:
 def _normalise(raw: Any, source: str) -> dict[str, Any]:
     """Accept every historical top-level shape; reject what is not a snapshot."""
     if isinstance(raw, list):
+        if not raw:
+            raise MemprofError(f"{source}: an empty list: no segments and no trace, not a memory snapshot")
         if all(isinstance(s, dict) and "blocks" in s and "total_size" in s for s in raw):
             return {"segments": raw, "device_traces": [], "_legacy_segment_list": True}
         raise MemprofError(f"{source}: a list, but not a list of allocator segments: not a memory snapshot")
@@ -330,7 +333,8 @@ class _StackInterner:
             return fid
         if not isinstance(f, dict):
             raise MemprofError("a stack frame is not a dict: not a snapshot this tool understands")
-        key = (str(f.get("filename", "??")), limits.to_i64(f.get("line", 0) or 0), str(f.get("name", "??")))
+        # escaped once here, so every report, table and page shows file text without control characters
+        key = (printable(f.get("filename", "??")), limits.to_i64(f.get("line", 0) or 0), printable(f.get("name", "??")))
         fid = self.frame_ids.setdefault(key, len(self.frame_ids))
         self.frame_by_obj[id(f)] = fid
         self._keep.append(f)
@@ -793,8 +797,8 @@ def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
     if where is not None:
         try:
             _write_cache(snap, where)
-        except OSError:
-            pass  # a read-only or full cache folder must not stop the analysis
+        except (OSError, TypeError, ValueError):
+            pass  # a read-only or full cache folder (or settings JSON cannot hold) must not stop the analysis
     return snap
 
 

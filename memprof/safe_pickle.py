@@ -75,6 +75,9 @@ def safe_load(fileobj: IO[bytes]) -> Any:
 # * memo: PUT may store at an index up to the number of slots filled so far (what pickle writes);
 # * lengths: a string, bytes or FRAME longer than what is left of ``max_bytes`` is refused, and a
 #   FRAME's bytes must all be present;
+# * frames, as pickle's pure-Python unpickler reads them: an opcode with its argument lies within
+#   one FRAME or wholly after its end, and a FRAME starts only where the previous one ended
+#   (pickle's C unpickler would silently skip the rest of a frame instead);
 # * memory: 64 bytes per container built, 8 per item added, length + 48 per string, 16 per value
 #   on the stack, 8 per memo slot: more than ``max_bytes`` in all is refused.
 
@@ -96,6 +99,15 @@ class _Input:
         self.buf = b""
         self.pos = 0
         self.base = 0  # absolute offset of buf[0]
+        self.frame_end = -1  # absolute end of the current FRAME, -1 outside one
+
+    def frame_check(self, n: int) -> None:
+        """An opcode and its argument lie within one FRAME, or wholly after its end."""
+        at = self.base + self.pos
+        if at == self.frame_end:
+            self.frame_end = -1
+        elif at + n > self.frame_end:
+            raise _Malformed("an opcode runs past the end of its FRAME")
 
     def need(self, n: int) -> None:
         if len(self.buf) - self.pos >= n:
@@ -114,6 +126,8 @@ class _Input:
         self.buf, self.pos = b"".join(chunks), 0
 
     def take(self, n: int) -> bytes:
+        if self.frame_end >= 0:
+            self.frame_check(n)
         self.need(n)
         p = self.pos
         self.pos = p + n
@@ -121,6 +135,8 @@ class _Input:
 
     def skip(self, n: int) -> None:
         """Advance past n bytes without keeping them (a long string streams through)."""
+        if self.frame_end >= 0:
+            self.frame_check(n)
         avail = len(self.buf) - self.pos
         if n <= avail:
             self.pos += n
@@ -136,9 +152,13 @@ class _Input:
             self.base += len(c)
 
     def line(self) -> bytes:
+        if self.frame_end >= 0:
+            self.frame_check(1)
         while True:
             i = self.buf.find(b"\n", self.pos)
             if i >= 0:
+                if self.frame_end >= 0 and self.base + i + 1 > self.frame_end:
+                    raise _Malformed("an opcode runs past the end of its FRAME")
                 out = self.buf[self.pos : i]
                 self.pos = i + 1
                 return out
@@ -172,7 +192,7 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
     ops = 0
 
     def too_deep(d: int) -> None:
-        raise _limits.limit_error("depth", f"{source}: a container" if source else "a container")
+        raise _limits.limit_error("depth", _at(source, "a container"))
 
     def pop_mark() -> int:
         if not marks:
@@ -185,11 +205,11 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
     def over_memory() -> None:
         est = cost + C_SLOT * len(stack) + C_MEMO * len(memo)
         if est > max_bytes:
-            raise _limits.limit_error("memory", f"{source}: building it needs more than {est:,} bytes" if source else f"building it needs more than {est:,} bytes")
+            raise _limits.limit_error("memory", _at(source, f"building it needs more than {est} bytes"))
 
     def length_ok(n: int, what: str) -> None:
         if n > max_bytes - inp.offset:
-            raise _limits.limit_error("bytes", f"{source}: a {what} of {n:,} bytes" if source else f"a {what} of {n:,} bytes")
+            raise _limits.limit_error("bytes", _at(source, f"a {what} of {n} bytes"))
 
     while True:
         ops += 1
@@ -221,7 +241,12 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
             if n < 0:
                 raise _Malformed("negative byte count")
             length_ok(n, "string")
-            inp.skip(n)
+            if op in (0x8C, 0x58, 0x8D):  # text is decoded as pickle does
+                inp.take(n).decode("utf-8", "surrogatepass")
+            elif op in (0x55, 0x54):
+                inp.take(n).decode("ascii")
+            else:
+                inp.skip(n)
             cost += n + C_STR
             stack.append(0)
             if n > 1 << 16:
@@ -272,7 +297,10 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
         elif op == 0x95:  # FRAME
             n = int.from_bytes(inp.take(8), "little")
             length_ok(n, "FRAME")
+            if inp.frame_end >= 0 and inp.offset != inp.frame_end:
+                raise _Malformed("a FRAME inside a FRAME")
             inp.need(n)
+            inp.frame_end = inp.offset + n
         elif op == 0x80:  # PROTO
             inp.take(1)
         elif op == 0x8A:  # LONG1
@@ -379,4 +407,8 @@ def _memo_put(stack: list[int], memo: list[int], idx: int, source: str) -> None:
     elif idx == len(memo):
         memo.append(stack[-1])
     else:
-        raise _limits.limit_error("memo", f"{source}: memo index {idx:,} after {len(memo):,} entries" if source else f"memo index {idx:,} after {len(memo):,} entries")
+        raise _limits.limit_error("memo", _at(source, f"memo index {idx} after {len(memo)} entries"))
+
+
+def _at(source: str, detail: str) -> str:
+    return f"{source}: {detail}" if source else detail
