@@ -2,7 +2,7 @@
 
     python tests/fuzz/harness.py [--seconds 60] [--seed 0] [--out DIR] [--truncate-all]
 
-Seeds: the small real snapshots of ``/work/shared/corpus`` or ``$MEMPROF_CORPUS`` (when present),
+Seeds: the small real snapshots of ``<repo>/../shared/corpus`` or ``$MEMPROF_CORPUS`` (when present),
 memprof's golden files, the committed hostile files and synthetic snapshots in every pickle
 protocol and JSON. Mutations: bit flips, byte sets, truncation (at every offset of the smallest
 seeds with ``--truncate-all``), splices of two seeds, opcode swaps at opcode boundaries, length
@@ -49,7 +49,7 @@ from memprof.errors import MemprofError  # noqa: E402
 
 L = sys.modules["memprof.load"]
 
-CORPUS = Path(os.environ.get("MEMPROF_CORPUS", "/work/shared/corpus"))
+CORPUS = Path(os.environ.get("MEMPROF_CORPUS") or ROOT.parent / "shared" / "corpus")
 MAX_SEED = 160 << 10  # decompressed bytes: small seeds keep executions fast
 
 
