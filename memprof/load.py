@@ -761,7 +761,10 @@ def _write_cache(snap: Snapshot, where: Path) -> None:
         feather.write_feather(stacks, tmp / "stack_frames.arrow", compression="uncompressed")
         feather.write_feather(pa.table({"offset": pa.array(snap.stack_offsets)}), tmp / "stack_offsets.arrow", compression="uncompressed")
         info = {k: v for k, v in snap.info.items() if not k.startswith("_")}
-        (tmp / "info.json").write_text(json.dumps(info, default=str))
+        text = json.dumps(info, default=str)
+        if json.loads(text) != info:  # bytes, tuples or int keys from the file: reopening would differ
+            raise ValueError("the snapshot's info does not survive JSON: not cached")
+        (tmp / "info.json").write_text(text)
         if where.exists():
             shutil.rmtree(where, ignore_errors=True)
         os.replace(tmp, where)

@@ -223,6 +223,45 @@ def duplicated_action_key() -> bytes:
     return data[:i] + extra + data[i:]
 
 
+# --- found by the fuzz harness (loaders disagreed before the rules above) -------------------
+
+
+def fuzz_frame_straddle() -> bytes:
+    """The FRAME ends inside the argument of its last string: that opcode straddles the frame's end
+    (pickle's C unpickler then skips bytes and reads on; its pure-Python one refuses)."""
+    import pickletools
+
+    data = pickle.dumps(small_snapshot(), protocol=4)
+    i = data.index(b"\x95")
+    last = max(pos for op, _arg, pos in pickletools.genops(data) if op.name == "SHORT_BINUNICODE")
+    return data[: i + 1] + struct.pack("<Q", last + 3 - (i + 9)) + data[i + 9 :]
+
+
+def fuzz_frame_nested() -> bytes:
+    """The first FRAME claims bytes past where the second FRAME opcode begins."""
+    snap = small_snapshot()
+    snap["allocator_settings"] = {"pad": "x" * 70_000, "more": list(range(100))}
+    data = pickle.dumps(snap, protocol=4)
+    i = data.index(b"\x95")
+    n = struct.unpack("<Q", data[i + 1 : i + 9])[0]
+    assert data.count(b"\x95") >= 2
+    return data[: i + 1] + struct.pack("<Q", n + 20) + data[i + 9 :]
+
+
+def fuzz_state_is_the_root() -> bytes:
+    """A block's 'state' is the root dict itself (a memo reference): its repr differs by loader."""
+    snap = small_snapshot()
+    snap["segments"][0]["blocks"][0]["state"] = snap
+    return pickle.dumps(snap, protocol=4)
+
+
+def fuzz_bad_utf8() -> bytes:
+    """Invalid UTF-8 in a string: the C loader refused it while the pure scan went on to a limit."""
+    data = pickle.dumps(small_snapshot(), protocol=4)
+    i = data.index(b"\x8c\x08segments")
+    return data[: i + 2] + b"\xffegments" + data[i + 10 :] + b"r\x00\x00\x00\x40"
+
+
 # --- issue 9: integers and format by bytes -------------------------------------------------
 
 
@@ -259,6 +298,10 @@ SMALL: dict[str, tuple[Callable[[], bytes], str | None]] = {
     "terminal_injection_global.pickle": (terminal_injection_global, "refused"),
     "frame_len_short.pickle": (frame_len_short, None),
     "gzip_trailing_garbage.pickle.gz": (gzip_trailing_garbage, "corrupt"),
+    "fuzz_frame_straddle.pickle": (fuzz_frame_straddle, "FRAME"),
+    "fuzz_frame_nested.pickle": (fuzz_frame_nested, "FRAME"),
+    "fuzz_state_is_the_root.pickle": (fuzz_state_is_the_root, "'state' holds a dict"),
+    "fuzz_bad_utf8.pickle": (fuzz_bad_utf8, "utf-8"),
 }
 
 #: Files that must load (identically on both paths).
