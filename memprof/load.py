@@ -577,6 +577,15 @@ def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int]
     }
 
 
+def _escape_text(annotations: pd.DataFrame, info: dict[str, Any]) -> None:
+    """File text that reports print (annotation names, user_metadata phase labels) with control
+    characters escaped, as frames are when interned: one escaping function for all of it."""
+    for col in ("stage", "name"):
+        if len(annotations):
+            annotations[col] = annotations[col].map(printable)
+    info["user_metadata_values"] = [printable(v) for v in info.get("user_metadata_values") or []]
+
+
 def _build_snapshot(
     snap: dict[str, Any], source: str, parts: list[dict[str, np.ndarray]], interner: _StackInterner, info: dict[str, Any]
 ) -> Snapshot:
@@ -590,6 +599,7 @@ def _build_snapshot(
     info["has_frames"] = bool(len(interner.stacks))
     segs, blocks = _segments_and_blocks(snap.get("segments") or [], interner)
     annotations = _annotations(snap)
+    _escape_text(annotations, info)
     offsets, flat = interner.csr()
     events = pd.DataFrame(cols, copy=False)
     return Snapshot(

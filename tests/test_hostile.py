@@ -134,10 +134,13 @@ def test_frame_text_is_escaped_in_every_output(capsys: pytest.CaptureFixture[str
     snap = L.load(p, use_cache=False)
     name = snap.frames["name"].iloc[0]
     assert "\x1b" not in name and "\n" not in name and "\\x1b[2K\\r" in name
-    assert main(["stats", str(p), "--no-cache"]) == 0
-    out = capsys.readouterr().out
-    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
-    assert not any(line.startswith(hostile.INJECTED) for line in out.splitlines())
+    assert snap.annotations["name"].tolist() == [f"memprof/x\\n{hostile.INJECTED}/0"]
+    assert snap.info["user_metadata_values"] == [f"memprof/fwd\\n{hostile.INJECTED}/0"]
+    for cmd in ("stats", "explain"):
+        assert main([cmd, str(p), "--no-cache"]) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+        assert not any(line.lstrip().startswith(hostile.INJECTED) for line in out.splitlines()), out
 
 
 def test_error_messages_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:

@@ -179,11 +179,13 @@ def terminal_injection_global() -> bytes:
 
 
 def terminal_injection_frame() -> bytes:
-    """A valid snapshot whose frame name carries escape sequences (shown by `stats`)."""
+    """A valid snapshot whose frame name, annotation name and phase label carry escape sequences."""
     snap = {
         "segments": [],
         "device_traces": [[{"action": "alloc", "addr": 0, "size": 1 << 20, "stream": 0, "time_us": 1,
+                            "user_metadata": f"memprof/fwd\n{INJECTED}/0",
                             "frames": [{"filename": "/u/x.py\x1b]0;pwned\x07", "line": 1, "name": f"f\x1b[2K\r{INJECTED}\n"}]}]],
+        "external_annotations": [{"device": 0, "stage": "START", "name": f"memprof/x\n{INJECTED}/0", "time_us": 1}],
     }
     return pickle.dumps(snap, protocol=4)
 
