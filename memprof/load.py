@@ -95,9 +95,53 @@ class Snapshot:
         return int(self.info.get("n_devices", 0))
 
     def default_device(self) -> int:
-        """The device with the most trace entries (0 when there is no trace)."""
-        counts = self.info.get("entries_per_device") or []
-        return int(max(range(len(counts)), key=lambda i: counts[i])) if counts else 0
+        """The device with the most trace entries; ties broken by the bytes allocated in its segments.
+
+        A file whose one-entry traces sit on device 0 while its memory is on device 1 (or whose
+        traces are empty) opens on device 1. 0 when nothing is recorded at all.
+        """
+        n = max(self.n_devices, 1)
+        counts = list(self.info.get("entries_per_device") or []) + [0] * n
+        alloc = self.state_totals()["allocated"].to_dict()
+        return int(max(range(n), key=lambda d: (counts[d], alloc.get(d, 0), -d)))
+
+    @property
+    def has_trace(self) -> bool:
+        """False when no history was recorded (an empty trace on every device): only the state at dump time."""
+        return bool(sum(self.info.get("entries_per_device") or [0]))
+
+    def state_totals(self) -> pd.DataFrame:
+        """What the segments held when the snapshot was taken, one row per device that has segments.
+
+        Columns (index: device): segments, blocks, reserved (sum of segments' total_size),
+        allocated (bytes of allocated blocks, as torch.cuda.memory_allocated counts them),
+        requested (bytes the allocated blocks' tensors asked for), active (allocated plus blocks
+        awaiting free on another stream), pending_free (active - allocated), largest_free_block,
+        pools (number of distinct memory pools; more than one means CUDA graphs or MemPool).
+        """
+        seg, blk = self.segments, self.blocks
+        cols = ["segments", "blocks", "reserved", "allocated", "requested", "active", "pending_free",
+                "largest_free_block", "pools"]
+        if not len(seg):
+            return pd.DataFrame({c: pd.Series([], dtype=np.int64) for c in cols}, index=pd.Index([], name="device"))
+        st = blk["state"].to_numpy()
+        b = pd.DataFrame({
+            "device": blk["device"].to_numpy(),
+            "alloc": np.where(st == "active_allocated", blk["size"].to_numpy(), 0),
+            "req": np.where(st == "active_allocated", blk["requested_size"].to_numpy(), 0),
+            "pending": np.where(st == "active_pending_free", blk["size"].to_numpy(), 0),
+            "free": np.where(st == "inactive", blk["size"].to_numpy(), 0),
+        }).groupby("device")
+        s = seg.groupby("device")
+        out = pd.DataFrame({"segments": s.size(), "reserved": s["total_size"].sum(), "pools": s["pool_id"].nunique()})
+        out["blocks"] = b.size().reindex(out.index, fill_value=0)
+        out["allocated"] = b["alloc"].sum().reindex(out.index, fill_value=0)
+        out["requested"] = b["req"].sum().reindex(out.index, fill_value=0)
+        out["pending_free"] = b["pending"].sum().reindex(out.index, fill_value=0)
+        out["active"] = out["allocated"] + out["pending_free"]
+        out["largest_free_block"] = b["free"].max().reindex(out.index, fill_value=0)
+        out.index = out.index.astype(np.int64).rename("device")
+        return out[cols].astype(np.int64)
 
     def check_device(self, device: int) -> None:
         if not 0 <= device < max(self.n_devices, 1):
@@ -492,18 +536,17 @@ _EVENT_DTYPES: tuple[tuple[str, Any], ...] = (
 
 
 def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int], file_format: str, file_size: int) -> dict[str, Any]:
-    """The ``info`` dict shared by both loaders; raises on a snapshot with an empty trace."""
+    """The ``info`` dict shared by both loaders.
+
+    An empty trace (no history recorded, or history cleared) is not an error: the segments still
+    hold the state at dump time, which every command shows.
+    """
     segments_raw = snap.get("segments") or []
     legacy = bool(snap.get("_legacy_segment_list"))
     n_devices = len(entries_per_device)
     seg_devices = [int(s.get("device", 0)) for s in segments_raw if isinstance(s, dict)]
     if seg_devices:
         n_devices = max(n_devices, max(seg_devices) + 1)
-    if not legacy and sum(entries_per_device) == 0:
-        raise MemprofError(
-            f"{source}: the snapshot's trace is empty: record with torch.cuda.memory._record_memory_history() "
-            "enabled before the work you want to see (or use `memprof record`)"
-        )
     return {
         "n_devices": n_devices,
         "format": file_format,
