@@ -38,6 +38,9 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
     return {
         "snapshot": an.snap.source,
         "device": an.rep.device,
+        "history": bool(an.rep.has_trace),
+        "state": {"allocated_bytes": int(an.snap.state_totals()["allocated"].get(an.rep.device, 0)),
+                  "reserved_bytes": int(an.snap.state_totals()["reserved"].get(an.rep.device, 0))},
         "phase_source": str(an.phases["source"].iloc[0]) if len(an.phases) else None,
         "phases": [{k: _num(v) for k, v in r.items()} for r in an.phases.to_dict("records")],
         "iterations": [{k: _num(v) for k, v in r.items()} for r in its.to_dict("records")],
@@ -59,6 +62,8 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
 def render(d: dict[str, Any], start_us: float) -> str:
     v = d["verdict"]
     lines = [f"{d['snapshot']}  (device {d['device']})", ""]
+    if not d["history"]:
+        return "\n".join(lines + _render_state(d))
     its = d["iterations"]
     lines.append(f"ITERATIONS  ({len(its)}, phases from {d['phase_source']})")
     for it in its[:8]:
@@ -99,6 +104,28 @@ def render(d: dict[str, Any], start_us: float) -> str:
     if d["oom"]:
         lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
     return "\n".join(lines)
+
+
+def _render_state(d: dict[str, Any]) -> list[str]:
+    """No history recorded: what the snapshot does hold, said plainly (no iterations, no verdict)."""
+    st = d["state"]
+    lines = ["STATE AT DUMP TIME  (no allocation history was recorded: the trace is empty, so there are no",
+             "  iterations, no peak over time and no verdict; record with torch.cuda.memory._record_memory_history()",
+             "  or `memprof record` to see how memory got here)",
+             f"  allocated {fmt_bytes(st['allocated_bytes'])} in blocks ({fmt_bytes(d['peak_bytes'])} requested), "
+             f"reserved {fmt_bytes(st['reserved_bytes'])}"]
+    if d["peak_by_site"]:
+        lines.append("  largest source lines of the live blocks:")
+        for s in d["peak_by_site"]:
+            lines.append(f"    {fmt_bytes(s['bytes']):>10}  {s['share']:6.1%}  x{s['count']:<4} {s['site']}")
+    f = d["fragmentation"]
+    if f:
+        r = f["at_peak_reserved"]
+        lines.append(f"  reserved: {fmt_bytes(r['allocated'])} allocated, {fmt_bytes(r['rounding_waste'])} rounding waste, "
+                     f"{fmt_bytes(r['free_cached'])} free in the cache")
+    if d["oom"]:
+        lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
