@@ -171,7 +171,9 @@ class Snapshot:
         """For each stack, the frame id of its innermost *user* frame (-1 if none).
 
         A user frame is a Python frame outside torch's own package; failing that the
-        innermost Python frame; failing that the innermost frame.
+        innermost Python frame; failing that (C++-only stacks from ``stacks="all"``) the innermost
+        meaningful operator frame, never the unwinder, the caching allocator or the empty-tensor
+        factories (:func:`_is_plumbing`); failing that the innermost frame.
         """
         cached = self.info.get("_user_frames")
         if cached is not None:
@@ -179,6 +181,7 @@ class Snapshot:
         fn = self.frames["filename"].to_numpy()
         is_py = np.array([f.endswith(".py") for f in fn], dtype=bool)
         is_lib = np.array([_is_library_file(f) for f in fn], dtype=bool)
+        plumbing = np.array([_is_plumbing(n) for n in self.frames["name"].to_numpy()], dtype=bool) & ~is_py
         out = np.full(len(self.stack_offsets) - 1, -1, dtype=np.int64)
         for s in range(len(out)):
             ids = self.stack_frames[self.stack_offsets[s] : self.stack_offsets[s + 1]]
@@ -189,7 +192,11 @@ class Snapshot:
                 out[s] = user[0]
                 continue
             py = ids[is_py[ids]]
-            out[s] = py[0] if len(py) else ids[0]
+            if len(py):
+                out[s] = py[0]
+                continue
+            op = ids[~plumbing[ids]]
+            out[s] = op[0] if len(op) else ids[0]
         self.info["_user_frames"] = out
         return out
 
@@ -221,6 +228,21 @@ NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
 BEFORE_RECORDING_LABEL = "<allocated before recording started>"
 
 _LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
+
+
+#: C++ frames that say nothing about who allocated: the unwinder, the allocator, tensor factories, runtimes.
+_PLUMBING_PREFIXES = (
+    "torch::unwind::", "torch::CapturedTraceback", "torch::(anonymous namespace)::gather", "c10::cuda::CUDACachingAllocator",
+    "c10::CachingDeviceAllocator", "c10::", "at::empty", "at::detail::empty", "at::native::empty", "at::TensorBase::",
+    "at::native::resize", "at::native::(anonymous namespace)::create_out", "at::(anonymous namespace)::create_out",
+    "at::cuda::", "std::", "__libc", "_start", "start_thread", "clone", "_Py", "Py", "??", "THPVariable_", "pybind11::",
+    "torch::autograd::python", "torch::autograd::THPVariable", "void at::native::", "cudaMalloc",
+)
+
+
+def _is_plumbing(name: str) -> bool:
+    n = str(name).lstrip()
+    return (not n) or n.startswith(_PLUMBING_PREFIXES) or "CUDACachingAllocator" in n or "unwind" in n.split("(")[0]
 
 
 def _is_library_file(filename: str) -> bool:

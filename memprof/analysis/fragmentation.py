@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memprof.load import Snapshot
+from memprof.load import A_ALLOC, A_FREE, A_FREE_DONE, A_FREE_REQ, A_OOM, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, Snapshot
 from memprof.replay import Replay
 
 ROUND = 512
@@ -96,50 +96,104 @@ def fragmentation_summary(frag: pd.DataFrame, rep: Replay) -> dict[str, Any]:
     }
 
 
+def _largest_free_at(snap: Snapshot, device: int, idx: int) -> tuple[int | None, bool]:
+    """The largest free cached block at event ``idx``, from the snapshot's inactive blocks.
+
+    The snapshot is taken after the OOM (memprof dumps it in the except handler), so blocks freed
+    after ``idx`` were not free at the OOM: an inactive block containing an address freed (or a
+    segment mapped) later is left out. Returns (bytes or None without segments, exact): exact is
+    False when allocations after ``idx`` may have used blocks that were free at the OOM.
+    """
+    blk = snap.blocks
+    if not len(snap.segments):
+        return None, False
+    inactive = blk[(blk["device"].to_numpy() == device) & (blk["state"].to_numpy() == "inactive")]
+    ev = snap.device_events(device)
+    after = ev[ev["idx"].to_numpy() > idx]
+    act = after["action"].to_numpy()
+    later = after[(act == A_FREE_REQ) | (act == A_FREE_DONE) | (act == A_FREE) | (act == A_SEG_ALLOC) | (act == A_SEG_MAP)]
+    lo, size = inactive["addr"].to_numpy(), inactive["size"].to_numpy()
+    keep = np.ones(len(lo), dtype=bool)
+    if len(later) and len(lo):
+        la = later["addr"].to_numpy()
+        o = np.argsort(lo)
+        k = np.searchsorted(lo[o], la, side="right") - 1
+        ok = k >= 0
+        hit = o[k[ok]][la[ok] < (lo[o][k[ok]] + size[o][k[ok]])]
+        keep[hit] = False
+    exact = not bool(((act == A_ALLOC) | (act == A_SEG_FREE) | (act == A_SEG_UNMAP)).any())
+    return (int(size[keep].max()) if keep.any() else 0), exact
+
+
 def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What the allocator had when it ran out of memory (the first OOM in the trace), or None.
 
-    Keys: requested_bytes, device_free_bytes (what CUDA said was free on the device),
-    allocated_bytes and reserved_bytes just before, free_cached_bytes (reserved - allocated),
-    largest_free_block_bytes (largest inactive block in the snapshot's segments, which memprof
-    takes right after an OOM; None without segments), device_total_bytes (from meta), site,
-    time_us, reason ('fragmentation' when the cache held the requested bytes in total but no
-    single block large enough; 'out of memory' otherwise), explanation.
+    The OOM of the replayed device; when that device has none, the first OOM on any other device
+    (``device`` says which). Keys: device, requested_bytes, device_free_bytes (what CUDA said was
+    free on the device), allocated_bytes (held, just before) and torch_allocated_bytes (as torch
+    counts it), reserved_bytes, free_cached_bytes (reserved - allocated), largest_free_block_bytes
+    (the largest free cached block at the OOM, reconstructed from the snapshot's inactive blocks;
+    None without segments) and largest_free_block_exact, device_total_bytes (capacity: from meta,
+    else None), free_total_bytes (free in the cache + free on the device), site, time_us, reason
+    ('fragmentation' when the cache and the device together held the requested bytes but no
+    single block was large enough; 'exhaustion' when the work needs more than there was),
+    remedy, explanation.
     """
     meta = meta or {}
-    if not len(rep.oom_events):
+    oom = rep.oom_events
+    if not len(oom):
+        ev = snap.events
+        other = ev[ev["action"].to_numpy() == A_OOM]
+        if len(other):
+            from memprof.replay import replay
+
+            dev = int(other["device"].iloc[0])
+            r = oom_report(snap, replay(snap, dev), meta)
+            if r is not None:
+                r["explanation"] = f"On cuda:{dev} (not the device shown; use --device {dev}): " + r["explanation"]
+            return r
         if meta.get("status") == "oom":
-            return {"requested_bytes": None, "explanation": "The run stopped with an out-of-memory error, but the trace "
-                    "holds no oom entry (the error came before recording, or outside the caching allocator)."}
+            return {"requested_bytes": None, "device": rep.device, "reason": "unknown",
+                    "explanation": "The run stopped with an out-of-memory error, but the trace holds no oom entry (the "
+                    "error came before recording, or outside the caching allocator)."}
         return None
-    o = rep.oom_events.iloc[0]
+    o = oom.iloc[0]
     idx = int(o["idx"])
     tl, rs = rep.timeline, rep.reserved
-    allocated = int(tl["allocated"].to_numpy()[max(np.searchsorted(tl["idx"].to_numpy(), idx, side="right") - 1, 0)])
+    row = max(np.searchsorted(tl["idx"].to_numpy(), idx, side="right") - 1, 0)
+    allocated = int(tl["allocated"].to_numpy()[row])
+    torch_allocated = int(tl["torch_allocated"].to_numpy()[row])
     reserved = int(rs["reserved"].to_numpy()[max(np.searchsorted(rs["idx"].to_numpy(), idx, side="right") - 1, 0)])
-    blk = snap.blocks
-    inactive = blk[(blk["device"].to_numpy() == rep.device) & (blk["state"].to_numpy() == "inactive")]
-    largest = int(inactive["size"].max()) if len(inactive) else (None if not len(snap.segments) else 0)
+    largest, exact = _largest_free_at(snap, rep.device, idx)
     req = int(o["size"])
     free_cached = max(reserved - allocated, 0)
     dev_free = int(o["device_free"]) if int(o["device_free"]) >= 0 else None
-    total = (meta.get("device") or {}).get("total_memory_bytes")
-    frag = largest is not None and free_cached >= req and largest < req
+    total = (meta.get("device") or {}).get("total_memory_bytes") or meta.get("total_memory")
+    free_total = free_cached + (dev_free or 0)
+    frag = free_total >= req and (largest is None or largest < req) and (largest is not None or dev_free is not None)
     from memprof.format import fmt_bytes as fb
 
+    cap = f" of the device's {fb(total)}" if total else ""
+    state = (f"{fb(allocated)} allocated, {fb(reserved)} reserved{cap}, {fb(free_cached)} of it free in the cache "
+             f"(largest free block {fb(largest) if largest is not None else 'unknown'}), "
+             f"{fb(dev_free) if dev_free is not None else 'unknown'} free on the device")
     if frag:
-        why = (f"The cache held {fb(free_cached)} free in total, more than the {fb(req)} asked for, but its largest free "
-               f"block was {fb(largest)}: fragmentation. PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True lets "
-               "segments grow instead of splitting.")
+        remedy = ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (segments grow in place instead of being split, so "
+                  "freed memory can be reused for a larger request); or free the cache before the large request "
+                  "(torch.cuda.empty_cache())")
+        why = (f"The request for {fb(req)} failed with {state}: {fb(free_total)} was free in total, more than asked "
+               f"for, but no single free block was large enough: fragmentation. Remedy: {remedy}.")
     else:
-        why = (f"The request for {fb(req)} found {fb(dev_free) if dev_free is not None else 'unknown'} free on the device "
-               f"and {fb(free_cached)} free in the cache ({fb(allocated)} allocated, {fb(reserved)} reserved): the work "
-               "simply needs more memory than there is. Make the largest tensors smaller (shorter sequences, smaller "
-               "batch, fused attention) or keep fewer alive at once (activation checkpointing).")
+        short = req - free_total
+        remedy = ("make the largest tensors smaller (shorter sequences, smaller batch, fused attention such as SDPA) "
+                  "or keep fewer alive at once (activation checkpointing)")
+        why = (f"The request for {fb(req)} failed with {state}: even all free memory together ({fb(free_total)}) is "
+               f"{fb(short)} short of it: exhaustion, the work needs more memory than the device has. Remedy: {remedy}.")
     return {
-        "requested_bytes": req, "device_free_bytes": dev_free, "allocated_bytes": allocated, "reserved_bytes": reserved,
-        "free_cached_bytes": free_cached, "largest_free_block_bytes": largest,
-        "device_total_bytes": int(total) if total else None,
+        "device": rep.device, "requested_bytes": req, "device_free_bytes": dev_free, "allocated_bytes": allocated,
+        "torch_allocated_bytes": torch_allocated, "reserved_bytes": reserved,
+        "free_cached_bytes": free_cached, "largest_free_block_bytes": largest, "largest_free_block_exact": exact,
+        "device_total_bytes": int(total) if total else None, "free_total_bytes": free_total,
         "site": str(snap.site_labels(np.array([int(o["stack_id"])]))[0]), "time_us": float(o["time_us"]),
-        "reason": "fragmentation" if frag else "out of memory", "explanation": why,
+        "reason": "fragmentation" if frag else "exhaustion", "remedy": remedy, "explanation": why,
     }
