@@ -76,10 +76,23 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces.append({"type": "scatter", "x": sx, "y": sy / MIB, "mode": "lines", "line": {"width": 0, "shape": "hv"},
                    "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
     rows.append(-1)
+    counted = torch_counted(model)
+    if counted is not None:
+        # Two streams: torch's counter (freed at free_requested) below, the memory still held until
+        # free_completed above it, as its own band.
+        cx, cy = step_view(model.t_alloc, counted, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": cx, "y": cy / MIB, "mode": "lines", "fill": "tonexty",
+                       "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1, "color": "#555", "shape": "hv", "dash": "dot"},
+                       "name": "allocated as torch counts it",
+                       "hovertemplate": "allocated as torch counts it (max_memory_allocated) %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
     ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
     traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
-                   "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
-                   "name": "allocated", "hovertemplate": "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+                   "fillcolor": AWAITING_FREE_COLOR if counted is not None else "rgba(160,160,160,0.35)",
+                   "line": {"width": 1.5, "color": "#222", "shape": "hv"},
+                   "name": "held (incl. awaiting free on another stream)" if counted is not None else "allocated",
+                   "hovertemplate": ("held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
+                                     if counted is not None else "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>")})
     rows.append(-1)
     rx, ry = step_view(model.t_res, model.reserved, x0, x1, n_buckets)
     if len(rx) and rx[-1] < (model.end_ms if x1 is None else x1):
@@ -106,6 +119,41 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                        "textposition": "bottom center", "name": "out of memory", "hovertemplate": "OOM at %{x:.3f} ms<extra></extra>"})
         rows.append(-1)
     return traces, rows
+
+
+AWAITING_FREE_COLOR = "rgba(245,133,24,0.45)"
+
+
+def torch_counted(model: TimelineModel) -> np.ndarray | None:
+    """Allocated bytes as torch counts them, aligned with ``model.allocated``; None when they never differ
+    (no block ever waited for another stream), so single-stream figures stay as they were."""
+    tl = model.rep.timeline
+    if "torch_allocated" not in tl or len(tl) != len(model.allocated):
+        return None
+    counted = tl["torch_allocated"].to_numpy()
+    return counted if bool((counted != model.allocated).any()) else None
+
+
+def plot_state(model: TimelineModel, k: int = 25, height: int = 520) -> go.Figure:
+    """No history recorded (an empty trace): the largest live blocks at dump time, by source line.
+
+    Bars of requested bytes per site (the ``k`` largest sites); the title says what is allocated
+    and reserved and that no history was recorded.
+    """
+    a = model.allocs
+    g = a.groupby("site", sort=False)["size"].agg(["sum", "count"]).sort_values("sum", ascending=False).head(k)
+    g = g.iloc[::-1]
+    fig = go.Figure(go.Bar(x=g["sum"].to_numpy() / MIB, y=[str(s)[-70:] for s in g.index], orientation="h",
+                           marker_color="#4C78A8", text=[f"{fmt_bytes(b)} ×{c}" for b, c in zip(g["sum"], g["count"])],
+                           textposition="auto", name="live blocks",
+                           hovertemplate="%{y}<br>%{x:.1f} MiB<extra></extra>"))
+    fig.update_layout(
+        title=(f"No allocation history was recorded: state at dump time, {fmt_bytes(model.peak_bytes)} allocated, "
+               f"{fmt_bytes(model.peak_reserved_bytes)} reserved"),
+        height=height, template="plotly_white", margin={"l": 260, "r": 20, "t": 50, "b": 50},
+        xaxis_title="live blocks (MiB, requested)", uirevision=model.source,
+    )
+    return fig
 
 
 def phase_shapes(phases: pd.DataFrame) -> list[dict[str, Any]]:
