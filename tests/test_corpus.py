@@ -299,3 +299,4 @@ def test_report_on_state_only_files(name: str, tmp_path: Path):
     assert main(["report", str(CORPUS / name), "-o", str(out)]) == 0
     html = out.read_text()
     assert "<html" in html.lower() and len(html) > 1000
+    assert ("id='no-history'" in html) == (not load(CORPUS / name).has_trace)
