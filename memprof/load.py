@@ -182,6 +182,7 @@ class Snapshot:
         is_py = np.array([f.endswith(".py") for f in fn], dtype=bool)
         is_lib = np.array([_is_library_file(f) for f in fn], dtype=bool)
         plumbing = np.array([_is_plumbing(n) for n in self.frames["name"].to_numpy()], dtype=bool) & ~is_py
+        is_op = np.array([str(n).startswith("at::_ops::") for n in self.frames["name"].to_numpy()], dtype=bool) & ~is_py
         out = np.full(len(self.stack_offsets) - 1, -1, dtype=np.int64)
         for s in range(len(out)):
             ids = self.stack_frames[self.stack_offsets[s] : self.stack_offsets[s + 1]]
@@ -195,7 +196,9 @@ class Snapshot:
             if len(py):
                 out[s] = py[0]
                 continue
-            op = ids[~plumbing[ids]]
+            op = ids[is_op[ids]]  # the innermost operator entry (at::_ops::<op>::call) names what allocated
+            if not len(op):
+                op = ids[~plumbing[ids]]
             out[s] = op[0] if len(op) else ids[0]
         self.info["_user_frames"] = out
         return out
@@ -209,7 +212,7 @@ class Snapshot:
         """
         uf = self.user_frame_ids()
         labels = np.array(
-            [f"{os.path.basename(f)}:{l}:{n}" for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
+            [_frame_label(f, l, n) for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
             + [NO_FRAMES_LABEL, BEFORE_RECORDING_LABEL],
             dtype=object,
         )
@@ -222,6 +225,24 @@ class Snapshot:
         if alloc_idx is not None:
             none = np.where(np.asarray(alloc_idx) < 0, len(labels) - 1, len(labels) - 2)
         return labels[np.where(fid >= 0, fid, none)]
+
+
+def _frame_label(filename: str, line: int, name: str) -> str:
+    """'file.py:line:function'; a C++ frame (``stacks="all"``) without its argument list."""
+    if str(filename).endswith(".py"):
+        return f"{os.path.basename(filename)}:{line}:{name}"
+    n = str(name)
+    depth, cut = 0, len(n)
+    for i, ch in enumerate(n):  # the first '(' outside template brackets ends the qualified name
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and not n.startswith("(anonymous", i):
+            cut = i
+            break
+    base = os.path.basename(str(filename))
+    return f"{n[:cut]}" + (f" ({base})" if base and base != "??" else "")
 
 
 NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
@@ -237,12 +258,16 @@ _PLUMBING_PREFIXES = (
     "at::native::resize", "at::native::(anonymous namespace)::create_out", "at::(anonymous namespace)::create_out",
     "at::cuda::", "std::", "__libc", "_start", "start_thread", "clone", "_Py", "Py", "??", "THPVariable_", "pybind11::",
     "torch::autograd::python", "torch::autograd::THPVariable", "void at::native::", "cudaMalloc",
+    "torch::cuda::(anonymous namespace)::gather", "at::TensorIteratorBase::", "at::TensorIterator::", "at::meta::",
+    "pthread", "__clone",
 )
 
 
 def _is_plumbing(name: str) -> bool:
     n = str(name).lstrip()
-    return (not n) or n.startswith(_PLUMBING_PREFIXES) or "CUDACachingAllocator" in n or "unwind" in n.split("(")[0]
+    head = n.split("(")[0]
+    return ((not n) or n.startswith(_PLUMBING_PREFIXES) or "CUDACachingAllocator" in n or "unwind" in head
+            or "set_output_raw_strided" in n or "create_out" in head)
 
 
 def _is_library_file(filename: str) -> bool:

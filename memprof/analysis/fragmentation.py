@@ -96,44 +96,55 @@ def fragmentation_summary(frag: pd.DataFrame, rep: Replay) -> dict[str, Any]:
     }
 
 
-def _largest_free_at(snap: Snapshot, device: int, idx: int) -> tuple[int | None, bool]:
-    """The largest free cached block at event ``idx``, from the snapshot's inactive blocks.
+def _largest_free_at(snap: Snapshot, rep: Replay, idx: int) -> int | None:
+    """The largest free cached block just before event ``idx`` (an OOM), rebuilt from the replay.
 
-    The snapshot is taken after the OOM (memprof dumps it in the except handler), so blocks freed
-    after ``idx`` were not free at the OOM: an inactive block containing an address freed (or a
-    segment mapped) later is left out. Returns (bytes or None without segments, exact): exact is
-    False when allocations after ``idx`` may have used blocks that were free at the OOM.
+    The segments alive then are the snapshot's segments, less those allocated after ``idx``, plus
+    those freed after it (segment events); the blocks alive then are the replay's allocations alive
+    at ``idx``, each occupying its block (size rounded to 512 B, or its snapshot block). The
+    largest gap in a segment between those blocks is the largest free block: the allocator merges
+    adjacent free blocks, so one gap is one block. None when no segment is known.
     """
-    blk = snap.blocks
-    if not len(snap.segments):
-        return None, False
-    inactive = blk[(blk["device"].to_numpy() == device) & (blk["state"].to_numpy() == "inactive")]
-    ev = snap.device_events(device)
-    after = ev[ev["idx"].to_numpy() > idx]
-    act = after["action"].to_numpy()
-    later = after[(act == A_FREE_REQ) | (act == A_FREE_DONE) | (act == A_FREE) | (act == A_SEG_ALLOC) | (act == A_SEG_MAP)]
-    lo, size = inactive["addr"].to_numpy(), inactive["size"].to_numpy()
-    keep = np.ones(len(lo), dtype=bool)
-    if len(later) and len(lo):
-        la = later["addr"].to_numpy()
-        o = np.argsort(lo)
-        k = np.searchsorted(lo[o], la, side="right") - 1
-        ok = k >= 0
-        hit = o[k[ok]][la[ok] < (lo[o][k[ok]] + size[o][k[ok]])]
-        keep[hit] = False
-    exact = not bool(((act == A_ALLOC) | (act == A_SEG_FREE) | (act == A_SEG_UNMAP)).any())
-    return (int(size[keep].max()) if keep.any() else 0), exact
+    seg = snap.segments[snap.segments["device"].to_numpy() == rep.device]
+    segs = dict(zip(seg["address"].to_numpy().tolist(), seg["total_size"].to_numpy().tolist()))
+    ev = snap.device_events(rep.device)
+    act, addr, size = ev["action"].to_numpy(), ev["addr"].to_numpy(), ev["size"].to_numpy()
+    for k in range(len(act) - 1, idx, -1):  # undo segment events after the OOM, latest first
+        if act[k] in (A_SEG_ALLOC, A_SEG_MAP):
+            segs.pop(int(addr[k]), None)
+        elif act[k] in (A_SEG_FREE, A_SEG_UNMAP):
+            segs[int(addr[k])] = int(size[k])
+    if not segs:
+        return None
+    a = rep.allocations
+    blocks = block_sizes(snap, rep)
+    ai, fi = a["alloc_idx"].to_numpy(), a["free_idx"].to_numpy()
+    alive = (ai < idx) & ((fi > idx) | (fi < 0))
+    b_lo = a["addr"].to_numpy()[alive]
+    b_hi = b_lo + blocks[alive]
+    o = np.argsort(b_lo, kind="stable")
+    b_lo, b_hi = b_lo[o], b_hi[o]
+    largest = 0
+    for s_lo, s_size in segs.items():
+        s_hi = s_lo + s_size
+        k0, k1 = np.searchsorted(b_lo, s_lo, side="left"), np.searchsorted(b_lo, s_hi, side="left")
+        cur = s_lo
+        for lo, hi in zip(b_lo[k0:k1].tolist(), b_hi[k0:k1].tolist()):
+            largest = max(largest, lo - cur)
+            cur = max(cur, min(hi, s_hi))
+        largest = max(largest, s_hi - cur)
+    return int(largest)
 
 
 def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """What the allocator had when it ran out of memory (the first OOM in the trace), or None.
+    """What the allocator had when it ran out of memory (the last OOM in the trace), or None.
 
     The OOM of the replayed device; when that device has none, the first OOM on any other device
     (``device`` says which). Keys: device, requested_bytes, device_free_bytes (what CUDA said was
     free on the device), allocated_bytes (held, just before) and torch_allocated_bytes (as torch
     counts it), reserved_bytes, free_cached_bytes (reserved - allocated), largest_free_block_bytes
-    (the largest free cached block at the OOM, reconstructed from the snapshot's inactive blocks;
-    None without segments) and largest_free_block_exact, device_total_bytes (capacity: from meta,
+    (the largest free cached block at the OOM, rebuilt from the replay; None without segments),
+    oom_events (how many the trace holds; the last one is explained), device_total_bytes (capacity: from meta,
     else None), free_total_bytes (free in the cache + free on the device), site, time_us, reason
     ('fragmentation' when the cache and the device together held the requested bytes but no
     single block was large enough; 'exhaustion' when the work needs more than there was),
@@ -157,14 +168,14 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
                     "explanation": "The run stopped with an out-of-memory error, but the trace holds no oom entry (the "
                     "error came before recording, or outside the caching allocator)."}
         return None
-    o = oom.iloc[0]
+    o = oom.iloc[-1]  # the last: the one that stopped the run and that the snapshot was dumped for
     idx = int(o["idx"])
     tl, rs = rep.timeline, rep.reserved
     row = max(np.searchsorted(tl["idx"].to_numpy(), idx, side="right") - 1, 0)
     allocated = int(tl["allocated"].to_numpy()[row])
     torch_allocated = int(tl["torch_allocated"].to_numpy()[row])
     reserved = int(rs["reserved"].to_numpy()[max(np.searchsorted(rs["idx"].to_numpy(), idx, side="right") - 1, 0)])
-    largest, exact = _largest_free_at(snap, rep.device, idx)
+    largest = _largest_free_at(snap, rep, idx)
     req = int(o["size"])
     free_cached = max(reserved - allocated, 0)
     dev_free = int(o["device_free"]) if int(o["device_free"]) >= 0 else None
@@ -179,8 +190,7 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
              f"{fb(dev_free) if dev_free is not None else 'unknown'} free on the device")
     if frag:
         remedy = ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (segments grow in place instead of being split, so "
-                  "freed memory can be reused for a larger request); or free the cache before the large request "
-                  "(torch.cuda.empty_cache())")
+                  "freed memory can be reused for a larger request)")
         why = (f"The request for {fb(req)} failed with {state}: {fb(free_total)} was free in total, more than asked "
                f"for, but no single free block was large enough: fragmentation. Remedy: {remedy}.")
     else:
@@ -192,7 +202,7 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
     return {
         "device": rep.device, "requested_bytes": req, "device_free_bytes": dev_free, "allocated_bytes": allocated,
         "torch_allocated_bytes": torch_allocated, "reserved_bytes": reserved,
-        "free_cached_bytes": free_cached, "largest_free_block_bytes": largest, "largest_free_block_exact": exact,
+        "free_cached_bytes": free_cached, "largest_free_block_bytes": largest, "oom_events": int(len(oom)),
         "device_total_bytes": int(total) if total else None, "free_total_bytes": free_total,
         "site": str(snap.site_labels(np.array([int(o["stack_id"])]))[0]), "time_us": float(o["time_us"]),
         "reason": "fragmentation" if frag else "exhaustion", "remedy": remedy, "explanation": why,
