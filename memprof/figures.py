@@ -125,13 +125,14 @@ AWAITING_FREE_COLOR = "rgba(245,133,24,0.45)"
 
 
 def torch_counted(model: TimelineModel) -> np.ndarray | None:
-    """Allocated bytes as torch counts them, aligned with ``model.allocated``; None when they never differ
-    (no block ever waited for another stream), so single-stream figures stay as they were."""
+    """Allocated bytes with torch's semantics (freed at free_requested; requested bytes, like
+    ``model.allocated``), aligned with it; None when no block ever waited for another stream, so
+    single-stream figures stay as they were."""
     tl = model.rep.timeline
-    if "torch_allocated" not in tl or len(tl) != len(model.allocated):
+    if "awaiting_free" not in tl or len(tl) != len(model.allocated):
         return None
-    counted = tl["torch_allocated"].to_numpy()
-    return counted if bool((counted != model.allocated).any()) else None
+    waiting = tl["awaiting_free"].to_numpy()
+    return model.allocated - waiting if bool(waiting.any()) else None
 
 
 def plot_state(model: TimelineModel, k: int = 25, height: int = 520) -> go.Figure:

@@ -23,9 +23,11 @@ Two measures of "allocated", because streams make them differ:
   the other stream's work completes (``free_completed``). This is what the viewer draws.
 * **torch-counted** (``torch_allocated``, ``peak_torch_bytes``): PyTorch's own counter
   (``torch.cuda.memory_allocated`` / ``max_memory_allocated``) drops at ``free_requested``.
-  ``allocated - torch_allocated`` is the memory awaiting free on another stream.
+  It counts blocks (requests rounded up to 512 B), so ``peak_torch_bytes`` is in block bytes and
+  equals ``torch.cuda.max_memory_allocated`` for the window. ``awaiting_free`` (requested bytes) is
+  the memory freed by torch's count but not yet reusable.
 
-Both are in the trace's requested bytes (the counter itself counts blocks rounded to 512 B).
+The held measure is in the trace's requested bytes, as the viewer draws it.
 
 Private pools (CUDA graphs, ``torch.cuda.MemPool``): each allocation's pool is the
 ``segment_pool_id`` of the snapshot segment holding its address ('(0, 0)' — the default pool —
@@ -77,11 +79,15 @@ class Replay:
         torch_free_idx (event index where torch's own counter drops it: the ``free_requested``
         when the free waited for another stream, else free_idx; -1 alive at the end; -2 never
         counted in the window: a block already awaiting free when the window began),
-        pool (the segment_pool_id of the segment holding it, '(0, 0)' when unknown).
+        pool (the segment_pool_id of the segment holding it, '(0, 0)' when unknown),
+        block_size (bytes its block occupies: the request rounded up to 512 B, or its snapshot
+        block when alive at dump time).
     ``timeline`` — one row per trace event that changed allocated bytes (held or torch-counted),
         plus a first row for the state before the window: idx (-1 for that first row), time_us,
-        delta, allocated (held, incl. blocks awaiting free), torch_allocated (as torch counts it),
-        awaiting_free (allocated - torch_allocated).
+        delta, allocated (held, incl. blocks awaiting free; requested bytes), awaiting_free (requested
+        bytes freed by torch's count but still held: ``allocated - awaiting_free`` is torch's semantics
+        in requested bytes), torch_allocated (as ``torch.cuda.memory_allocated`` counts it: torch's
+        semantics in block bytes, see block_size).
     ``reserved`` — one row per segment event plus a first row: idx, time_us, delta, reserved.
     """
 
@@ -214,6 +220,7 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     allocations["free_us"] = np.where(fi >= 0, t_us[np.maximum(fi, 0)] if n else np.nan, np.nan)
     allocations["alive_at_start"] = ai < 0
     allocations["alive_at_end"] = fi < 0
+    allocations["block_size"] = _block_sizes(allocations, snap, device, n_t + n_o, blk["size"].to_numpy())
     pending = np.concatenate([np.zeros(n_t + n_o, dtype=bool), blk_pending])
     allocations["torch_free_idx"] = _torch_free_idx(action, addr, ai, fi, allocations["addr"].to_numpy(), pending)
     allocations["pool"] = pool_of(snap, device, allocations["addr"].to_numpy())
@@ -221,23 +228,30 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
 
     # Allocated-bytes timelines: +size at allocs, -size at frees, starting from what was alive before.
     sizes = allocations["size"].to_numpy()
+    bsizes = allocations["block_size"].to_numpy()
     ai = allocations["alloc_idx"].to_numpy()
+    fi = allocations["free_idx"].to_numpy()
     tfi = allocations["torch_free_idx"].to_numpy()
+    zero = np.zeros(len(sizes), dtype=np.int64)
+    waits = (tfi != fi) & ((tfi >= 0) | (tfi == -2))  # freed by torch's count before the memory came back
     initial = int(sizes[ai < 0].sum())
-    initial_torch = int(sizes[(ai < 0) & (tfi != -2)].sum())
-    d_idx = np.concatenate([ai, allocations["free_idx"].to_numpy(), ai, tfi])
-    d_held = np.concatenate([sizes, -sizes, np.zeros(2 * len(sizes), dtype=np.int64)])
-    d_torch = np.concatenate([np.zeros(2 * len(sizes), dtype=np.int64), sizes, -sizes])
+    initial_torch = int(bsizes[(ai < 0) & (tfi != -2)].sum())
+    initial_wait = int(sizes[tfi == -2].sum())
+    d_idx = np.concatenate([ai, fi, ai, tfi, np.where(waits & (tfi >= 0), tfi, -1), np.where(waits, fi, -1)])
+    d_held = np.concatenate([sizes, -sizes, zero, zero, zero, zero])
+    d_torch = np.concatenate([zero, zero, bsizes, -bsizes, zero, zero])
+    d_wait = np.concatenate([zero, zero, zero, zero, sizes, -sizes])
     keep = d_idx >= 0
-    d_idx, d_held, d_torch = d_idx[keep], d_held[keep], d_torch[keep]
+    d_idx, d_held, d_torch, d_wait = d_idx[keep], d_held[keep], d_torch[keep], d_wait[keep]
     o = np.argsort(d_idx, kind="stable")
-    d_idx, d_held, d_torch = d_idx[o], d_held[o], d_torch[o]
-    del keep, o
-    # one row per event index (an alloc counts in both measures at once)
+    d_idx, d_held, d_torch, d_wait = d_idx[o], d_held[o], d_torch[o], d_wait[o]
+    del keep, o, zero
+    # one row per event index (an alloc counts in every measure at once)
     last = np.ones(len(d_idx), dtype=bool)
     last[:-1] = d_idx[:-1] != d_idx[1:]
     allocated = (initial + np.cumsum(d_held))[last]
     torch_allocated = (initial_torch + np.cumsum(d_torch))[last]
+    waiting = (initial_wait + np.cumsum(d_wait))[last]
     d_idx = d_idx[last]
     delta = np.diff(_prepend(initial, allocated, np.int64))
     timeline = pd.DataFrame(
@@ -246,12 +260,12 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
             "time_us": _prepend(t_us[0] if n else 0.0, t_us[d_idx], np.float64),
             "delta": _prepend(initial, delta, np.int64),
             "allocated": _prepend(initial, allocated, np.int64),
+            "awaiting_free": _prepend(initial_wait, waiting, np.int64),
             "torch_allocated": _prepend(initial_torch, torch_allocated, np.int64),
         },
         copy=False,
     )
-    timeline["awaiting_free"] = timeline["allocated"] - timeline["torch_allocated"]
-    del d_held, d_torch, delta
+    del d_held, d_torch, d_wait, delta
     # The peak includes the state before the first event (row 0); the first maximum wins.
     held = timeline["allocated"].to_numpy()
     k = int(np.argmax(held))
@@ -282,6 +296,32 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
         end_us=float(t_us[-1]) if n else 0.0,
         oom_events=oom,
     )
+
+
+def _block_sizes(a: pd.DataFrame, snap: Snapshot, device: int, n_trace: int, snapshot_blocks: np.ndarray) -> np.ndarray:
+    """Bytes each allocation's block occupies, as torch's counters count them.
+
+    The request rounded up to 512 B (at least 512), as the caching allocator rounds it; for an
+    allocation still alive at dump time, the size of its block in the snapshot (which also holds
+    an unsplit remainder). ``snapshot_blocks``: sizes of the rows after ``n_trace`` (snapshot blocks).
+    """
+    size = a["size"].to_numpy()
+    out = np.maximum(ROUND, (size + ROUND - 1) // ROUND * ROUND).astype(np.int64)
+    out[n_trace:] = snapshot_blocks
+    blk = snap.blocks
+    st = blk["state"].to_numpy()
+    blk = blk[(blk["device"].to_numpy() == device) & ((st == "active_allocated") | (st == "active_pending_free"))]
+    alive = np.flatnonzero(a["free_idx"].to_numpy()[:n_trace] < 0)
+    if len(blk) and len(alive):
+        m = pd.Series(blk["size"].to_numpy(), index=blk["addr"].to_numpy())
+        m = m[~m.index.duplicated()]
+        found = m.reindex(a["addr"].to_numpy()[alive]).to_numpy()
+        ok = ~np.isnan(found)
+        out[alive[ok]] = found[ok].astype(np.int64)
+    return out
+
+
+ROUND = 512
 
 
 def _torch_free_idx(action: np.ndarray, addr: np.ndarray, alloc_idx: np.ndarray, free_idx: np.ndarray,

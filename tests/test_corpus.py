@@ -53,8 +53,8 @@ def traces_of(raw: Any) -> list[list[dict[str, Any]]]:
     return [] if isinstance(raw, list) else raw.get("device_traces") or []
 
 
-def live_blocks(raw: Any, device: int) -> list[tuple[int, int, str]]:
-    """(address, requested bytes, state) of the allocated and awaiting-free blocks of one device."""
+def live_blocks(raw: Any, device: int) -> list[tuple[int, int, str, int]]:
+    """(address, requested bytes, state, block bytes) of the allocated and awaiting-free blocks of one device."""
     out = []
     for seg in segments_of(raw):
         if seg.get("device", 0) != device:
@@ -66,42 +66,61 @@ def live_blocks(raw: Any, device: int) -> list[tuple[int, int, str]]:
             if req is None and b.get("history"):  # torch 2.0: the request is in the block's history
                 req = b["history"][0].get("real_size")
             if b["state"] in ("active_allocated", "active_pending_free"):
-                out.append((a, b["size"] if req is None else req, b["state"]))
+                out.append((a, b["size"] if req is None else req, b["state"], b["size"]))
             addr = a + b["size"]
     return out
+
+
+def rounded(n: int) -> int:
+    """The caching allocator's block for a request: rounded up to 512 bytes, at least 512."""
+    return max(512, (n + 511) // 512 * 512)
 
 
 def plain_replay(raw: Any, device: int) -> tuple[int, int]:
     """(held peak, torch-counted peak) of one device, one event at a time, in plain Python.
 
-    Held: a block is held from its alloc until ``free_completed`` (or ``free``), so a free that
-    waits for another stream still holds memory. Torch-counted: torch's counter drops at
-    ``free_requested``. Memory freed in the trace but never allocated in it, and allocated or
+    Held (requested bytes): a block is held from its alloc until ``free_completed`` (or ``free``),
+    so a free that waits for another stream still holds memory. Torch-counted (block bytes, as
+    ``torch.cuda.max_memory_allocated``): torch's counter drops at ``free_requested``, and counts
+    each request rounded up to 512 B (the block it got; for one still alive at dump time, its
+    block in the snapshot). Memory freed in the trace but never allocated in it, and allocated or
     awaiting-free blocks of the segments the trace never allocated, were alive before the first
     event. The peak includes that starting level.
     """
     trace = traces_of(raw)[device] if device < len(traces_of(raw)) else []
+    blocks = {a: (req, st, size) for a, req, st, size in live_blocks(raw, device)}
+    # pass 1: which allocs are still held at the end (their block is in the snapshot)
+    held_at: dict[int, int] = {}
+    for i, e in enumerate(trace):
+        if e["action"] == "alloc":
+            held_at[e["addr"]] = i
+        elif e["action"] in ("free_completed", "free"):
+            held_at.pop(e["addr"], None)
+    alive_end = {i for a, i in held_at.items() if a in blocks}
+
     held: dict[int, int] = {}
     counted: dict[int, int] = {}
     requested: set[int] = set()
     held_run = torch_run = 0
     held_max = torch_max = 0
     held_before = torch_before = 0
-    for e in trace:
+    for i, e in enumerate(trace):
         act, addr, size = e["action"], e.get("addr"), e.get("size", 0)
         if act == "alloc":
             # (allocated twice without a free: the first stays counted in the running totals to the end)
             held[addr] = size
-            counted[addr] = size
+            counted[addr] = blocks[addr][2] if i in alive_end else rounded(size)
             held_run += size
-            torch_run += size
+            torch_run += counted[addr]
         elif act == "free_requested":
             requested.add(addr)
             if addr in counted:
                 torch_run -= counted.pop(addr)
-            else:
-                torch_before += size
-                torch_run -= size
+            else:  # allocated before the window; still awaiting free at dump time: its snapshot block
+                pending = addr in blocks and blocks[addr][1] == "active_pending_free" and addr not in held
+                b = blocks[addr][2] if pending else rounded(size)
+                torch_before += b
+                torch_run -= b
         elif act in ("free_completed", "free"):
             if addr in held:
                 held_run -= held.pop(addr)
@@ -112,17 +131,17 @@ def plain_replay(raw: Any, device: int) -> tuple[int, int]:
                 if addr in counted:
                     torch_run -= counted.pop(addr)
                 else:
-                    torch_before += size
-                    torch_run -= size
+                    torch_before += rounded(size)
+                    torch_run -= rounded(size)
             requested.discard(addr)
         held_max = max(held_max, held_run)
         torch_max = max(torch_max, torch_run)
-    for addr, req, state in live_blocks(raw, device):
+    for addr, (req, state, size) in blocks.items():
         if addr in held:
             continue
         held_before += req
-        if state == "active_allocated" or addr in requested:
-            torch_before += req
+        if state == "active_allocated":
+            torch_before += size
     return held_before + held_max, torch_before + torch_max
 
 
@@ -210,7 +229,8 @@ def test_empty_traces_show_the_state_at_dump_time(name: str, capsys):
     rep = replay(snap, dev)
     blocks = live_blocks(raw, dev)
     # the live blocks are the allocations, alive throughout, and the peak is their sum
-    assert rep.peak_bytes == sum(r for _, r, _ in blocks) > 0
+    assert rep.peak_bytes == sum(b[1] for b in blocks) > 0
+    assert rep.peak_torch_bytes == sum(b[3] for b in blocks if b[2] == "active_allocated")
     assert len(rep.allocations) == len(blocks)
     assert rep.peak_reserved_bytes == sum(s["total_size"] for s in segments_of(raw) if s.get("device", 0) == dev)
     assert main(["stats", str(path)]) == 0
@@ -220,7 +240,7 @@ def test_empty_traces_show_the_state_at_dump_time(name: str, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["history"] is False
     assert d["state_allocated_bytes"] == sum(s["allocated_size"] for s in segments_of(raw) if s.get("device", 0) == dev)
-    assert d["top_at_peak"][0]["size"] == max(r for _, r, _ in blocks)
+    assert d["top_at_peak"][0]["size"] == max(b[1] for b in blocks)
     assert main(["explain", str(path)]) == 0
     assert "no allocation history" in capsys.readouterr().out
 
@@ -243,7 +263,7 @@ def test_single_free_entry_counts_the_state_before_it():
     (e,) = raw["device_traces"][0]
     assert e["action"] == "free_completed"
     rep = replay(load(path), 0)
-    blocks = sum(r for _, r, _ in live_blocks(raw, 0))
+    blocks = sum(b[1] for b in live_blocks(raw, 0))
     assert rep.peak_bytes == blocks + e["size"]  # before the free, that block was alive too
     assert rep.peak_idx == -1
     assert rep.timeline["allocated"].iloc[-1] == blocks

@@ -65,10 +65,11 @@ def two_stream_trace() -> dict[str, Any]:
 def test_two_streams_held_and_torch_counted():
     rep = replay(columns_from_raw(two_stream_trace()), 0)
     assert rep.peak_bytes == 200
-    assert rep.peak_torch_bytes == 160
+    assert rep.peak_torch_bytes == 2 * 512  # torch counts blocks: each request rounded up to 512 B
     tl = rep.timeline.set_index("idx")
-    assert tl.loc[2, "allocated"] == 160 and tl.loc[2, "torch_allocated"] == 60
+    assert tl.loc[2, "allocated"] == 160 and tl.loc[2, "torch_allocated"] == 512
     assert tl.loc[3, "awaiting_free"] == 100  # the band the timeline draws
+    assert (tl["allocated"] - tl["awaiting_free"]).max() == 160  # torch's semantics in requested bytes
     assert tl["awaiting_free"].iloc[-1] == 0
     x = rep.allocations.set_index("addr").loc[0x1000]
     assert (x.torch_free_idx, x.free_idx) == (2, 6)
@@ -78,7 +79,7 @@ def test_stats_names_both_measures(tmp_path, capsys):
     p = write(tmp_path, "streams.pickle", two_stream_trace())
     assert main(["stats", str(p), "--json", "--no-cache"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert (d["peak_allocated_bytes"], d["peak_torch_allocated_bytes"], d["max_awaiting_free_bytes"]) == (200, 160, 100)
+    assert (d["peak_allocated_bytes"], d["peak_torch_allocated_bytes"], d["max_awaiting_free_bytes"]) == (200, 1024, 100)
     assert main(["stats", str(p), "--no-cache"]) == 0
     out = capsys.readouterr().out
     assert "incl. blocks awaiting free on another stream" in out and "max_memory_allocated" in out
@@ -91,7 +92,8 @@ def test_block_awaiting_free_at_dump_time_is_held_but_not_counted():
         {"address": 0x10800, "size": 2048, "state": "inactive"}]}
     b = TraceBuilder().alloc(0x50000, 7)
     rep = replay(columns_from_raw(b.snapshot([seg])), 0)
-    assert rep.peak_bytes == 2007 and rep.peak_torch_bytes == 7
+    assert rep.peak_bytes == 2007 and rep.peak_torch_bytes == 512
+    assert rep.timeline["awaiting_free"].iloc[0] == 2000
 
 
 # --- private pools -----------------------------------------------------------------------------
