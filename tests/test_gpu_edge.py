@@ -205,3 +205,16 @@ def test_graphs_replay_on_the_raw_dict():
     pools = pool_totals(snap, rep).set_index("pool")
     assert len(pools) == 3 and pools["reserved"].sum() == c["reserved_end"]
     assert pools.drop(index="(0, 0)")["at_peak"].sum() > 0.5 * rep.peak_bytes  # the graphs' pools hold most of the peak
+
+
+@pytest.mark.parametrize("name,key", [
+    ("attention-naive-s4096", "attention_naive_b8_d64_fp32_fwdbwd_seq_len"),
+    ("attention-naive-s8192", "attention_naive_b8_d64_fp32_fwdbwd_seq_len"),
+    ("transformer-small-fp32-b4-c2048", "transformer_small_fp32_train_c2048_batch"),
+])
+def test_predicted_oom_brackets_the_measured_threshold(name: str, key: str):
+    # thresholds.json: the largest passing and first failing size, bisected on the same H100
+    t = json.loads((GPU / "predict" / "thresholds.json").read_text())[key]
+    po = analyze(GPU / "predict" / f"{name}.pickle.gz").peak.predicted_oom
+    assert po["max_fitting_reserved"] <= t["largest_passing"] <= po["max_fitting"]
+    assert po["max_fitting"] < 1.06 * t["first_failing"]  # the upper end overshoots by at most ~5% (S^2 model, no context)

@@ -141,18 +141,28 @@ def transformer_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, 
 
 
 def predict_oom(kind: str, coeffs: dict[str, Any], measured: int, expected: int, total: int | None,
-                failing: int | None = None) -> dict[str, Any]:
+                failing: int | None = None, measured_reserved: int | None = None) -> dict[str, Any]:
     """Where the device runs out, from the analytic model calibrated on the measured peak.
 
     ``failing``: the parameter value (seq_len or batch size) this very file shows failing with an
     out-of-memory error. Its measured peak stops at the failure, so it cannot calibrate the model
     (the uncalibrated account is used), and the prediction never exceeds what failed: at most
     ``failing - 1`` fits.
+
+    ``measured_reserved`` (the allocator's reserved peak): the device must hold what the allocator
+    reserves, not only what is allocated; calibrated on it, the model gives the lower end of the
+    range (``max_fitting_reserved``): the allocator frees its cache and retries before it fails, so
+    the truth lies between the two.
     """
     if not total or not expected:
         return {}
     scale = measured / expected if expected and not failing else 1.0
     out = _predict(kind, coeffs, scale, total)
+    if out and measured_reserved and not failing and measured_reserved > measured:
+        low = _predict(kind, coeffs, measured_reserved / expected, total)
+        out["max_fitting_reserved"] = min(low["max_fitting"], out["max_fitting"])
+        out["note"] += (f"; reserved peaked at {measured_reserved / measured:.2f}x allocated here: if the cache "
+                        f"grows alike, {out['max_fitting_reserved']:,} is the largest that fits")
     if out and failing:
         if out["max_fitting"] >= failing:
             out["max_fitting"] = int(failing) - 1
@@ -235,5 +245,6 @@ def explain_peak(analysis: "Analysis") -> PeakExplanation:
         param = ("seq_len", "sequence_length", "context_length") if kind == "attention" else ("batch", "batch_size")
         failing = _opt(opts, *param) if failed else None
         out.predicted_oom = predict_oom(kind, coeffs, out.measured_bytes, out.expected_bytes, total_mem,
-                                        int(failing) if failing else None)
+                                        int(failing) if failing else None,
+                                        meta.get("peak_reserved_bytes") or rep.peak_reserved_bytes)
     return out

@@ -93,7 +93,8 @@ def render(d: dict[str, Any], start_us: float) -> str:
             lines.append(f"    {fmt_bytes(b):>10}  {k}")
     po = d["predicted_oom"]
     if po:
-        lines.append(f"  out of memory predicted at {po['parameter']} > {po['max_fitting']:,} "
+        rng = f"{po['max_fitting_reserved']:,} to " if po.get("max_fitting_reserved") else ""
+        lines.append(f"  out of memory predicted above {po['parameter']} = {rng}{po['max_fitting']:,} "
                      f"(device {fmt_bytes(po['device_total_bytes'])}); {po['note']}")
     f = d["fragmentation"]
     if f:
