@@ -91,6 +91,11 @@ def test_two_streams_both_semantics(capsys):
     assert main(["stats", str(path), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["peak_torch_allocated_bytes"] == c["max_memory_allocated"] and d["max_awaiting_free_bytes"] > 0
+    assert main(["explain", str(path), "--json"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert (e["peak_bytes"], e["peak_torch_bytes"]) == (rep.peak_bytes, c["max_memory_allocated"])
+    assert main(["explain", str(path)]) == 0
+    assert "awaiting free on another stream" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["graphs", "mempool"])
@@ -109,6 +114,10 @@ def test_private_pools(name: str):
     if name == "mempool":
         assert str(tuple(c["mempool_id"])) in pools.index
         assert pools.loc[str(tuple(c["mempool_id"])), "allocated"] > 0
+        from memprof.commands.explain import explain_dict
+
+        listed = {p["pool"]: p for p in explain_dict(analyze(snap))["pools"]}
+        assert listed[str(tuple(c["mempool_id"]))]["reserved"] == pools.loc[str(tuple(c["mempool_id"])), "reserved"]
 
 
 def test_wrapped_ring_inferred_from_the_trace(capsys):

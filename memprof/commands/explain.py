@@ -47,6 +47,9 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
         "leak": {k: _num(v) for k, v in an.leak.items()},
         "verdict": an.verdict.to_dict(),
         "peak_bytes": int(an.rep.peak_bytes),
+        "peak_torch_bytes": int(an.rep.peak_torch_bytes),
+        "max_awaiting_free_bytes": int(an.rep.timeline["awaiting_free"].max()),
+        "pools": _pools(an),
         "peak_us": float(an.rep.peak_time_us),
         "peak_by_category": pd_["by_category"],
         "peak_by_site": pd_["by_site"],
@@ -78,6 +81,12 @@ def render(d: dict[str, Any], start_us: float) -> str:
     for r in v["remedies"]:
         lines.append(f"  - {r}")
     lines += ["", f"PEAK  {fmt_bytes(d['peak_bytes'])} at +{fmt_us(d['peak_us'] - start_us)}"]
+    if d["max_awaiting_free_bytes"]:
+        lines.append(f"  memory held, incl. up to {fmt_bytes(d['max_awaiting_free_bytes'])} awaiting free on another stream "
+                     f"(record_stream); allocated as torch counts it (max_memory_allocated): {fmt_bytes(d['peak_torch_bytes'])}")
+    for p in d["pools"]:
+        lines.append(f"  pool {p['pool']:<10} {fmt_bytes(p['at_peak']):>10} at the peak, {fmt_bytes(p['reserved']):>10} reserved"
+                     + ("  (default pool)" if p["pool"] == "(0, 0)" else "  (private: CUDA graph or MemPool)"))
     total = max(d["peak_bytes"], 1)
     for c, b in d["peak_by_category"].items():
         lines.append(f"  {c:<16} {fmt_bytes(b):>10}  {b / total:6.1%}")
@@ -105,6 +114,14 @@ def render(d: dict[str, Any], start_us: float) -> str:
     if d["oom"]:
         lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
     return "\n".join(lines)
+
+
+def _pools(an: Any) -> list[dict[str, Any]]:
+    """Per-pool totals when the snapshot has private pools (CUDA graphs, MemPool); [] otherwise."""
+    from memprof.replay import pool_totals
+
+    pt = pool_totals(an.snap, an.rep)
+    return [{k: (str(v) if k == "pool" else int(v)) for k, v in r.items()} for r in pt.to_dict("records")] if len(pt) > 1 else []
 
 
 def _render_state(d: dict[str, Any]) -> list[str]:
