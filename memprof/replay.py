@@ -232,20 +232,22 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     ai = allocations["alloc_idx"].to_numpy()
     fi = allocations["free_idx"].to_numpy()
     tfi = allocations["torch_free_idx"].to_numpy()
-    zero = np.zeros(len(sizes), dtype=np.int64)
     waits = (tfi != fi) & ((tfi >= 0) | (tfi == -2))  # freed by torch's count before the memory came back
     initial = int(sizes[ai < 0].sum())
     initial_torch = int(bsizes[(ai < 0) & (tfi != -2)].sum())
     initial_wait = int(sizes[tfi == -2].sum())
-    d_idx = np.concatenate([ai, fi, ai, tfi, np.where(waits & (tfi >= 0), tfi, -1), np.where(waits, fi, -1)])
-    d_held = np.concatenate([sizes, -sizes, zero, zero, zero, zero])
-    d_torch = np.concatenate([zero, zero, bsizes, -bsizes, zero, zero])
-    d_wait = np.concatenate([zero, zero, zero, zero, sizes, -sizes])
+    # Every allocation changes all measures at its alloc and its free; one that waited for another
+    # stream also at its free_requested (torch's count drops, the wait starts) - few rows.
+    req = np.flatnonzero(waits & (tfi >= 0))
+    d_idx = np.concatenate([ai, fi, tfi[req]])
+    d_held = np.concatenate([sizes, -sizes, np.zeros(len(req), dtype=np.int64)])
+    d_torch = np.concatenate([bsizes, np.where(waits, 0, -bsizes), -bsizes[req]])
+    d_wait = np.concatenate([np.zeros(len(sizes), dtype=np.int64), np.where(waits, -sizes, 0), sizes[req]])
     keep = d_idx >= 0
     d_idx, d_held, d_torch, d_wait = d_idx[keep], d_held[keep], d_torch[keep], d_wait[keep]
     o = np.argsort(d_idx, kind="stable")
     d_idx, d_held, d_torch, d_wait = d_idx[o], d_held[o], d_torch[o], d_wait[o]
-    del keep, o, zero
+    del keep, o, req
     # one row per event index (an alloc counts in every measure at once)
     last = np.ones(len(d_idx), dtype=bool)
     last[:-1] = d_idx[:-1] != d_idx[1:]
@@ -334,7 +336,12 @@ def _torch_free_idx(action: np.ndarray, addr: np.ndarray, alloc_idx: np.ndarray,
     the window: -2 (never counted). Vectorised with a forward as-of join by address.
     """
     out = free_idx.copy()
-    req = np.flatnonzero(action == A_FREE_REQ)
+    # Only a request NOT directly followed by its completion differs from the free itself.
+    is_req = action == A_FREE_REQ
+    lone = is_req.copy()
+    if len(action) > 1:
+        lone[:-1] &= ~((action[1:] == A_FREE_DONE) & (addr[1:] == addr[:-1]))
+    req = np.flatnonzero(lone)
     if len(req) and len(a_addr):
         left = pd.DataFrame({"start": alloc_idx, "addr": a_addr, "row": np.arange(len(a_addr))}).sort_values("start", kind="stable")
         right = pd.DataFrame({"req": req, "addr": addr[req]})
@@ -354,23 +361,24 @@ def _torch_free_idx(action: np.ndarray, addr: np.ndarray, alloc_idx: np.ndarray,
     return out
 
 
-def pool_of(snap: Snapshot, device: int, addrs: np.ndarray) -> np.ndarray:
+def pool_of(snap: Snapshot, device: int, addrs: np.ndarray) -> pd.Categorical:
     """The memory pool ('(0, 0)' default; a CUDA graph's or MemPool's id otherwise) holding each address.
 
     Pools are known for segments alive when the snapshot was taken; other addresses get '(0, 0)'.
     """
     seg = snap.segments
     seg = seg[seg["device"].to_numpy() == device].sort_values("address", kind="stable")
-    out = np.full(len(addrs), DEFAULT_POOL, dtype=object)
-    if not len(seg) or not len(addrs):
-        return out
-    start = seg["address"].to_numpy()
-    end = start + seg["total_size"].to_numpy()
-    k = np.searchsorted(start, addrs, side="right") - 1
-    kk = np.clip(k, 0, len(start) - 1)
-    inside = (k >= 0) & (addrs < end[kk])
-    out[inside] = seg["pool_id"].to_numpy()[kk[inside]]
-    return out
+    names = sorted(set(seg["pool_id"].astype(str)) | {DEFAULT_POOL})
+    codes = np.full(len(addrs), names.index(DEFAULT_POOL), dtype=np.int16)
+    if len(seg) and len(addrs) and len(names) > 1:
+        start = seg["address"].to_numpy()
+        end = start + seg["total_size"].to_numpy()
+        k = np.searchsorted(start, addrs, side="right") - 1
+        kk = np.clip(k, 0, len(start) - 1)
+        inside = (k >= 0) & (addrs < end[kk])
+        seg_code = np.searchsorted(np.array(names, dtype=object), seg["pool_id"].astype(str).to_numpy().astype(object))
+        codes[inside] = seg_code[kk[inside]]
+    return pd.Categorical.from_codes(codes, categories=names)
 
 
 DEFAULT_POOL = "(0, 0)"
