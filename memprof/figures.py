@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from memprof.format import fmt_bytes
+from memprof.replay import private_pool_allocated
 from memprof.views import TimelineModel, stacked_polygons, step_view
 
 MIB = float(1 << 20)
@@ -94,6 +95,14 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                    "hovertemplate": ("held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
                                      if counted is not None else "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>")})
     rows.append(-1)
+    priv = private_pool_allocated(model.rep) if len(model.rep.timeline) == len(model.t_alloc) else None
+    if priv is not None and priv.any():
+        px, py = step_view(model.t_alloc, priv, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": px, "y": py / MIB, "mode": "lines",
+                       "line": {"width": 1.5, "color": "#2CA02C", "dash": "dot", "shape": "hv"},
+                       "name": "in private pools (CUDA graphs / MemPool)",
+                       "hovertemplate": "in private pools %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
     rx, ry = step_view(model.t_res, model.reserved, x0, x1, n_buckets)
     if len(rx) and rx[-1] < (model.end_ms if x1 is None else x1):
         rx = np.append(rx, model.end_ms if x1 is None else min(x1, model.end_ms))

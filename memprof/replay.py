@@ -413,6 +413,29 @@ def pool_totals(snap: Snapshot, rep: Replay) -> pd.DataFrame:
     return out[(out[["segments", "allocations"]].sum(axis=1) > 0) | (out["pool"] == DEFAULT_POOL)].reset_index(drop=True)
 
 
+def private_pool_allocated(rep: Replay) -> np.ndarray:
+    """Held bytes in private pools (every pool but the default '(0, 0)') at each row of ``rep.timeline``.
+
+    All zeros when nothing lives in a private pool. The timeline's ``allocated`` includes these bytes.
+    """
+    a = rep.allocations
+    priv = (a["pool"].astype(str) != DEFAULT_POOL).to_numpy()
+    tl_idx = rep.timeline["idx"].to_numpy()
+    if not priv.any():
+        return np.zeros(len(tl_idx), dtype=np.int64)
+    size = a["size"].to_numpy()[priv]
+    ai, fi = a["alloc_idx"].to_numpy()[priv], a["free_idx"].to_numpy()[priv]
+    initial = int(size[ai < 0].sum())
+    d_idx = np.concatenate([ai, fi])
+    d_val = np.concatenate([size, -size])
+    keep = d_idx >= 0
+    d_idx, d_val = d_idx[keep], d_val[keep]
+    o = np.argsort(d_idx, kind="stable")
+    cum = initial + np.cumsum(d_val[o])
+    k = np.searchsorted(d_idx[o], tl_idx, side="right") - 1
+    return np.where(k >= 0, cum[np.maximum(k, 0)] if len(cum) else initial, initial).astype(np.int64)
+
+
 def trace_begins_mid_run(snap: Snapshot, rep: Replay, max_entries: int | None = None) -> dict[str, object]:
     """Whether the recorded window starts after the work began (a wrapped ring buffer or late start).
 

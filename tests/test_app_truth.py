@@ -27,6 +27,7 @@ def lib(tmp_path_factory):
     root = tmp_path_factory.mktemp("lib")
     shutil.copy(CORPUS / EMPTY, root / EMPTY)
     (root / "streams.pickle").write_bytes(pickle.dumps(two_stream_trace(), protocol=4))
+    shutil.copy(Path(__file__).parent / "data" / "gpu" / "edge" / "mempool.pickle.gz", root / "mempool.pickle.gz")
     create_app(root)
     yield library()
 
@@ -74,3 +75,15 @@ def test_two_streams_draw_the_awaiting_free_band(lib):
     assert isinstance(patch, Patch)
     data = patch.to_plotly_json()["operations"][0]["params"]["value"]
     assert [t["name"] for t in data] == names
+
+
+def test_private_pools_line_on_the_timeline(lib):
+    from app.pages import timeline
+
+    sid = lib.get("mempool.pickle.gz").id
+    fig = [n for n in _walk(timeline.layout(snap=str(sid))) if getattr(n, "id", None) == "timeline-graph"][0].figure
+    names = [t.name for t in fig.data]
+    assert "in private pools (CUDA graphs / MemPool)" in names
+    priv = fig.data[names.index("in private pools (CUDA graphs / MemPool)")]
+    alloc = fig.data[names.index("allocated")]
+    assert 0 < max(priv.y) <= max(alloc.y)

@@ -111,6 +111,11 @@ def test_private_pools(name: str):
     private = pools.drop(index="(0, 0)")
     assert private["at_peak"].sum() > 0  # the peak includes memory in the private pools
     assert pools["at_peak"].sum() == rep.alive_at(rep.peak_idx)["size"].sum()
+    from memprof.replay import private_pool_allocated
+
+    priv = private_pool_allocated(rep)  # the timeline's share in private pools, as the newest viewer draws it
+    assert priv[list(rep.timeline["idx"]).index(rep.peak_idx)] == private["at_peak"].sum()
+    assert (priv <= rep.timeline["allocated"].to_numpy()).all()
     if name == "mempool":
         assert str(tuple(c["mempool_id"])) in pools.index
         assert pools.loc[str(tuple(c["mempool_id"])), "allocated"] > 0
@@ -214,6 +219,10 @@ def test_graphs_replay_on_the_raw_dict():
     pools = pool_totals(snap, rep).set_index("pool")
     assert len(pools) == 3 and pools["reserved"].sum() == c["reserved_end"]
     assert pools.drop(index="(0, 0)")["at_peak"].sum() > 0.5 * rep.peak_bytes  # the graphs' pools hold most of the peak
+    from memprof.replay import private_pool_allocated
+
+    priv = private_pool_allocated(rep)
+    assert priv[list(rep.timeline["idx"]).index(rep.peak_idx)] == pools.drop(index="(0, 0)")["at_peak"].sum()
 
 
 @pytest.mark.parametrize("name,key", [
