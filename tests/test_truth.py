@@ -82,7 +82,7 @@ def test_stats_names_both_measures(tmp_path, capsys):
     assert (d["peak_allocated_bytes"], d["peak_torch_allocated_bytes"], d["max_awaiting_free_bytes"]) == (200, 1024, 100)
     assert main(["stats", str(p), "--no-cache"]) == 0
     out = capsys.readouterr().out
-    assert "incl. blocks awaiting free on another stream" in out and "max_memory_allocated" in out
+    assert "incl. blocks awaiting free on another stream" in out and "max_memory_allocated" in out and "awaiting free    up to" in out
 
 
 def test_block_awaiting_free_at_dump_time_is_held_but_not_counted():

@@ -115,11 +115,11 @@ def render(d: dict[str, Any]) -> str:
             f"  entries          {d['entries']:,}" + ("" if d["has_time"] else "  (no timestamps: times are entry indices)"),
             f"  duration         {fmt_us(d['duration_us'])}",
             f"  peak allocated   {fmt_bytes(d['peak_allocated_bytes'])}  ({d['peak_allocated_bytes']:,} B) "
-            f"at +{fmt_us(d['_peak_rel_us'])}  (memory held, incl. blocks awaiting free on another stream)",
+            f"at +{fmt_us(d['_peak_rel_us'])}  (requested bytes held, incl. blocks awaiting free on another stream)",
         ]
-        if d["max_awaiting_free_bytes"] > 0 or d["peak_torch_allocated_bytes"] != d["peak_allocated_bytes"]:
-            lines.append(f"  peak as torch    {fmt_bytes(d['peak_torch_allocated_bytes'])}  ({d['peak_torch_allocated_bytes']:,} B; "
-                         "allocated as torch.cuda.max_memory_allocated counts it: freed at free_requested)")
+        lines.append(f"  peak as torch    {fmt_bytes(d['peak_torch_allocated_bytes'])}  ({d['peak_torch_allocated_bytes']:,} B; "
+                     "allocated as torch.cuda.max_memory_allocated counts it: blocks of 512 B, freed at free_requested)")
+        if d["max_awaiting_free_bytes"] > 0:
             lines.append(f"  awaiting free    up to {fmt_bytes(d['max_awaiting_free_bytes'])} freed but held until another stream's work completed")
         w = d["window"]
         lines += [
@@ -143,8 +143,9 @@ def render(d: dict[str, Any]) -> str:
                          f"at the peak {fmt_bytes(p['at_peak']):>10}")
     if d.get("allocator_peak_bytes"):
         ap = d["allocator_peak_bytes"]
-        diff = (d["peak_allocated_bytes"] - ap) / ap * 100 if ap else 0.0
-        lines.append(f"  allocator peak   {fmt_bytes(ap)} (torch.cuda.max_memory_allocated; replay differs by {diff:+.2f}%)")
+        diff = (d["peak_torch_allocated_bytes"] - ap) / ap * 100 if ap else 0.0
+        lines.append(f"  allocator peak   {fmt_bytes(ap)} (torch.cuda.max_memory_allocated recorded beside the file; "
+                     f"the replay as torch counts differs by {diff:+.2f}%)")
     if d["oom_events"]:
         lines.append(f"  OUT OF MEMORY    {d['oom_events']} oom event(s) in the trace")
     for o in d["oom_devices"]:
