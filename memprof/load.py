@@ -1,9 +1,12 @@
 """Read a PyTorch memory snapshot file into columns.
 
 This is the only module that touches the raw nested dicts. It reads ``.pickle``,
-``.pickle.gz`` and ``.json`` snapshots written by torch 2.1 to 2.14 with the
+``.pickle.gz`` and ``.json`` snapshots written by torch 2.0 to 2.14 with the
 restricted unpickler, interns stacks once, and returns a :class:`Snapshot` of
-pandas DataFrames and numpy arrays. A per-file cache (Arrow IPC, keyed by the
+pandas DataFrames and numpy arrays. Every historical shape is read: a bare list of
+segments, torch 2.0's block ``history`` (no block address, no ``time_us``), traces of
+one entry, ``snapshot`` markers, empty traces (only the state at dump time: see
+:meth:`Snapshot.state_totals`), private pools (``segment_pool_id``) and several devices. A per-file cache (Arrow IPC, keyed by the
 file's path, size and mtime) makes reopening fast.
 
 No torch import is needed here.

@@ -236,3 +236,18 @@ def test_predicted_oom_brackets_the_measured_threshold(name: str, key: str):
     po = analyze(GPU / "predict" / f"{name}.pickle.gz").peak.predicted_oom
     assert po["max_fitting_reserved"] <= t["largest_passing"] <= po["max_fitting"]
     assert po["max_fitting"] < 1.06 * t["first_failing"]  # the upper end overshoots by at most ~5% (S^2 model, no context)
+
+
+@pytest.mark.parametrize("path", sorted((GPU / "predict").glob("*.pickle.gz")) + sorted((GPU.parents[1].parent / "snapshots" / "h100").glob("*.pickle.gz")),
+                         ids=lambda p: p.name.split(".")[0])
+def test_memprof_recordings_torch_count_matches_the_recorded_counter(path: Path):
+    # memprof record writes torch.cuda.max_memory_allocated into the .meta.json: the torch-counted replay
+    # reaches it (requests rounded to 512 B; blocks may hold an unsplit remainder: at most 0.5% here)
+    from memprof.meta import read_meta
+
+    meta = read_meta(path)
+    rep = replay(load(path), 0)
+    recorded = meta["peak_allocated_bytes"]
+    assert 0 <= recorded - rep.peak_torch_bytes <= 0.005 * recorded
+    if meta["workload"]["kind"] == "attention":  # large tensors only: exact
+        assert rep.peak_torch_bytes == recorded
