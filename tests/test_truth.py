@@ -209,6 +209,7 @@ def test_oom_fragmentation_with_the_largest_block_at_the_oom():
     assert r["largest_free_block_bytes"] == 4 * MIB
     assert r["reason"] == "fragmentation" and "expandable_segments:True" in r["remedy"]
     assert r["device_total_bytes"] == 16 * MIB and "of the device's 16.0 MiB" in r["explanation"]
+    assert r["outside_cache_bytes"] == 4 * MIB  # capacity - reserved - free on the device
 
 
 def test_oom_exhaustion():

@@ -158,7 +158,9 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
     counts it), reserved_bytes, free_cached_bytes (reserved - allocated), largest_free_block_bytes
     (the largest free cached block at the OOM, rebuilt from the replay; None without segments),
     oom_events (how many the trace holds; the last one is explained), device_total_bytes (capacity: from meta,
-    else None), free_total_bytes (free in the cache + free on the device), site, time_us, reason
+    else None), outside_cache_bytes (capacity - reserved - free on the device: CUDA context and
+    other processes; None without the capacity), free_total_bytes (free in the cache + free on the
+    device), site, time_us, reason
     ('fragmentation' when the cache and the device together held the requested bytes but no
     single block was large enough; 'exhaustion' when the work needs more than there was),
     remedy, explanation.
@@ -197,7 +199,11 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
     frag = free_total >= req and (largest is None or largest < req) and (largest is not None or dev_free is not None)
     from memprof.format import fmt_bytes as fb
 
-    cap = f" of the device's {fb(total)}" if total else ""
+    if total:
+        other = int(total) - reserved - (dev_free or 0)
+        cap = f" of the device's {fb(total)} ({fb(max(other, 0))} used outside PyTorch's cache: CUDA context, other processes)"
+    else:
+        cap = f" (the device holds at least {fb(reserved + (dev_free or 0))})" if dev_free is not None else ""
     state = (f"{fb(allocated)} allocated, {fb(reserved)} reserved{cap}, {fb(free_cached)} of it free in the cache "
              f"(largest free block {fb(largest) if largest is not None else 'unknown'}), "
              f"{fb(dev_free) if dev_free is not None else 'unknown'} free on the device")
@@ -217,6 +223,7 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
         "torch_allocated_bytes": torch_allocated, "reserved_bytes": reserved,
         "free_cached_bytes": free_cached, "largest_free_block_bytes": largest, "oom_events": int(len(oom)),
         "device_total_bytes": int(total) if total else None, "free_total_bytes": free_total,
+        "outside_cache_bytes": (int(total) - reserved - (dev_free or 0)) if total else None,
         "site": str(snap.site_labels(np.array([int(o["stack_id"])]))[0]), "time_us": float(o["time_us"]),
         "reason": "fragmentation" if frag else "exhaustion", "remedy": remedy, "explanation": why,
     }
