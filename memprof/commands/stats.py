@@ -27,11 +27,6 @@ def window(snap: Any, rep: Replay, meta: dict[str, Any]) -> dict[str, Any]:
     return trace_begins_mid_run(snap, rep, max_entries)
 
 
-def wrapped(snap: Any, meta: dict[str, Any], device: int) -> bool:
-    """True when the trace filled its ring buffer (``max_entries``, or inferred), so its start was overwritten."""
-    return bool(window(snap, replay(snap, device), meta)["wrapped"])
-
-
 def devices_table(snap: Any) -> list[dict[str, Any]]:
     """Every device that holds memory or trace entries: entries, oom events, state at dump time."""
     counts = list(snap.info.get("entries_per_device") or [])
