@@ -57,6 +57,8 @@ def test_empty_trace_timeline_shows_the_state(lib):
         timeline.zoom({"xaxis.range[0]": 0, "xaxis.range[1]": 1}, {"snap": sid, "device": None, "state_only": True})
     for page_mod in (allocations, explain):
         assert "Traceback" not in str(page_mod.layout(snap=str(sid)))
+    ex = [n for n in _walk(explain.layout(snap=str(sid))) if getattr(n, "id", None) == "explain-no-history"]
+    assert ex and "trace is empty" in ex[0].children
 
 
 def test_two_streams_draw_the_awaiting_free_band(lib):
