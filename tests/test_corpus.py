@@ -236,6 +236,8 @@ def test_empty_traces_show_the_state_at_dump_time(name: str, capsys):
     assert main(["stats", str(path)]) == 0
     out = capsys.readouterr().out
     assert "no allocation history was recorded" in out and "reserved" in out
+    n_segs = sum(s.get("device", 0) == dev for s in segments_of(raw))
+    assert f"segments         {n_segs:,} holding {len(blocks):,} live blocks" in out
     assert main(["stats", str(path), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["history"] is False

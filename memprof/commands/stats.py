@@ -97,8 +97,13 @@ def _render_state(d: dict[str, Any]) -> list[str]:
         f"  allocated        {fmt_bytes(d['state_allocated_bytes'])}  ({d['state_allocated_bytes']:,} B in allocated blocks, as "
         f"torch.cuda.memory_allocated counts; {d['peak_allocated_bytes']:,} B requested by the live tensors)",
         f"  reserved         {fmt_bytes(d['peak_reserved_bytes'])}",
-        f"  allocations      {d['allocations']:,} live blocks",
+        f"  segments         {_row(d).get('segments', 0):,} holding {d['allocations']:,} live blocks"
+        + (f" ({fmt_bytes(_row(d)['pending_free'])} awaiting free on another stream)" if _row(d).get("pending_free") else ""),
     ]
+
+
+def _row(d: dict[str, Any]) -> dict[str, Any]:
+    return next((r for r in d["devices_with_memory"] if r["device"] == d["device"]), {})
 
 
 def render(d: dict[str, Any]) -> str:
