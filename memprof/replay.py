@@ -441,7 +441,7 @@ def trace_begins_mid_run(snap: Snapshot, rep: Replay, max_entries: int | None = 
 
     Evidence, from the trace alone: ``frees_before_window`` (frees of memory the trace never
     allocated), ``entries`` against ``max_entries`` when known; when unknown, a trace length that
-    is a round ring size (a power of ten or of two, >= 1000) while the trace starts by freeing
+    is a round ring size (a multiple of 1000 or a power of two, >= 1000) while the trace starts by freeing
     memory allocated before it. Keys: wrapped (bool: the ring buffer filled), begins_mid_run
     (bool), frees_before_window (int), bytes_before_window (int), entries, max_entries (int or
     None), reason (str).
@@ -450,7 +450,7 @@ def trace_begins_mid_run(snap: Snapshot, rep: Replay, max_entries: int | None = 
     a = rep.allocations
     orphans = a[a["source"].to_numpy() == SOURCE_FREE_ONLY]
     n_orph, b_orph = int(len(orphans)), int(orphans["size"].sum())
-    round_ring = n >= 1000 and (_is_power(n, 10) or _is_power(n, 2))
+    round_ring = n >= 1000 and (n % 1000 == 0 or _is_power(n, 2))  # max_entries is a round number
     if max_entries:
         wrapped = n >= int(max_entries)
         reason = (f"the trace holds {n:,} entries, the ring buffer's size (max_entries={int(max_entries):,}): its "

@@ -133,6 +133,8 @@ def test_wrapped_ring_inferred_from_the_trace(capsys):
     assert w["wrapped"] and w["entries"] == 1000 and w["frees_before_window"] > 0
     assert main(["stats", str(path)]) == 0
     assert "trace wrapped    YES" in capsys.readouterr().out
+    assert main(["explain", str(path)]) == 0
+    assert "the trace begins mid-run" in capsys.readouterr().out
 
 
 def test_cpp_stacks_site_is_the_user_or_an_operator():

@@ -135,7 +135,8 @@ def ring_trace(n: int, orphan: bool) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("n,orphan,wrapped,mid", [(1000, True, True, True), (4096, True, True, True),
-                                                   (999, True, False, True), (1000, False, False, False)])
+                                                   (250000, True, True, True), (999, True, False, True),
+                                                   (1000, False, False, False)])
 def test_wrapped_ring_inferred_without_metadata(n, orphan, wrapped, mid):
     snap = columns_from_raw(ring_trace(n, orphan))
     w = trace_begins_mid_run(snap, replay(snap, 0))

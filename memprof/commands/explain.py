@@ -39,6 +39,7 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
         "snapshot": an.snap.source,
         "device": an.rep.device,
         "history": bool(an.rep.has_trace),
+        "window": _window(an),
         "state": {"allocated_bytes": int(an.snap.state_totals()["allocated"].get(an.rep.device, 0)),
                   "reserved_bytes": int(an.snap.state_totals()["reserved"].get(an.rep.device, 0))},
         "phase_source": str(an.phases["source"].iloc[0]) if len(an.phases) else None,
@@ -68,6 +69,8 @@ def render(d: dict[str, Any], start_us: float) -> str:
     if not d["history"]:
         return "\n".join(lines + _render_state(d))
     its = d["iterations"]
+    if d["window"]["begins_mid_run"]:
+        lines += [f"NOTE  the trace begins mid-run: {d['window']['reason']}", ""]
     lines.append(f"ITERATIONS  ({len(its)}, phases from {d['phase_source']})")
     for it in its[:8]:
         lines.append(f"  #{it['iteration']:<3} peak {fmt_bytes(it['peak_bytes']):>10} at +{fmt_us(it['peak_us'] - start_us):>9}"
@@ -114,6 +117,13 @@ def render(d: dict[str, Any], start_us: float) -> str:
     if d["oom"]:
         lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
     return "\n".join(lines)
+
+
+def _window(an: Any) -> dict[str, Any]:
+    """Whether the trace begins mid-run (wrapped ring buffer or late start); see trace_begins_mid_run."""
+    from memprof.replay import trace_begins_mid_run
+
+    return trace_begins_mid_run(an.snap, an.rep, (an.meta.get("record") or {}).get("max_entries"))
 
 
 def _pools(an: Any) -> list[dict[str, Any]]:
