@@ -306,3 +306,18 @@ def test_bare_list_and_empty_snapshot_are_not_refused(tmp_path, capsys):
     assert main(["stats", str(p2), "--json", "--no-cache"]) == 0
     assert json.loads(capsys.readouterr().out)["peak_allocated_bytes"] == 4000
     assert np.isfinite(analyze(load(p2, use_cache=False)).rep.peak_bytes)
+
+
+def test_empty_trace_names_the_largest_blocks_by_their_frames(tmp_path, capsys):
+    frames = [{"filename": "/home/u/model.py", "line": 10, "name": "forward"}]
+    seg = {"device": 0, "address": 0x100000, "total_size": 3 * MIB, "stream": 0, "blocks": [
+        {"address": 0x100000, "size": 2 * MIB, "requested_size": 2 * MIB - 8, "state": "active_allocated", "frames": frames},
+        {"address": 0x300000, "size": 512 << 10, "requested_size": 500 << 10, "state": "active_allocated"},
+        {"address": 0x380000, "size": 512 << 10, "state": "inactive"}]}
+    p = write(tmp_path, "state.pickle", {"segments": [seg], "device_traces": [[]]})
+    assert main(["stats", str(p), "--json", "--no-cache"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["history"] is False and d["entries"] == 0
+    assert [t["frame"] for t in d["top_at_peak"]] == ["model.py:10:forward", "<no stack recorded for this block>"]
+    assert d["state_allocated_bytes"] == 2 * MIB + (512 << 10) and d["peak_reserved_bytes"] == 3 * MIB
+    assert d["peak_allocated_bytes"] == 2 * MIB - 8 + (500 << 10)
