@@ -78,23 +78,27 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                    "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
     rows.append(-1)
     counted = torch_counted(model)
-    if counted is not None:
-        # Two streams: torch's counter (freed at free_requested) below, the memory still held until
-        # free_completed above it, as its own band.
-        cx, cy = step_view(model.t_alloc, counted, x0, x1, n_buckets)
-        traces.append({"type": "scatter", "x": cx, "y": cy / MIB, "mode": "lines", "fill": "tonexty",
-                       "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1, "color": "#555", "shape": "hv", "dash": "dot"},
-                       "name": "allocated as torch counts it",
-                       "hovertemplate": "allocated as torch counts it (max_memory_allocated) %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
-        rows.append(-1)
     ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
     traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
-                   "fillcolor": AWAITING_FREE_COLOR if counted is not None else "rgba(160,160,160,0.35)",
-                   "line": {"width": 1.5, "color": "#222", "shape": "hv"},
+                   "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
                    "name": "held (incl. awaiting free on another stream)" if counted is not None else "allocated",
                    "hovertemplate": ("held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
                                      if counted is not None else "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>")})
     rows.append(-1)
+    if counted is not None:
+        # Two streams: torch's counter (freed at free_requested) as a line, and the memory still held
+        # until free_completed above it as its own band (a copy of the held curve filled down to it).
+        cx, cy = step_view(model.t_alloc, counted, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": cx, "y": cy / MIB, "mode": "lines",
+                       "line": {"width": 1.2, "color": "#555", "shape": "hv", "dash": "dot"},
+                       "name": "allocated as torch counts it",
+                       "hovertemplate": "allocated as torch counts it (max_memory_allocated) %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
+        bx, by = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": bx, "y": by / MIB, "mode": "lines", "fill": "tonexty",
+                       "fillcolor": AWAITING_FREE_COLOR, "line": {"width": 0, "shape": "hv"},
+                       "name": "awaiting free on another stream", "hoverinfo": "skip"})
+        rows.append(-1)
     priv = private_pool_allocated(model.rep) if len(model.rep.timeline) == len(model.t_alloc) else None
     if priv is not None and priv.any():
         px, py = step_view(model.t_alloc, priv, x0, x1, n_buckets)

@@ -72,7 +72,10 @@ def test_two_streams_draw_the_awaiting_free_band(lib):
     counted = fig.data[names.index("allocated as torch counts it")]
     held = fig.data[names.index("held (incl. awaiting free on another stream)")]
     assert max(held.y) * 2**20 == pytest.approx(200) and max(counted.y) * 2**20 == pytest.approx(160)
-    assert held.fill == "tonexty" and "245,133,24" in held.fillcolor  # the band between the two curves
+    band = fig.data[names.index("awaiting free on another stream")]
+    assert band.fill == "tonexty" and "245,133,24" in band.fillcolor  # the band between the two curves
+    assert names.index("awaiting free on another stream") == names.index("allocated as torch counts it") + 1
+    assert list(band.y) == list(held.y)
     patch, _ = timeline.zoom({"xaxis.range[0]": 0.0, "xaxis.range[1]": 0.05}, {"snap": sid, "device": None})
     assert isinstance(patch, Patch)
     data = patch.to_plotly_json()["operations"][0]["params"]["value"]
