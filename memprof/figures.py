@@ -154,7 +154,9 @@ def plot_state(model: TimelineModel, k: int = 25, height: int = 520) -> go.Figur
     Bars of requested bytes per site (the ``k`` largest sites); the title says what is allocated
     and reserved and that no history was recorded.
     """
-    a = model.allocs
+    from memprof.load import BEFORE_RECORDING_LABEL
+
+    a = model.allocs.assign(site=model.allocs["site"].replace(BEFORE_RECORDING_LABEL, "<no stack recorded>"))
     g = a.groupby("site", sort=False)["size"].agg(["sum", "count"]).sort_values("sum", ascending=False).head(k)
     g = g.iloc[::-1]
     fig = go.Figure(go.Bar(x=g["sum"].to_numpy() / MIB, y=[str(s)[-70:] for s in g.index], orientation="h",
