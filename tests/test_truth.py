@@ -321,3 +321,16 @@ def test_empty_trace_names_the_largest_blocks_by_their_frames(tmp_path, capsys):
     assert [t["frame"] for t in d["top_at_peak"]] == ["model.py:10:forward", "<no stack recorded for this block>"]
     assert d["state_allocated_bytes"] == 2 * MIB + (512 << 10) and d["peak_reserved_bytes"] == 3 * MIB
     assert d["peak_allocated_bytes"] == 2 * MIB - 8 + (500 << 10)
+
+
+OOM_RUNS = sorted(p for p in (ROOT / "snapshots").rglob("*.meta.json") if json.loads(p.read_text()).get("status") == "oom"
+                  and p.with_name(p.name.replace(".meta.json", ".pickle.gz")).exists())
+
+
+@pytest.mark.parametrize("meta_path", OOM_RUNS, ids=lambda p: p.name[:40])
+def test_no_bundled_oom_run_predicts_that_its_size_fits(meta_path: Path):
+    an = analyze(meta_path.with_name(meta_path.name.replace(".meta.json", ".pickle.gz")))
+    failing = an.meta["workload"]["seq_len"]
+    po = an.peak.predicted_oom
+    assert po["max_fitting"] < failing and po["observed_failing"] == failing
+    assert an.oom["requested_bytes"] > 0 and an.oom["reason"] in ("fragmentation", "exhaustion")
