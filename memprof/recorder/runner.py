@@ -15,6 +15,7 @@ import torch
 from memprof import __version__
 from memprof.meta import write_meta
 from memprof.recorder.core import PhaseTimer, Recording
+from memprof.recorder.dist import finalize_status, write_rank_summary
 from memprof.recorder.snapshot_io import empty_snapshot, write_snapshot
 from memprof.workloads import Workload, storage_addrs
 
@@ -51,13 +52,19 @@ def free_memory(device: torch.device) -> None:
 
 
 def base_meta(device: torch.device) -> dict[str, Any]:
-    return {
+    from memprof.recorder.dist import rank_env
+
+    meta = {
         "memprof_version": __version__,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": device_info(device),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
+    info = rank_env()
+    if info is not None:  # a torchrun worker: its place in the run
+        meta["dist"] = info
+    return meta
 
 
 def tensor_addrs(workload: Workload) -> dict[str, list[list[int]]]:
@@ -176,8 +183,12 @@ def record_workload(
     del rec
     free_memory(device)
     if path is not None:
-        write_snapshot(path, snap if snap is not None else empty_snapshot(), compress)
+        snap = snap if snap is not None else empty_snapshot()
+        finalize_status(meta, snap)
+        write_snapshot(path, snap, compress)
         write_meta(path, meta)
+        if meta.get("dist"):
+            write_rank_summary(path, meta)
         meta["snapshot_path"] = str(Path(path))
     return meta
 
