@@ -131,7 +131,8 @@ def summarize(path: str | os.PathLike[str], meta: dict[str, Any] | None = None, 
     Keys: version, source {name, size, mtime_ns}, rank, status, error, dist, device (index),
     device_name, entries, peak_allocated_bytes, peak_reserved_bytes, peak_time_us (from the
     window's start), allocator_peak_bytes, duration_us, start_us (trace clock), oom_events,
-    by_category {category: bytes at the peak}, by_site [{site, bytes, count}] (largest first),
+    by_category {category: bytes at the peak}, max_by_category {category: most bytes of it alive
+    at once in the window}, by_site [{site, bytes, count}] (largest first),
     iterations [{iteration, start_us, end_us, peak_bytes}] (times from the window's start),
     timeline {t_us, allocated} (min/max per bucket, every peak kept).
     """
@@ -158,6 +159,7 @@ def summarize(path: str | os.PathLike[str], meta: dict[str, Any] | None = None, 
         if out["status"] in ("ok", "unknown"):
             out["status"] = "unreadable"
         return out
+    cat_max = max_by_category(an.allocations, rep.n_events)
     t0 = float(rep.start_us)
     tl = rep.timeline
     x = tl["time_us"].to_numpy(dtype=np.float64) - t0
@@ -167,13 +169,35 @@ def summarize(path: str | os.PathLike[str], meta: dict[str, Any] | None = None, 
         device=int(rep.device), entries=int(rep.n_events), start_us=t0, duration_us=float(rep.duration_us),
         peak_allocated_bytes=int(rep.peak_bytes), peak_reserved_bytes=int(rep.peak_reserved_bytes),
         peak_time_us=float(rep.peak_time_us) - t0, oom_events=int(len(rep.oom_events)),
-        by_category={k: int(v) for k, v in peak["by_category"].items()},
+        by_category={k: int(v) for k, v in peak["by_category"].items()}, max_by_category=cat_max,
         by_site=[{"site": s["site"], "bytes": s["bytes"], "count": s["count"]} for s in peak["by_site"]],
         iterations=[{"iteration": int(r.iteration), "start_us": float(r.start_us) - t0, "end_us": float(r.end_us) - t0,
                      "peak_bytes": int(r.peak_bytes) if r.peak_bytes == r.peak_bytes else None}
                     for r in its.itertuples(index=False)],
         timeline={"t_us": [round(float(v), 3) for v in x[keep]], "allocated": [int(v) for v in y[keep]]},
     )  # fmt: skip
+    return out
+
+
+def max_by_category(allocations: pd.DataFrame, n_events: int) -> dict[str, int]:
+    """The most bytes each category holds alive at once (after any event of the window).
+
+    ``allocations``: memprof's categorised allocations (alloc_idx -1: alive before the window;
+    free_idx -1: alive at its end). One cumulative sum over +size at allocation, -size at free
+    per category.
+    """
+    out: dict[str, int] = {}
+    if not len(allocations):
+        return out
+    ai = allocations["alloc_idx"].to_numpy().astype(np.int64) + 1  # -1 (before) -> slot 0
+    fi = allocations["free_idx"].to_numpy().astype(np.int64)
+    fi = np.where(fi < 0, n_events + 1, fi + 1)  # never freed -> past the end
+    size = allocations["size"].to_numpy().astype(np.int64)
+    cats = allocations["category"].astype(str).to_numpy()
+    for c in np.unique(cats):
+        m = cats == c
+        d = np.bincount(ai[m], weights=size[m], minlength=n_events + 2) - np.bincount(fi[m], weights=size[m], minlength=n_events + 2)
+        out[str(c)] = int(round(np.cumsum(d)[: n_events + 1].max()))
     return out
 
 

@@ -70,6 +70,8 @@ def transformer_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-heads", type=int, default=None)
     p.add_argument("--d-ff", type=int, default=None)
     p.add_argument("--positions", default="rope", help="rope or learned")
+    p.add_argument("--distributed", default="none", choices=("none", "ddp", "fsdp"),
+                   help="under torchrun: wrap the model with DDP or FSDP2 fully_shard (one snapshot per rank in RUN/)")
     add_common(p, suppress=True)
     return p
 
@@ -121,12 +123,15 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress"}
     wopts = {k: v for k, v in vars(sub).items() if k not in common}
 
+    from memprof.recorder import dist
     from memprof.recorder.runner import record_workload
     from memprof.workloads import build, resolve_device
 
-    device = resolve_device(o["device"])
+    info = dist.rank_env()
+    device = resolve_device(dist.device_name(o["device"], info))
     workload = build(kind, **wopts)
     path = o["output"] or default_path(workload.slug(), device.type, o["gzip"])
+    path = dist.output_path(path, True if info is not None and o["gzip"] else None)  # torchrun: RUN/rank{R}...
     meta = record_workload(
         workload, path, device, steps=o["steps"], warmup=o["warmup"], max_entries=o["max_entries"], stacks=o["stacks"],
         compress=o["gzip"] or str(path).endswith(".gz"), command=_command(sys.argv[1:] if sys.argv[1:2] == ["record"] else ["record", *target]),

@@ -61,9 +61,10 @@ def record(
             return  # written already (by the SIGTERM path or the normal end)
         if status is not None and meta["status"] == "ok":
             meta["status"], meta["error"] = status, "the launcher terminated this rank (SIGTERM), e.g. after another rank failed"
-        snap = rec.stop()
+        snap = rec.stop(sync=status is None)
         meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
-        meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
+        if status is None:  # resolving CUDA events waits for the device: not when terminated
+            meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
         meta["phases"] = list(rec.timer.ranges)
         dist.finalize_status(meta, snap)
         write_snapshot(path, snap, compress)

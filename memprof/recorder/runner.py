@@ -15,7 +15,7 @@ import torch
 from memprof import __version__
 from memprof.meta import write_meta
 from memprof.recorder.core import PhaseTimer, Recording
-from memprof.recorder.dist import finalize_status, write_rank_summary
+from memprof.recorder.dist import TermDump, finalize_status, write_rank_summary
 from memprof.recorder.snapshot_io import empty_snapshot, write_snapshot
 from memprof.workloads import Workload, storage_addrs
 
@@ -121,6 +121,17 @@ def record_workload(
     n_profiled = profile_steps + 1 if profile_steps > 0 else 0  # + the profiler's warm-up step
     bar = _progress(warmup + n_profiled + (2 * steps if path else steps), workload.slug(), progress)
     stage = "setup"
+
+    def on_sigterm(status: str) -> None:  # torchrun stops this rank (another one failed): keep what it recorded
+        meta.update(status=status, error=f"the launcher terminated this rank (SIGTERM) during {stage}, e.g. after another rank failed")
+        if path is not None:
+            snap = rec.stop(sync=False) if rec is not None and rec.started else empty_snapshot()
+            if rec is not None:
+                meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
+            write_snapshot(path, snap, compress)
+            write_meta(path, meta)
+
+    term = TermDump(on_sigterm) if meta.get("dist") and path is not None else None
     try:
         workload.setup(device)
         stage = "warm-up"
@@ -171,6 +182,8 @@ def record_workload(
             snap = _record_oom_step(workload, device, max_entries, stacks)
     finally:
         bar.close()
+        if term is not None:
+            term.close()
     if rec is not None:
         pa, pr = rec.peaks()
         meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = pa, pr
