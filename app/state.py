@@ -128,6 +128,23 @@ class Library:
         e = self.get(key)
         return self.models.get_or_make((str(e.path), e.mtime_ns, device), lambda: _make_model(e.path, device))
 
+    def run_of(self, e: Entry) -> str | None:
+        """The run folder (relative to the root) of a ``rank{R}.pickle[.gz]`` file, else None."""
+        from memprof.run import rank_of
+
+        return None if rank_of(e.path) is None else (e.path.parent.relative_to(self.root).as_posix() or ".")
+
+    def runs(self) -> dict[str, dict[int, Entry]]:
+        """Every run folder under the root: ``{relative folder: {rank: entry}}``."""
+        from memprof.run import rank_of
+
+        out: dict[str, dict[int, Entry]] = {}
+        for e in self.entries():
+            rel = self.run_of(e)
+            if rel is not None:
+                out.setdefault(rel, {})[int(rank_of(e.path))] = e  # type: ignore[arg-type]
+        return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
     def sweeps(self) -> list[tuple[int, str, Path]]:
         """Folders holding a ``results.csv``: (id, relative folder, csv path)."""
         found = sorted(p for p in self.root.rglob("results.csv") if p.is_file() and self.inside(p))
@@ -137,7 +154,9 @@ class Library:
         """One row per snapshot with its metadata (the Library page).
 
         Columns: id, name, workload, options, device, status, peak_allocated_mib,
-        peak_reserved_mib, forward_ms, backward_ms, file_mib, modified.
+        peak_reserved_mib, forward_ms, backward_ms, file_mib, modified, ranks, run. A run folder
+        (``RUN/rank{R}.pickle.gz``) is one row: ``run`` its relative folder, ``ranks`` how many,
+        ``id`` rank 0's snapshot, peaks the largest of any rank, status ``ok`` or which ranks are not.
         """
         rows = []
         for e in self.entries():
@@ -158,8 +177,40 @@ class Library:
                 "file_mib": round(e.size / 2**20, 2),
                 "modified": pd.Timestamp(e.mtime_ns, unit="ns").strftime("%Y-%m-%d %H:%M"),
             })
+        rows = _collapse_runs(self, rows)  # a run of many ranks is one row
         return pd.DataFrame(rows, columns=["id", "name", "workload", "options", "device", "status", "peak_allocated_mib",
-                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_mib", "modified"])
+                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_mib", "modified", "ranks", "run"])
+
+
+def _collapse_runs(lib: Library, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Library rows with each run folder's rank files merged into one row (see :meth:`Library.table`)."""
+    runs = lib.runs()
+    where = {e.id: rel for rel, es in runs.items() for e in es.values()}
+    out: list[dict[str, Any]] = []
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        rel = where.get(row["id"])
+        if rel is None:
+            out.append({**row, "ranks": None, "run": ""})
+            continue
+        if rel not in grouped:
+            grouped[rel] = []
+            out.append({"_run": rel})  # placeholder: the run's row goes where its first rank was
+        grouped[rel].append(row)
+    for i, row in enumerate(out):
+        rel = row.get("_run")
+        if rel is None:
+            continue
+        rr = grouped[rel]
+        ranks = list(runs[rel])
+        bad = [f"rank {r}: {x['status'] or '?'}" for r, x in zip(ranks, rr) if x["status"] != "ok"]
+        peak = [x["peak_allocated_mib"] for x in rr if x["peak_allocated_mib"] is not None]
+        res = [x["peak_reserved_mib"] for x in rr if x["peak_reserved_mib"] is not None]
+        out[i] = {**rr[0], "name": f"{rel}/ ({len(rr)} ranks)", "status": "ok" if not bad else ", ".join(bad),
+                  "peak_allocated_mib": max(peak) if peak else None, "peak_reserved_mib": max(res) if res else None,
+                  "file_mib": round(sum(x["file_mib"] for x in rr), 2), "modified": max(x["modified"] for x in rr),
+                  "ranks": len(rr), "run": rel}
+    return out
 
 
 def _mib(v: Any) -> float | None:

@@ -255,6 +255,7 @@ def load_summaries(run: str | os.PathLike[str], workers: int | None = None) -> l
             found[r] = s
     n = min(workers or os.cpu_count() or 1, len(todo))
     if n > 1:
+        import memprof.analysis  # noqa: F401 - imported once here, inherited by forked workers
         with ProcessPoolExecutor(max_workers=n) as pool:
             for (r, _), s in zip(todo, pool.map(_summarize_and_write, [str(p) for _, p in todo])):
                 found[r] = s

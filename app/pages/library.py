@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import dash
 from dash import Input, Output, State, callback, dcc, html
@@ -30,7 +31,7 @@ def library_target(trigger: Any, rows: list[dict[str, Any]] | None, selected: li
 def layout(**_: Any) -> html.Div:
     lib = library()
     df = lib.table()
-    df.insert(1, "open", [f"[timeline](/timeline?snap={i})" for i in df["id"]])
+    df.insert(1, "open", [f"[ranks](/ranks?run={quote(r)})" if r else f"[timeline](/timeline?snap={i})" for i, r in zip(df["id"], df["run"])])
     tbl = common.table("library-table", df, page_size=20, row_selectable="multi", filter_action="native", selected_rows=[])
     tbl.columns = [{"name": c, "id": c, "presentation": "markdown"} if c == "open" else {"name": c, "id": c} for c in df.columns]
     preview: Any = html.P("No snapshots here yet: record one with `memprof record`.", id="library-empty")
