@@ -120,8 +120,8 @@ def main() -> None:
         "",
         f"Pool vs one process: {rows['serial'][0] / rows['pool'][0]:.2f}x faster on {os.cpu_count()} CPUs. "
         f"Reading written summaries vs computing them: {rows['serial'][0] / rows['stats'][0]:.0f}x faster. "
-        "The parent of the pool holds summaries only (a few KiB each), never a trace, so a run of 1,000 ranks needs "
-        "one rank's memory per worker.",
+        f"The parent of the pool holds summaries only ({sum_kb:.0f} KiB each), never a trace, so a run of 1,000 ranks "
+        "needs one rank's memory per worker and about 1,000 summaries in the parent.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
