@@ -279,3 +279,36 @@ def test_gpu_runs_peaks_match_the_allocator_and_fsdp_shards(gpu_runs):
             assert fsdp[cat] / ddp[cat] == pytest.approx(1 / n, rel=0.01)
     oom = {s["rank"]: s["status"] for s in load_summaries(gpu_runs / "ddp-script-oom", workers=1)}
     assert oom == {0: "terminated", 1: "oom"}
+
+
+# -- the dashboard's helpers, called directly --------------------------------------------------------
+def test_library_collapses_a_run_and_the_ranks_page_helpers(tmp_path):
+    from app import create_app, state
+    from memprof.testing import training_snapshot, write_snapshot
+
+    # GIVEN a served folder with one plain snapshot and a 3-rank run
+    write_snapshot(tmp_path / "single.pickle", *training_snapshot(iterations=1, layers=2, hidden_mb=1))
+    write_run(tmp_path / "runs" / "r", [4, 2, 6])
+    create_app(tmp_path)
+    from app.pages import ranks as ranks_page
+
+    # WHEN the library table is built
+    df = state.library().table()
+    # THEN the run is one row with its rank count and the largest rank's peak
+    assert sorted(df["name"]) == ["runs/r/ (3 ranks)", "single.pickle"]
+    row = df[df["run"] == "runs/r"].iloc[0]
+    sums = load_summaries(tmp_path / "runs" / "r", workers=1)
+    assert row["ranks"] == 3 and row["status"] == "ok"
+    assert row["peak_allocated_mib"] == round(max(read_meta(tmp_path / "runs" / "r" / f"rank{r}.pickle")["peak_allocated_bytes"]
+                                                  for r in range(3)) / 2**20, 1)
+    # the Ranks page: its content names the heaviest rank, its table lists each category the heaviest holds more of
+    body = ranks_page.content("runs/r")
+    assert "heaviest rank 2" in body[1].children
+    im = imbalance(sums)
+    frame = ranks_page.imbalance_frame(im)
+    assert list(frame[frame["kind"] == "category"]["what"]) == [c["category"] for c in im["by_category"]]
+    entry = state.library().runs()["runs/r"][1]
+    assert ranks_page.click_target({"points": [{"customdata": entry.id}]}) == f"/timeline?snap={entry.id}"
+    assert ranks_page.click_target(None) is ranks_page.dash.no_update
+    with pytest.raises(Exception, match="no such run"):
+        ranks_page.run_data("../elsewhere")
