@@ -48,7 +48,7 @@ def rank_path(path: str | os.PathLike[str], rank: int, compress: bool | None = N
     """``out.pickle.gz`` -> ``out/rank3.pickle.gz``; a folder ``out`` -> ``out/rank3.pickle.gz``
     (``.pickle`` when ``compress`` is False)."""
     p = Path(path)
-    base = _strip(p)
+    base = strip_suffix(p)
     if base != p:  # a snapshot name: keep its suffix (a JSON name becomes .pickle.gz)
         suf = p.name[len(base.name):]
         suf = ".pickle.gz" if suf.startswith(".json") else suf
@@ -59,7 +59,8 @@ def rank_path(path: str | os.PathLike[str], rank: int, compress: bool | None = N
     return base / f"rank{rank}{suf}"
 
 
-def _strip(p: Path) -> Path:
+def strip_suffix(p: Path) -> Path:
+    """``a/out.pickle.gz`` -> ``a/out``; a name without a snapshot suffix is kept."""
     for suf in SNAPSHOT_SUFFIXES:
         if p.name.endswith(suf) and p.name != suf:
             return p.with_name(p.name[: -len(suf)])
@@ -91,7 +92,7 @@ def rank_of(path: str | os.PathLike[str]) -> int | None:
 
 
 def summary_path(snapshot: str | os.PathLike[str]) -> Path:
-    p = _strip(Path(snapshot))
+    p = strip_suffix(Path(snapshot))
     return p.with_name(p.name + ".summary")
 
 
@@ -107,20 +108,19 @@ def aligned_x(t_us: np.ndarray, iterations: list[dict[str, Any]], duration_us: f
     t = np.asarray(t_us, dtype=np.float64)
     if not iterations:
         return t / duration_us if duration_us > 0 else np.zeros_like(t)
-    kx: list[float] = []
-    ky: list[float] = []
-    s0 = float(iterations[0]["start_us"])
-    if s0 > 0:
-        kx.append(0.0), ky.append(-1.0)
+    knots: list[tuple[float, float]] = []  # (time, position), increasing in time
+    if float(iterations[0]["start_us"]) > 0:
+        knots.append((0.0, -1.0))
     for k, it in enumerate(iterations):
         s = float(it["start_us"])
-        if not kx or s > kx[-1]:
-            kx.append(s), ky.append(float(k))
+        if not knots or s > knots[-1][0]:
+            knots.append((s, float(k)))
     e = float(iterations[-1]["end_us"])
-    if e > kx[-1]:
-        kx.append(e), ky.append(float(len(iterations)))
-    if duration_us > kx[-1]:
-        kx.append(float(duration_us)), ky.append(float(len(iterations) + 1))
+    if e > knots[-1][0]:
+        knots.append((e, float(len(iterations))))
+    if duration_us > knots[-1][0]:
+        knots.append((float(duration_us), float(len(iterations) + 1)))
+    kx, ky = zip(*knots)
     return np.interp(t, kx, ky)
 
 

@@ -247,13 +247,10 @@ def run_launcher(args: argparse.Namespace, argv: list[str]) -> int:
     import subprocess
 
     from memprof.recorder.inject import environment
-    from memprof.run import load_summaries, rank_files
+    from memprof.run import load_summaries, rank_files, strip_suffix
 
     script = next((Path(a).stem for a in argv[1:] if a.endswith(".py")), "script")
-    run_dir = Path(args.output) if args.output else Path("snapshots") / f"torchrun-{script}"
-    from memprof.run import _strip
-
-    run_dir = _strip(run_dir)
+    run_dir = strip_suffix(Path(args.output) if args.output else Path("snapshots") / f"torchrun-{script}")
     if run_dir.exists() and rank_files(run_dir):
         for old in run_dir.iterdir():  # a new run replaces the old one's rank files, not other files
             if old.name.startswith("rank") and (old.name.endswith((".pickle", ".pickle.gz", ".meta.json", ".summary"))):
