@@ -311,3 +311,17 @@ def test_library_collapses_a_run_and_the_ranks_page_helpers(tmp_path):
     assert ranks_page.click_target(None) is ranks_page.dash.no_update
     with pytest.raises(Exception, match="no such run"):
         ranks_page.run_data("../elsewhere")
+
+
+def test_fsdp_analytic_account_is_per_rank(gpu_runs):
+    from memprof.analysis import analyze
+
+    # GIVEN the small Transformer (V=10,000, d=768, L=12, d_ff=3072) trained with FSDP2 on 4 ranks
+    v, d, L, dff = 10_000, 768, 12, 3072
+    p = 2 * v * d + L * (4 * d * d + 2 * d * dff + 4 * d) + 2 * d
+    for mode, n in (("fsdp", 4), ("ddp", 1)):
+        an = analyze(gpu_runs / f"transformer-small-{mode}-n4" / "rank0.pickle.gz")
+        items = dict(zip(an.peak.analytic["item"], an.peak.analytic["expected_bytes"]))
+        # THEN parameters, gradients and AdamW state are expected at 1/N of the model per rank (whole under DDP)
+        assert [b for k, b in items.items() if k.startswith("parameters")] == [4 * p // n]
+        assert [b for k, b in items.items() if k.startswith("AdamW")] == [8 * p // n]
