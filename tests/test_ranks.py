@@ -325,3 +325,12 @@ def test_fsdp_analytic_account_is_per_rank(gpu_runs):
         # THEN parameters, gradients and AdamW state are expected at 1/N of the model per rank (whole under DDP)
         assert [b for k, b in items.items() if k.startswith("parameters")] == [4 * p // n]
         assert [b for k, b in items.items() if k.startswith("AdamW")] == [8 * p // n]
+
+
+def test_torchrun_whose_workers_record_nothing_is_an_error(tmp_path):
+    # GIVEN torchrun starting a worker that is no Python process
+    p = subprocess.run([sys.executable, "-m", "memprof", "record", "-o", str(tmp_path / "none"), "--", *TORCHRUN[:-1], "1",
+                        "--no-python", "true"], env=_env(), capture_output=True, text=True, timeout=120)
+    # THEN memprof says so in one line and fails, rather than reporting an empty run as ok
+    assert p.returncode != 0
+    assert "no worker recorded anything" in p.stderr and "Traceback" not in p.stderr

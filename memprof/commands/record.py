@@ -3,6 +3,9 @@
     memprof record attention [--impl naive|compiled|sdpa] [--seq-len 1024] [--d 64] ...
     memprof record transformer [--size small|...|tiny] [--mode train] [--compile] ...
     memprof record [-o out.pickle] -- python train.py ARGS
+    memprof record [-o RUN] -- torchrun --nproc-per-node N train.py ARGS    # RUN/rank{R}.pickle.gz per rank
+    torchrun --nproc-per-node N -m memprof record [-o RUN] -- python train.py ARGS
+    torchrun --nproc-per-node N -m memprof record transformer --distributed ddp|fsdp [-o RUN]
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="record a workload (attention, transformer) or your script into a snapshot",
         description="Record a built-in workload or your own script. "
         "`memprof record attention --help` and `memprof record transformer --help` list the workload options; "
-        "`memprof record [OPTIONS] -- python train.py ARGS` records a script from its first line.",
+        "`memprof record [OPTIONS] -- python train.py ARGS` records a script from its first line; "
+        "`memprof record [-o RUN] -- torchrun ... train.py` records every rank into RUN/rank{R}.pickle.gz.",
     )
     add_common(p)
     p.add_argument("target", nargs=argparse.REMAINDER, help="attention ARGS | transformer ARGS | -- python SCRIPT ARGS")
