@@ -213,14 +213,40 @@ def write_summary(path: str | os.PathLike[str], summary: dict[str, Any] | None =
     return sp
 
 
+def _num(v: Any, none: bool = True) -> bool:
+    return (v is None and none) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def valid_summary(s: Any) -> bool:
+    """True when ``s`` has the shape :func:`summarize` writes (summary files are untrusted input)."""
+    try:
+        if not isinstance(s, dict) or not all(_num(s.get(k)) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "peak_time_us",
+                                                                       "duration_us", "allocator_peak_bytes")):
+            return False
+        if not isinstance(s.get("status"), str) or not isinstance(s.get("error") or "", str):
+            return False
+        if not isinstance(s.get("dist") or {}, dict) or not all(isinstance(k, str) and _num(v, False) for k, v in (s.get("by_category") or {}).items()):
+            return False
+        if not all(isinstance(x["site"], str) and _num(x["bytes"], False) for x in s.get("by_site") or []):
+            return False
+        if not all(_num(x["start_us"], False) and _num(x["end_us"], False) for x in s.get("iterations") or []):
+            return False
+        tl = s.get("timeline") or {"t_us": [], "allocated": []}
+        return (len(tl["t_us"]) == len(tl["allocated"]) and all(_num(v, False) for v in tl["t_us"])
+                and all(_num(v, False) for v in tl["allocated"]))
+    except (TypeError, KeyError, AttributeError):
+        return False
+
+
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The summary beside a snapshot when it is current (same version, size and mtime), else None."""
+    """The summary beside a snapshot when it is current (same version, size and mtime) and well
+    formed, else None (it is then recomputed from the snapshot)."""
     p = Path(path)
     sp = summary_path(p)
     try:
         s = json.loads(sp.read_text())
-        ok = isinstance(s, dict) and s.get("version") == SUMMARY_VERSION and s.get("source") == _source_id(p)
-    except (OSError, ValueError):
+        ok = isinstance(s, dict) and s.get("version") == SUMMARY_VERSION and s.get("source") == _source_id(p) and valid_summary(s)
+    except (OSError, ValueError, RecursionError):
         return None
     return s if ok else None
 

@@ -334,3 +334,16 @@ def test_torchrun_whose_workers_record_nothing_is_an_error(tmp_path):
     # THEN memprof says so in one line and fails, rather than reporting an empty run as ok
     assert p.returncode != 0
     assert "no worker recorded anything" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_malformed_summary_is_recomputed(tmp_path):
+    # GIVEN a current summary whose content was tampered with (summary files are untrusted)
+    run = write_run(tmp_path / "run", [4])
+    good = load_summaries(run, workers=1)[0]
+    sp = summary_path(run / "rank0.pickle")
+    for bad in ({"timeline": {"t_us": [0, "x"], "allocated": [1, 2]}}, {"by_category": {"activation": "many"}},
+                {"peak_allocated_bytes": [1]}, {"by_site": [{"site": 3}]}):
+        sp.write_text(json.dumps({**good, **bad}))
+        # WHEN the run is read, THEN the summary is rebuilt from the snapshot
+        assert read_summary(run / "rank0.pickle") is None
+        assert load_summaries(run, workers=1)[0]["peak_allocated_bytes"] == _viewer_peak(run / "rank0.pickle")
