@@ -10,13 +10,12 @@ from typing import Any
 import numpy as np
 
 from memprof.commands import add_report_options
-from memprof.errors import MemprofError
 from memprof.format import fmt_bytes, fmt_us
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="why memory peaks where it does, and whether the allocator sets the pace")
-    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json; its .meta.json is read when present), or a run folder")
+    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present; or a run folder")
     add_report_options(p, top=8, top_help="how many source lines to list at the peak")
     p.add_argument("--rank", type=int, default=None, help="with a run folder: explain this rank's snapshot")
     return p
@@ -103,21 +102,16 @@ def render(d: dict[str, Any], start_us: float) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, path: str | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     from memprof.analysis import analyze
     from memprof.load import load
     from memprof.meta import read_meta
-    from memprof.run import is_run
+    from memprof.commands import run_report
 
-    if path is None and is_run(args.snapshot):  # a torchrun run folder
-        from memprof.commands import run_report
-
+    if run_report.wants_run(args):  # a torchrun run folder: the ranks, or one rank (--rank) through this same run()
         return run_report.explain(args, run)
-    if path is None and getattr(args, "rank", None) is not None:
-        raise MemprofError("--rank needs a run folder")
-    path = args.snapshot if path is None else path
-    snap = load(path, use_cache=not args.no_cache)
-    an = analyze(snap, device=args.device, meta=read_meta(path))
+    snap = load(args.snapshot, use_cache=not args.no_cache)
+    an = analyze(snap, device=args.device, meta=read_meta(args.snapshot))
     d = explain_dict(an, args.top)
     if args.json:
         json.dump(d, sys.stdout, default=_num)

@@ -71,11 +71,24 @@ def stats(args: argparse.Namespace) -> int:
     return _emit(d, render_ranks(d) + render_imbalance(d["imbalance"], args.top), args.json)
 
 
+def wants_run(args: argparse.Namespace) -> bool:
+    """True when ``explain`` was given a run folder; ``--rank`` without one is an error."""
+    from memprof.run import is_run
+
+    if is_run(args.snapshot):
+        return True
+    if getattr(args, "rank", None) is not None:
+        raise MemprofError("--rank needs a run folder (RUN/rank{R}.pickle.gz)")
+    return False
+
+
 def explain(args: argparse.Namespace, explain_one: Any) -> int:
     """``memprof explain RUN``: the ranks, the imbalance and what it consists of; ``--rank R``: the
-    full explanation of that rank's snapshot (``explain_one(args, path)``)."""
+    full explanation of that rank's snapshot (``explain_one`` with ``snapshot`` set to its file)."""
     if getattr(args, "rank", None) is not None:
-        return explain_one(args, str(rank_file(args.snapshot, args.rank)))
+        one = argparse.Namespace(**vars(args))
+        one.snapshot, one.rank = str(rank_file(args.snapshot, args.rank)), None
+        return explain_one(one)
     d = run_dict(args.snapshot, top=args.top)
     lines = render_ranks(d) + render_imbalance(d["imbalance"], args.top)
     bad = [r for r in d["ranks"] if r["status"] != "ok"]
