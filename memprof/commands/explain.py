@@ -15,9 +15,9 @@ from memprof.format import fmt_bytes, fmt_us
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="why memory peaks where it does, and whether the allocator sets the pace")
-    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present; or a run folder")
+    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present")
+    p.add_argument("--rank", type=int, default=None, help="SNAPSHOT is a run folder (RUN/rank{R}.pickle.gz): explain this rank")
     add_report_options(p, top=8, top_help="how many source lines to list at the peak")
-    p.add_argument("--rank", type=int, default=None, help="with a run folder: explain this rank's snapshot")
     return p
 
 
