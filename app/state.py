@@ -154,9 +154,7 @@ class Library:
         """One row per snapshot with its metadata (the Library page).
 
         Columns: id, name, workload, options, device, status, peak_allocated_mib,
-        peak_reserved_mib, forward_ms, backward_ms, file_mib, modified, ranks, run. A run folder
-        (``RUN/rank{R}.pickle.gz``) is one row: ``run`` its relative folder, ``ranks`` how many,
-        ``id`` rank 0's snapshot, peaks the largest of any rank, status ``ok`` or which ranks are not.
+        peak_reserved_mib, forward_ms, backward_ms, file_mib, modified.
         """
         rows = []
         for e in self.entries():
@@ -177,40 +175,43 @@ class Library:
                 "file_mib": round(e.size / 2**20, 2),
                 "modified": pd.Timestamp(e.mtime_ns, unit="ns").strftime("%Y-%m-%d %H:%M"),
             })
-        rows = _collapse_runs(self, rows)  # a run of many ranks is one row
         return pd.DataFrame(rows, columns=["id", "name", "workload", "options", "device", "status", "peak_allocated_mib",
-                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_mib", "modified", "ranks", "run"])
+                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_mib", "modified"])
 
 
-def _collapse_runs(lib: Library, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Library rows with each run folder's rank files merged into one row (see :meth:`Library.table`)."""
+def collapse_runs(lib: Library, df: pd.DataFrame) -> pd.DataFrame:
+    """``lib.table()`` with each run folder (``RUN/rank{R}.pickle.gz``) as one row, where its first
+    rank was: ``name`` ``RUN/ (N ranks)``, ``id`` rank 0's snapshot, peaks the largest of any rank,
+    ``status`` ``ok`` or which ranks are not, and two more columns: ``ranks`` (how many; empty for a
+    single snapshot) and ``run`` (the run's relative folder; '' for a single snapshot)."""
     runs = lib.runs()
     where = {e.id: rel for rel, es in runs.items() for e in es.values()}
+    groups: dict[str, list[dict[str, Any]]] = {}
     out: list[dict[str, Any]] = []
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        rel = where.get(row["id"])
+    for row in df.to_dict("records"):
+        rel = where.get(int(row["id"]))
         if rel is None:
             out.append({**row, "ranks": None, "run": ""})
-            continue
-        if rel not in grouped:
-            grouped[rel] = []
-            out.append({"_run": rel})  # placeholder: the run's row goes where its first rank was
-        grouped[rel].append(row)
+        elif rel in groups:
+            groups[rel].append(row)
+        else:
+            groups[rel] = [row]
+            out.append({"run": rel})  # the run's row, filled in below
     for i, row in enumerate(out):
-        rel = row.get("_run")
-        if rel is None:
+        rr = groups.get(row["run"]) if row["run"] else None
+        if rr is None:
             continue
-        rr = grouped[rel]
-        ranks = list(runs[rel])
-        bad = [f"rank {r}: {x['status'] or '?'}" for r, x in zip(ranks, rr) if x["status"] != "ok"]
-        peak = [x["peak_allocated_mib"] for x in rr if x["peak_allocated_mib"] is not None]
-        res = [x["peak_reserved_mib"] for x in rr if x["peak_reserved_mib"] is not None]
-        out[i] = {**rr[0], "name": f"{rel}/ ({len(rr)} ranks)", "status": "ok" if not bad else ", ".join(bad),
-                  "peak_allocated_mib": max(peak) if peak else None, "peak_reserved_mib": max(res) if res else None,
-                  "file_mib": round(sum(x["file_mib"] for x in rr), 2), "modified": max(x["modified"] for x in rr),
-                  "ranks": len(rr), "run": rel}
-    return out
+        rel = row["run"]
+        bad = [f"rank {r}: {x.get('status') or '?'}" for r, x in zip(runs[rel], rr) if x.get("status") != "ok"]
+        merged = {**rr[0], "name": f"{rel}/ ({len(rr)} ranks)", "status": ", ".join(bad) or "ok", "ranks": len(rr), "run": rel}
+        for c in ("peak_allocated_mib", "peak_reserved_mib", "modified"):
+            vals = [x[c] for x in rr if c in x and x[c] is not None and x[c] == x[c]]
+            if c in rr[0]:
+                merged[c] = max(vals) if vals else None
+        if "file_mib" in rr[0]:
+            merged["file_mib"] = round(sum(x["file_mib"] or 0 for x in rr), 2)
+        out[i] = merged
+    return pd.DataFrame(out, columns=[*df.columns, "ranks", "run"])
 
 
 def _mib(v: Any) -> float | None:

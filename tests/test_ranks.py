@@ -292,7 +292,7 @@ def test_library_collapses_a_run_and_the_ranks_page_helpers(tmp_path):
     from app.pages import ranks as ranks_page
 
     # WHEN the library table is built
-    df = state.library().table()
+    df = state.collapse_runs(state.library(), state.library().table())
     # THEN the run is one row with its rank count and the largest rank's peak
     assert sorted(df["name"]) == ["runs/r/ (3 ranks)", "single.pickle"]
     row = df[df["run"] == "runs/r"].iloc[0]

@@ -94,8 +94,6 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _command(argv: list[str]) -> str:
-    """``memprof record ...`` from argv given with or without its leading ``record``."""
-    argv = argv[1:] if argv[:1] == ["record"] else argv
     return "memprof record " + " ".join(shlex.quote(a) for a in argv)
 
 
@@ -167,8 +165,10 @@ def summary(meta: dict[str, Any]) -> str:
 def run_script(args: argparse.Namespace, target: list[str]) -> int:
     """Run ``python SCRIPT ARGS`` (or ``python -m MODULE ARGS``) in this process, recording from its first line."""
     argv = list(target)
-    if is_launcher(argv):
-        return run_launcher(args, argv)
+    from memprof.commands import record_torchrun
+
+    if record_torchrun.is_launcher(argv):  # memprof record -- torchrun ...: every worker, RUN/rank{R}.pickle.gz
+        return record_torchrun.run_launcher(args, argv)
     if os.path.basename(argv[0]).startswith("python"):
         argv = argv[1:]
     if not argv:
@@ -231,49 +231,3 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
     print(summary(meta))
     return status
 
-
-LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch")
-
-
-def is_launcher(argv: list[str]) -> bool:
-    """``torchrun ...`` or ``python -m torch.distributed.run ...``."""
-    if os.path.basename(argv[0]) == "torchrun":
-        return True
-    return os.path.basename(argv[0]).startswith("python") and len(argv) > 2 and argv[1] == "-m" and argv[2] in LAUNCHER_MODULES
-
-
-def run_launcher(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run torchrun as a child with memprof injected into every worker (:mod:`memprof.recorder.inject`).
-
-    Every rank writes ``RUN/rank{R}.pickle.gz`` (+ metadata, summary). Exit status: torchrun's;
-    when no rank wrote a snapshot, an error.
-    """
-    import subprocess
-
-    from memprof.recorder.inject import environment
-    from memprof.run import load_summaries, rank_files, strip_suffix
-
-    script = next((Path(a).stem for a in argv[1:] if a.endswith(".py")), "script")
-    run_dir = strip_suffix(Path(args.output) if args.output else Path("snapshots") / f"torchrun-{script}")
-    if run_dir.exists() and rank_files(run_dir):
-        for old in run_dir.iterdir():  # a new run replaces the old one's rank files, not other files
-            if old.name.startswith("rank") and (old.name.endswith((".pickle", ".pickle.gz", ".meta.json", ".summary"))):
-                old.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    opts = {"device": args.device, "max_entries": args.max_entries, "stacks": args.stacks, "compress": True,
-            "command": _command(["record", "--", *argv])}
-    env = environment(run_dir, opts)
-    try:
-        rc = subprocess.call(argv, env=env)
-    except FileNotFoundError:
-        raise MemprofError(f"{argv[0]}: command not found") from None
-    files = rank_files(run_dir)
-    if not files:
-        raise MemprofError(f"torchrun exited {rc} and no worker recorded anything under {run_dir} "
-                           "(are the workers Python processes of this interpreter?)", exit_code=rc or 1)
-    print(f"{run_dir}  {len(files)} rank(s)")
-    for s in load_summaries(run_dir, workers=1):
-        peak = s.get("peak_allocated_bytes")
-        print(f"  rank {s['rank']:<4} status {s['status']:<10} peak allocated {fmt_bytes(peak) if peak is not None else '-':>10}"
-              + (f"   {s['error']}" if s.get("error") and s["status"] != "ok" else ""))
-    return rc
