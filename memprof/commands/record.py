@@ -230,4 +230,3 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
     meta["snapshot_path"] = str(path)
     print(summary(meta))
     return status
-
