@@ -92,6 +92,7 @@ def test_library_run_row_and_ranks_page(ranks_server: str, ranks_driver: Any) ->
     _wait(lambda: _graph_ready(d, "ranks-peaks"), what="peaks graph (oom run)")
     _wait(lambda: _css(d, "#ranks-imbalance td"), what="imbalance rows")
     assert "heaviest rank 1" in _css(d, "#ranks-summary")[0].text
+    assert "/compare?snaps=" in _css(d, "#ranks-compare")[0].get_attribute("href")
     assert "oom" in _css(d, "#ranks-table")[0].text and "terminated" in _css(d, "#ranks-table")[0].text
     _no_severe(d, "ranks (oom run)")
 

@@ -79,6 +79,9 @@ def content(rel: str | None) -> list[Any]:
         dcc.Graph(id="ranks-peaks", figure=figures_ranks.plot_rank_peaks(rf, [ids.get(r) for r in rf["rank"]]), config={"displaylogo": False}),
         dcc.Graph(id="ranks-timelines", figure=figures_ranks.plot_aligned_timelines(aligned_timelines(sums), ids), config={"displaylogo": False}),
         html.H4("Imbalance: what the heaviest rank holds at its peak that the lightest does not"),
+        html.Div(dcc.Link(f"compare rank {im['lightest_rank']} with rank {im['heaviest_rank']}", id="ranks-compare",
+                          href=f"/compare?snaps={ids[im['lightest_rank']]},{ids[im['heaviest_rank']]}")
+                 if im and im["lightest_rank"] in ids and im["heaviest_rank"] in ids else "", className="links"),
         common.table("ranks-imbalance", imbalance_frame(im), page_size=12),
         html.H4("Ranks"),
         tbl,
