@@ -1,9 +1,12 @@
 """Read a PyTorch memory snapshot file into columns.
 
 This is the only module that touches the raw nested dicts. It reads ``.pickle``,
-``.pickle.gz`` and ``.json`` snapshots written by torch 2.1 to 2.14 with the
+``.pickle.gz`` and ``.json`` snapshots written by torch 2.0 to 2.14 with the
 restricted unpickler, interns stacks once, and returns a :class:`Snapshot` of
-pandas DataFrames and numpy arrays. A per-file cache (Arrow IPC, keyed by the
+pandas DataFrames and numpy arrays. Every historical shape is read: a bare list of
+segments, torch 2.0's block ``history`` (no block address, no ``time_us``), traces of
+one entry, ``snapshot`` markers, empty traces (only the state at dump time: see
+:meth:`Snapshot.state_totals`), private pools (``segment_pool_id``) and several devices. A per-file cache (Arrow IPC, keyed by the
 file's path, size and mtime) makes reopening fast.
 
 No torch import is needed here.
@@ -97,9 +100,53 @@ class Snapshot:
         return int(self.info.get("n_devices", 0))
 
     def default_device(self) -> int:
-        """The device with the most trace entries (0 when there is no trace)."""
-        counts = self.info.get("entries_per_device") or []
-        return int(max(range(len(counts)), key=lambda i: counts[i])) if counts else 0
+        """The device with the most trace entries; ties broken by the bytes allocated in its segments.
+
+        A file whose one-entry traces sit on device 0 while its memory is on device 1 (or whose
+        traces are empty) opens on device 1. 0 when nothing is recorded at all.
+        """
+        n = max(self.n_devices, 1)
+        counts = list(self.info.get("entries_per_device") or []) + [0] * n
+        alloc = self.state_totals()["allocated"].to_dict()
+        return int(max(range(n), key=lambda d: (counts[d], alloc.get(d, 0), -d)))
+
+    @property
+    def has_trace(self) -> bool:
+        """False when no history was recorded (an empty trace on every device): only the state at dump time."""
+        return bool(sum(self.info.get("entries_per_device") or [0]))
+
+    def state_totals(self) -> pd.DataFrame:
+        """What the segments held when the snapshot was taken, one row per device that has segments.
+
+        Columns (index: device): segments, blocks, reserved (sum of segments' total_size),
+        allocated (bytes of allocated blocks, as torch.cuda.memory_allocated counts them),
+        requested (bytes the allocated blocks' tensors asked for), active (allocated plus blocks
+        awaiting free on another stream), pending_free (active - allocated), largest_free_block,
+        pools (number of distinct memory pools; more than one means CUDA graphs or MemPool).
+        """
+        seg, blk = self.segments, self.blocks
+        cols = ["segments", "blocks", "reserved", "allocated", "requested", "active", "pending_free",
+                "largest_free_block", "pools"]
+        if not len(seg):
+            return pd.DataFrame({c: pd.Series([], dtype=np.int64) for c in cols}, index=pd.Index([], name="device"))
+        st = blk["state"].to_numpy()
+        b = pd.DataFrame({
+            "device": blk["device"].to_numpy(),
+            "alloc": np.where(st == "active_allocated", blk["size"].to_numpy(), 0),
+            "req": np.where(st == "active_allocated", blk["requested_size"].to_numpy(), 0),
+            "pending": np.where(st == "active_pending_free", blk["size"].to_numpy(), 0),
+            "free": np.where(st == "inactive", blk["size"].to_numpy(), 0),
+        }).groupby("device")
+        s = seg.groupby("device")
+        out = pd.DataFrame({"segments": s.size(), "reserved": s["total_size"].sum(), "pools": s["pool_id"].nunique()})
+        out["blocks"] = b.size().reindex(out.index, fill_value=0)
+        out["allocated"] = b["alloc"].sum().reindex(out.index, fill_value=0)
+        out["requested"] = b["req"].sum().reindex(out.index, fill_value=0)
+        out["pending_free"] = b["pending"].sum().reindex(out.index, fill_value=0)
+        out["active"] = out["allocated"] + out["pending_free"]
+        out["largest_free_block"] = b["free"].max().reindex(out.index, fill_value=0)
+        out.index = out.index.astype(np.int64).rename("device")
+        return out[cols].astype(np.int64)
 
     def check_device(self, device: int) -> None:
         if not 0 <= device < max(self.n_devices, 1):
@@ -129,7 +176,9 @@ class Snapshot:
         """For each stack, the frame id of its innermost *user* frame (-1 if none).
 
         A user frame is a Python frame outside torch's own package; failing that the
-        innermost Python frame; failing that the innermost frame.
+        innermost Python frame; failing that (C++-only stacks from ``stacks="all"``) the innermost
+        meaningful operator frame, never the unwinder, the caching allocator or the empty-tensor
+        factories (:func:`_is_plumbing`); failing that the innermost frame.
         """
         cached = self.info.get("_user_frames")
         if cached is not None:
@@ -137,6 +186,8 @@ class Snapshot:
         fn = self.frames["filename"].to_numpy()
         is_py = np.array([f.endswith(".py") for f in fn], dtype=bool)
         is_lib = np.array([_is_library_file(f) for f in fn], dtype=bool)
+        plumbing = np.array([_is_plumbing(n) for n in self.frames["name"].to_numpy()], dtype=bool) & ~is_py
+        is_op = np.array([str(n).startswith("at::_ops::") for n in self.frames["name"].to_numpy()], dtype=bool) & ~is_py
         out = np.full(len(self.stack_offsets) - 1, -1, dtype=np.int64)
         for s in range(len(out)):
             ids = self.stack_frames[self.stack_offsets[s] : self.stack_offsets[s + 1]]
@@ -147,7 +198,13 @@ class Snapshot:
                 out[s] = user[0]
                 continue
             py = ids[is_py[ids]]
-            out[s] = py[0] if len(py) else ids[0]
+            if len(py):
+                out[s] = py[0]
+                continue
+            op = ids[is_op[ids]]  # the innermost operator entry (at::_ops::<op>::call) names what allocated
+            if not len(op):
+                op = ids[~plumbing[ids]]
+            out[s] = op[0] if len(op) else ids[0]
         self.info["_user_frames"] = out
         return out
 
@@ -160,7 +217,7 @@ class Snapshot:
         """
         uf = self.user_frame_ids()
         labels = np.array(
-            [f"{os.path.basename(f)}:{l}:{n}" for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
+            [_frame_label(f, l, n) for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
             + [NO_FRAMES_LABEL, BEFORE_RECORDING_LABEL],
             dtype=object,
         )
@@ -175,10 +232,47 @@ class Snapshot:
         return labels[np.where(fid >= 0, fid, none)]
 
 
+def _frame_label(filename: str, line: int, name: str) -> str:
+    """'file.py:line:function'; a C++ frame (``stacks="all"``) without its argument list."""
+    if str(filename).endswith(".py"):
+        return f"{os.path.basename(filename)}:{line}:{name}"
+    n = str(name)
+    depth, cut = 0, len(n)
+    for i, ch in enumerate(n):  # the first '(' outside template brackets ends the qualified name
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and not n.startswith("(anonymous", i):
+            cut = i
+            break
+    base = os.path.basename(str(filename))
+    return f"{n[:cut]}" + (f" ({base})" if base and base != "??" else "")
+
+
 NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
 BEFORE_RECORDING_LABEL = "<allocated before recording started>"
 
 _LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
+
+
+#: C++ frames that say nothing about who allocated: the unwinder, the allocator, tensor factories, runtimes.
+_PLUMBING_PREFIXES = (
+    "torch::unwind::", "torch::CapturedTraceback", "torch::(anonymous namespace)::gather", "c10::cuda::CUDACachingAllocator",
+    "c10::CachingDeviceAllocator", "c10::", "at::empty", "at::detail::empty", "at::native::empty", "at::TensorBase::",
+    "at::native::resize", "at::native::(anonymous namespace)::create_out", "at::(anonymous namespace)::create_out",
+    "at::cuda::", "std::", "__libc", "_start", "start_thread", "clone", "_Py", "Py", "??", "THPVariable_", "pybind11::",
+    "torch::autograd::python", "torch::autograd::THPVariable", "void at::native::", "cudaMalloc",
+    "torch::cuda::(anonymous namespace)::gather", "at::TensorIteratorBase::", "at::TensorIterator::", "at::meta::",
+    "pthread", "__clone",
+)
+
+
+def _is_plumbing(name: str) -> bool:
+    n = str(name).lstrip()
+    head = n.split("(")[0]
+    return ((not n) or n.startswith(_PLUMBING_PREFIXES) or "CUDACachingAllocator" in n or "unwind" in head
+            or "set_output_raw_strided" in n or "create_out" in head)
 
 
 def _is_library_file(filename: str) -> bool:
@@ -551,18 +645,17 @@ _EVENT_DTYPES: tuple[tuple[str, Any], ...] = (
 
 
 def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int], file_format: str, file_size: int) -> dict[str, Any]:
-    """The ``info`` dict shared by both loaders; raises on a snapshot with an empty trace."""
+    """The ``info`` dict shared by both loaders.
+
+    An empty trace (no history recorded, or history cleared) is not an error: the segments still
+    hold the state at dump time, which every command shows.
+    """
     segments_raw = snap.get("segments") or []
     legacy = bool(snap.get("_legacy_segment_list"))
     n_devices = len(entries_per_device)
     seg_devices = [int(s.get("device", 0)) for s in segments_raw if isinstance(s, dict)]
     if seg_devices:
         n_devices = max(n_devices, max(seg_devices) + 1)
-    if not legacy and sum(entries_per_device) == 0:
-        raise MemprofError(
-            f"{source}: the snapshot's trace is empty: record with torch.cuda.memory._record_memory_history() "
-            "enabled before the work you want to see (or use `memprof record`)"
-        )
     return {
         "n_devices": n_devices,
         "format": file_format,
