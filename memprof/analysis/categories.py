@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from memprof.analysis.phases import FINE_PHASES, iteration_ranges
-from memprof.load import BEFORE_RECORDING_LABEL, Snapshot
+from memprof.load import Snapshot
 from memprof.replay import Replay
 
 CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "temporary", "input", "unknown")
@@ -154,6 +154,8 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     a["category_source"] = src
     a["site"] = snap.site_labels(a["stack_id"].to_numpy())
     a["lifetime_us"] = a["free_us"] - a["alloc_us"]
+    from memprof.load import BEFORE_RECORDING_LABEL
+
     unseen = (a["alloc_idx"].to_numpy() < 0) & (a["stack_id"].to_numpy() < 0)  # no frames: allocated before the window
     a.loc[unseen, "site"] = BEFORE_RECORDING_LABEL
     return a
