@@ -44,7 +44,7 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
     from dash.exceptions import PreventUpdate
 
     r = x_range(relayout)
-    if r is None or not key:
+    if r is None or not key or key.get("state_only"):  # state bars (an empty trace) have no time axis
         raise PreventUpdate
     traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r)
     patch = Patch()
@@ -110,8 +110,6 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
 @callback(Output("timeline-graph", "figure"), Output("timeline-rows", "data"),
           Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), prevent_initial_call=True)
 def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
-    if key and key.get("state_only"):
-        raise dash.exceptions.PreventUpdate  # the state bars have no time axis to re-aggregate
     return zoom_patch(relayout, key)
 
 
