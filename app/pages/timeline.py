@@ -17,6 +17,22 @@ from memprof.format import fmt_bytes, fmt_us
 dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof · timeline")
 
 
+def state_layout(sid: int, dev: int | None, m: Any) -> html.Div:
+    """An empty trace: no time axis to draw, only what the segments held at dump time (bars of the
+    live blocks by source line). Its graph has its own id, so zoom and click callbacks never fire."""
+    from memprof import figures
+
+    return html.Div([
+        html.H2(library().get(sid).rel, id="timeline-title"),
+        html.P(common.summary_line(m), className="sub", id="timeline-summary"),
+        html.P("No allocation history was recorded in this snapshot (its trace is empty): shown is the state when it "
+               "was taken. Record with torch.cuda.memory._record_memory_history() to see memory over time.",
+               className="sub", id="timeline-no-history"),
+        common.page_links(sid, dev),
+        dcc.Graph(id="timeline-state-graph", figure=figures.plot_state(m), config={"displaylogo": False}),
+    ])
+
+
 def x_range(relayout: dict[str, Any] | None) -> tuple[float | None, float | None] | None:
     """The visible x-range from plotly's ``relayoutData``; ``(None, None)`` on autorange; ``None`` when x did not change."""
     if not relayout:
@@ -76,22 +92,6 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
         html.P(a["site"]),
         html.Pre(stack, id="timeline-stack-frames"),
         alive,
-    ])
-
-
-def state_layout(sid: int, dev: int | None, m: Any) -> html.Div:
-    """An empty trace: no time axis to draw, only what the segments held at dump time (bars of the
-    live blocks by source line). Its graph has its own id, so zoom and click callbacks never fire."""
-    from memprof import figures
-
-    return html.Div([
-        html.H2(library().get(sid).rel, id="timeline-title"),
-        html.P(common.summary_line(m), className="sub", id="timeline-summary"),
-        html.P("No allocation history was recorded in this snapshot (its trace is empty): shown is the state when it "
-               "was taken. Record with torch.cuda.memory._record_memory_history() to see memory over time.",
-               className="sub", id="timeline-no-history"),
-        common.page_links(sid, dev),
-        dcc.Graph(id="timeline-state-graph", figure=figures.plot_state(m), config={"displaylogo": False}),
     ])
 
 
