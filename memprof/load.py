@@ -31,8 +31,10 @@ from typing import IO, Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from memprof import limits
 from memprof.errors import MemprofError, UnsafePickleError
-from memprof.safe_pickle import safe_load
+from memprof.escape import printable
+from memprof.safe_pickle import safe_load, scan
 
 CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
 
@@ -246,56 +248,112 @@ def _is_library_file(filename: str) -> bool:
 # Reading the raw file
 
 
-def _open_bytes(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def read_raw(path: str | os.PathLike[str]) -> tuple[Any, str]:
-    """Read and safely decode a snapshot file. Returns (raw object, format name)."""
-    p = Path(path)
+def _open_checked(p: Path) -> tuple[limits.BoundedReader, str]:
+    """Open a snapshot by its bytes: (bounded decompressed stream, format name such as 'pickle.gz')."""
     if not p.exists():
         raise MemprofError(f"no such file: {p}")
     if p.is_dir():
         raise MemprofError(f"{p} is a folder, not a snapshot file")
-    name = p.name.lower()
-    is_json = name.endswith(".json") or name.endswith(".json.gz")
-    fmt = "json" if is_json else "pickle"
-    if name.endswith(".gz"):
-        fmt += ".gz"
     try:
-        with _open_bytes(p) as f:
+        reader, comp = limits.open_snapshot(p)
+    except OSError as e:
+        raise MemprofError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        kind = reader.sniff()
+    except limits.DECOMPRESS_ERRORS as e:
+        reader.close()
+        raise _decode_error(p, e) from None
+    except BaseException:
+        reader.close()
+        raise
+    return reader, kind + comp
+
+
+def _decode_error(p: Path, e: BaseException) -> MemprofError:
+    """A decompressor's or the OS's error as one line."""
+    if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno is not None:
+        return MemprofError(f"{p}: cannot read ({e.strerror or e})")
+    return MemprofError(f"{p}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})")
+
+
+def _json_bytes(data: bytes, source: str) -> Any:
+    """Decode JSON after bounding what it can build (containers and items, as the pickle scan does)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    est = len(data) + 64 * (data.count(b"[") + data.count(b"{")) + 16 * (data.count(b",") + data.count(b":"))
+    if est > limits.max_bytes():
+        raise limits.limit_error("memory", f"{source}: building it needs more than {est:,} bytes")
+    return json.loads(data)
+
+
+def _scan_pickle(p: Path) -> None:
+    """Walk the pickle's opcodes before the restricted unpickler builds anything (see safe_pickle.scan)."""
+    reader, _ = _open_checked(p)
+    with reader:
+        try:
+            fp = _fastpickle_module()
+        except ImportError:
+            scan(reader, str(p))
+            return
+        try:
+            fp.scan(reader, limits.max_bytes(), limits.max_depth())
+        except fp.Limit as e:
+            raise limits.limit_error(e.args[0], f"{p}: {e.args[1]}") from None
+        except fp.Unsupported as e:
+            raise UnsafePickleError(str(e)) from None
+        except fp.Malformed as e:
+            raise pickle.UnpicklingError(str(e)) from None
+
+
+def read_raw(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    """Read and safely decode a snapshot file. Returns (raw object, format name).
+
+    The format comes from the bytes (gzip/xz/bzip2 magic, then JSON or pickle), never the name.
+    """
+    raw, fmt, _ = _read_raw(Path(path))
+    return raw, fmt
+
+
+def _read_raw(p: Path) -> tuple[Any, str, int]:
+    """(raw object, format name, decompressed bytes)."""
+    reader, fmt = _open_checked(p)
+    is_json = fmt.startswith("json")
+    try:
+        with reader:
             if is_json:
-                return json.load(f), fmt
-            head = f.peek(2)[:2] if hasattr(f, "peek") else b""
-            if head and head[:1] != b"\x80":
-                # Protocol 0/1 pickles are text-like and never written by torch; JSON without the extension is common.
-                if head[:1] in (b"{", b"["):
-                    return json.load(f), "json"
+                raw = _json_bytes(reader.read(), str(p))
+                reader.drain()
+                return raw, fmt, reader.count
+        _scan_pickle(p)
+        reader, fmt = _open_checked(p)
+        with reader:
             gc_was = gc.isenabled()
             gc.disable()  # building millions of containers: the cyclic GC only slows it down
             try:
-                return safe_load(f), fmt
+                raw = safe_load(reader)
             finally:
                 if gc_was:
                     gc.enable()
-    except UnsafePickleError:
+            reader.drain()
+            return raw, fmt, reader.count
+    except MemprofError:
         raise
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise MemprofError(f"{p}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})") from None
-    except (pickle.UnpicklingError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError, AttributeError) as e:
+    except RecursionError:
+        raise limits.limit_error("depth", f"{p}: a container") from None
+    except limits.DECOMPRESS_ERRORS as e:
+        raise _decode_error(p, e) from None
+    except (pickle.UnpicklingError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError, AttributeError, OverflowError) as e:
         kind = "JSON" if is_json else "pickle"
         raise MemprofError(f"{p}: not a readable {kind} file ({type(e).__name__}: {str(e)[:120]})") from None
     except MemoryError:
-        raise MemprofError(f"{p}: out of memory while reading") from None
-    except OSError as e:
-        raise MemprofError(f"{p}: cannot read ({e.strerror or e})") from None
+        raise MemprofError(f"{p}: out of memory while reading ({limits.MEMORY_HINT})") from None
 
 
 def _normalise(raw: Any, source: str) -> dict[str, Any]:
     """Accept every historical top-level shape; reject what is not a snapshot."""
     if isinstance(raw, list):
+        if not raw:
+            raise MemprofError(f"{source}: an empty list: no segments and no trace, not a memory snapshot")
         if all(isinstance(s, dict) and "blocks" in s and "total_size" in s for s in raw):
             return {"segments": raw, "device_traces": [], "_legacy_segment_list": True}
         raise MemprofError(f"{source}: a list, but not a list of allocator segments: not a memory snapshot")
@@ -373,7 +431,8 @@ class _StackInterner:
             return fid
         if not isinstance(f, dict):
             raise MemprofError("a stack frame is not a dict: not a snapshot this tool understands")
-        key = (str(f.get("filename", "??")), int(f.get("line", 0) or 0), str(f.get("name", "??")))
+        # escaped once here, so every report, table and page shows file text without control characters
+        key = (printable(f.get("filename", "??")), limits.to_i64(f.get("line", 0) or 0), printable(f.get("name", "??")))
         fid = self.frame_ids.setdefault(key, len(self.frame_ids))
         self.frame_by_obj[id(f)] = fid
         self._keep.append(f)
@@ -442,8 +501,8 @@ def _column(trace: list[dict[str, Any]], key: str, default: int, dtype: Any) -> 
     except (TypeError, ValueError, OverflowError):
         vals = [e.get(key, default) if isinstance(e, dict) else None for e in trace]
         bad = next((v for v in vals if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
-        if bad is None:
-            return np.array(vals, dtype=dtype)
+        if bad is None:  # ints beyond int64 are kept (unsigned 64-bit) or clamped: never a refusal
+            return np.fromiter(map(limits.to_i64, vals), dtype=dtype, count=n)
         raise MemprofError(f"trace entry field {key!r} holds {bad!r}: not a snapshot this tool understands") from None
 
 
@@ -479,7 +538,7 @@ def _trace_columns(trace: list[dict[str, Any]], device: int, interner: _StackInt
     oom = np.flatnonzero(action == A_OOM)
     dfree = np.full(n, -1, dtype=np.int64)
     for i in oom:
-        dfree[i] = int(trace[i].get("device_free", -1) or -1)
+        dfree[i] = limits.to_i64(trace[i].get("device_free", -1) or -1)
     cols["device_free"] = dfree
     cols["user_metadata"] = _string_codes(trace, "user_metadata", info.setdefault("user_metadata_values", []))
     return cols
@@ -615,6 +674,15 @@ def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int]
     }
 
 
+def _escape_text(annotations: pd.DataFrame, info: dict[str, Any]) -> None:
+    """File text that reports print (annotation names, user_metadata phase labels) with control
+    characters escaped, as frames are when interned: one escaping function for all of it."""
+    for col in ("stage", "name"):
+        if len(annotations):
+            annotations[col] = annotations[col].map(printable)
+    info["user_metadata_values"] = [printable(v) for v in info.get("user_metadata_values") or []]
+
+
 def _build_snapshot(
     snap: dict[str, Any], source: str, parts: list[dict[str, np.ndarray]], interner: _StackInterner, info: dict[str, Any]
 ) -> Snapshot:
@@ -628,6 +696,7 @@ def _build_snapshot(
     info["has_frames"] = bool(len(interner.stacks))
     segs, blocks = _segments_and_blocks(snap.get("segments") or [], interner)
     annotations = _annotations(snap)
+    _escape_text(annotations, info)
     offsets, flat = interner.csr()
     events = pd.DataFrame(cols, copy=False)
     return Snapshot(
@@ -711,44 +780,56 @@ def _shape_error(path: Path, e: Exception) -> MemprofError:
 
 
 def _fastpickle_module() -> Any:
-    from memprof import _fastpickle  # built by setup.py; see load_fast
+    """The C extension (built by setup.py). MEMPROF_LOADER=python acts as if it were not built."""
+    if os.environ.get("MEMPROF_LOADER") == "python":
+        raise ImportError("MEMPROF_LOADER=python")
+    from memprof import _fastpickle
 
     return _fastpickle
 
 
-def load_fast(path: Path, file_format: str) -> Snapshot | None:
+def load_fast(path: Path, file_format: str | None = None) -> Snapshot | None:
     """Load a pickle snapshot with the C streaming loader; None when it cannot (then use the pure loader).
 
-    Raises :class:`MemprofError` for a truncated or corrupt file.
+    Raises :class:`MemprofError` for a truncated or corrupt file or one beyond a limit.
     """
     try:
         fp = _fastpickle_module()
     except ImportError:
         return None
+    reader, fmt = _open_checked(path)
+    if fmt.startswith("json"):
+        reader.close()
+        return None
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        opener = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=0)
-        with opener as f:
-            root, fast, stacks, um_values = fp.load(f, ACTIONS)
+        with reader:
+            root, fast, stacks, um_values = fp.load(reader, ACTIONS, limits.max_bytes(), limits.max_depth())
+            reader.drain()
     except fp.Unsupported:
         return None
+    except fp.Limit as e:
+        raise limits.limit_error(e.args[0], f"{path}: {e.args[1]}") from None
     except fp.Malformed as e:
         raise MemprofError(f"{path}: truncated or corrupt snapshot ({e})") from None
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise MemprofError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})") from None
+    except MemprofError:
+        raise
+    except limits.DECOMPRESS_ERRORS as e:
+        raise _decode_error(path, e) from None
     except MemoryError:
-        raise MemprofError(f"{path}: out of memory while reading") from None
-    except OSError as e:
-        raise MemprofError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise MemprofError(f"{path}: out of memory while reading ({limits.MEMORY_HINT})") from None
     finally:
         if gc_was:
             gc.enable()
     size = path.stat().st_size
     try:
+        limits.check_expansion(root, reader.count, str(path))
         if not fast:  # no device_traces recognised (e.g. a legacy segment list): plain objects
-            return columns_from_raw(root, source=str(path), file_format=file_format, file_size=size)
-        return _columns_from_fast(root, stacks, um_values, str(path), file_format, size)
+            return columns_from_raw(root, source=str(path), file_format=fmt, file_size=size)
+        return _columns_from_fast(root, stacks, um_values, str(path), fmt, size)
+    except RecursionError:
+        raise limits.limit_error("depth", f"{path}: a container") from None
     except _SHAPE_ERRORS as e:
         raise _shape_error(path, e) from None
 
@@ -787,7 +868,10 @@ def _write_cache(snap: Snapshot, where: Path) -> None:
         feather.write_feather(stacks, tmp / "stack_frames.arrow", compression="uncompressed")
         feather.write_feather(pa.table({"offset": pa.array(snap.stack_offsets)}), tmp / "stack_offsets.arrow", compression="uncompressed")
         info = {k: v for k, v in snap.info.items() if not k.startswith("_")}
-        (tmp / "info.json").write_text(json.dumps(info, default=str))
+        text = json.dumps(info, default=str)
+        if json.loads(text) != info:  # bytes, tuples or int keys from the file: reopening would differ
+            raise ValueError("the snapshot's info does not survive JSON: not cached")
+        (tmp / "info.json").write_text(text)
         if where.exists():
             shutil.rmtree(where, ignore_errors=True)
         os.replace(tmp, where)
@@ -823,28 +907,31 @@ def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
     if where is not None:
         try:
             _write_cache(snap, where)
-        except OSError:
-            pass  # a read-only or full cache folder must not stop the analysis
+        except (OSError, TypeError, ValueError):
+            pass  # a read-only or full cache folder (or settings JSON cannot hold) must not stop the analysis
     return snap
 
 
 def _pickle_format(p: Path) -> str | None:
-    name = p.name.lower()
-    if name.endswith(".json") or name.endswith(".json.gz"):
-        return None
-    return "pickle.gz" if name.endswith(".gz") else "pickle"
+    """The file's format from its bytes ('pickle', 'pickle.gz', 'pickle.xz', ...), None for JSON."""
+    reader, fmt = _open_checked(p)
+    reader.close()
+    return None if fmt.startswith("json") else fmt
 
 
 def _load_uncached(p: Path, fast: bool = True) -> Snapshot:
-    """Read a snapshot file: the C loader for pickles when it can, else the restricted unpickler."""
-    fmt = _pickle_format(p)
-    if fast and fmt is not None:
-        snap = load_fast(p, fmt)
+    """Read a snapshot file: the C loader for pickles when it can, else the restricted unpickler
+    (always with MEMPROF_LOADER=pure or python)."""
+    if fast and os.environ.get("MEMPROF_LOADER") not in ("pure", "python"):
+        snap = load_fast(p)
         if snap is not None:
             return snap
-    raw, fmt = read_raw(p)
+    raw, fmt, nbytes = _read_raw(p)
     try:
+        limits.check_expansion(raw, nbytes, str(p))
         return columns_from_raw(raw, source=str(p), file_format=fmt, file_size=p.stat().st_size)
+    except RecursionError:
+        raise limits.limit_error("depth", f"{p}: a container") from None
     except _SHAPE_ERRORS as e:
         raise _shape_error(p, e) from None
 

@@ -120,14 +120,16 @@ def transformer_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, 
     p = 2 * v * d + L * (4 * d * d + 2 * d * dff + 4 * d) + 2 * d
     act_layer = s * b * d * (34 + 5 * h * s / d) * (e / 2)
     mode = str(_opt(w, "mode", default="train"))
-    items = [(f"parameters (P={p:,} x 4 B)", 4 * p)]
-    fixed = 4 * p
+    n = max(int(_opt(w, "shards", default=1)), 1)  # FSDP: each rank holds 1/N of parameters, gradients, AdamW state
+    per = f" / {n} ranks" if n > 1 else ""
+    items = [(f"parameters (P={p:,} x 4 B{per})", 4 * p // n)]
+    fixed = 4 * p // n
     if mode in ("forward_backward", "train"):
-        items.append(("gradients (P x 4 B)", 4 * p))
-        fixed += 4 * p
+        items.append((f"gradients (P x 4 B{per})", 4 * p // n))
+        fixed += 4 * p // n
     if mode == "train":
-        items.append(("AdamW state (2 x P x 4 B)", 8 * p))
-        fixed += 8 * p
+        items.append((f"AdamW state (2 x P x 4 B{per})", 8 * p // n))
+        fixed += 8 * p // n
     if mode == "forward":  # nothing is kept for backward: about one layer's activations and the logits
         items += [(f"one layer's activations (S*B*d*(34+5*h*S/d)*{e}/2)", int(act_layer)), ("logits (B*S*V*4)", b * s * v * 4)]
         per_sample = act_layer / b + s * v * 4
@@ -135,7 +137,8 @@ def transformer_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, 
         items += [(f"activations ({L} layers x S*B*d*(34+5*h*S/d)*{e}/2)", int(L * act_layer)),
                   ("logits and their gradient (2 x B*S*V*4)", 2 * b * s * v * 4)]
         per_sample = L * act_layer / b + 2 * s * v * 4
-    formula = f"{fixed // p} P (params" + (", grads" if mode != "forward" else "") + (", AdamW" if mode == "train" else "") \
+    coef = 4 + (4 if mode in ("forward_backward", "train") else 0) + (8 if mode == "train" else 0)
+    formula = f"{coef} P{per} (params" + (", grads" if mode != "forward" else "") + (", AdamW" if mode == "train" else "") \
         + ") + activations L*S*B*d*(34+5hS/d)*e/2 + logits B*S*V*4 (x2 with their gradient)"
     return items, formula, {"fixed": fixed, "per_sample": per_sample, "b": b}
 
@@ -234,7 +237,9 @@ def explain_peak(analysis: "Analysis") -> PeakExplanation:
     w = meta.get("workload") or {}
     kind = str(w.get("kind", "")) if isinstance(w, dict) else ""
     if kind in ("attention", "transformer"):
-        opts = {**w, **(w.get("options") or {})} if isinstance(w.get("options"), dict) else w
+        opts = {**w, **(w.get("options") or {})} if isinstance(w.get("options"), dict) else dict(w)
+        if opts.get("distributed") == "fsdp":  # memprof record transformer --distributed fsdp under torchrun
+            opts["shards"] = int((meta.get("dist") or {}).get("world_size") or 1)
         items, formula, coeffs = (attention_account if kind == "attention" else transformer_account)(opts)
         out.analytic = pd.DataFrame({"item": [i for i, _ in items], "expected_bytes": np.array([b for _, b in items], dtype=np.int64)})
         out.expected_bytes = int(sum(b for _, b in items))

@@ -16,6 +16,7 @@ from memprof.format import fmt_bytes, fmt_us
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="why memory peaks where it does, and whether the allocator sets the pace")
     p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present")
+    p.add_argument("--rank", type=int, default=None, help="SNAPSHOT is a run folder (RUN/rank{R}.pickle.gz): explain this rank")
     add_report_options(p, top=8, top_help="how many source lines to list at the peak")
     return p
 
@@ -160,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
     from memprof.analysis import analyze
     from memprof.load import load
     from memprof.meta import read_meta
+    from memprof.commands import run_report
 
+    if run_report.wants_run(args):  # a torchrun run folder: the ranks, or one rank (--rank) through this same run()
+        return run_report.explain(args, run)
     snap = load(args.snapshot, use_cache=not args.no_cache)
     an = analyze(snap, device=args.device, meta=read_meta(args.snapshot))
     d = explain_dict(an, args.top)

@@ -16,7 +16,7 @@ from memprof.replay import Replay, pool_totals, replay, trace_begins_mid_run
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="summary of a snapshot: entries, peak, what is alive at the peak")
-    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json)")
+    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json), or a run folder RUN/rank{R}.pickle.gz")
     add_report_options(p, top=10, top_help="how many allocations alive at the peak to list")
     return p
 
@@ -161,6 +161,12 @@ def render(d: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from memprof.run import is_run
+
+    if is_run(args.snapshot):  # a torchrun run folder: every rank and the imbalance
+        from memprof.commands import run_report
+
+        return run_report.stats(args)
     snap = load(args.snapshot, use_cache=not args.no_cache)
     device = snap.default_device() if args.device is None else args.device
     snap.check_device(device)
