@@ -72,9 +72,13 @@ class Library:
     """The snapshots and sweep folders under one root folder."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()
+        self.only: Path | None = None  # ``memprof serve FILE``: a library of that one snapshot
+        p = Path(root).resolve()
+        if p.is_file():
+            self.only, p = p, p.parent
+        self.root = p
         if not self.root.is_dir():
-            raise MemprofError(f"{root}: no such folder")
+            raise MemprofError(f"{root}: no such file or folder")
         self._entries: list[Entry] | None = None
         self.models = LRU(6)
         self.views = LRU(64)
@@ -88,7 +92,7 @@ class Library:
     def entries(self, rescan: bool = False) -> list[Entry]:
         if self._entries is None or rescan:
             out = []
-            for p in iter_snapshot_files(self.root):
+            for p in ([self.only] if self.only else iter_snapshot_files(self.root)):
                 if not self.inside(p) or p.name == "results.json":
                     continue  # a symlink pointing outside the served folder is never served
                 st = p.stat()
@@ -130,7 +134,7 @@ class Library:
 
     def sweeps(self) -> list[tuple[int, str, Path]]:
         """Folders holding a ``results.csv``: (id, relative folder, csv path)."""
-        found = sorted(p for p in self.root.rglob("results.csv") if p.is_file() and self.inside(p))
+        found = sorted(p for p in self.root.rglob("results.csv") if p.is_file() and self.inside(p)) if self.only is None else []
         return [(i, p.parent.relative_to(self.root).as_posix() or ".", p) for i, p in enumerate(found)]
 
     def table(self) -> pd.DataFrame:
