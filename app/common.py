@@ -57,6 +57,21 @@ def page_links(snap_id: int, device: int | None) -> html.Div:
     return html.Div([dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain")], className="links")
 
 
+def nav_hrefs(search: str | None) -> list[str]:
+    """The top navigation's hrefs (in :data:`app.PAGES` order) for a page whose query string is
+    ``search``: the selected snapshot and device travel to Timeline, Allocations and Explain (and
+    the first of Compare's ``snaps``); Library, Compare and Sweeps keep their own."""
+    from urllib.parse import parse_qs, urlencode
+
+    from app import PAGES
+
+    q = parse_qs((search or "").lstrip("?"))
+    snap = (q.get("snap") or [""])[0] or (q.get("snaps") or [""])[0].split(",")[0]
+    keep = {k: v for k, v in (("snap", snap.strip()), ("device", (q.get("device") or [""])[0].strip())) if v}
+    tail = ("?" + urlencode(keep)) if "snap" in keep else ""
+    return [href + tail if href in ("/timeline", "/allocations", "/explain") else href for _, href in PAGES]
+
+
 def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_table.DataTable:
     return dash_table.DataTable(
         id=id_, data=df.to_dict("records"), columns=[{"name": c, "id": c} for c in df.columns],

@@ -62,7 +62,7 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
         row = rows[cn] if rows and isinstance(cn, int) and 0 <= cn < len(rows) else -1
     m = library().model(int(key["snap"]), key.get("device"))
     t = pt.get("x")
-    alive = dcc.Link(f"What is alive at {t:.3f} ms", href=f"/allocations?snap={key['snap']}&t={t:.6f}") if isinstance(t, (int, float)) else ""
+    alive = dcc.Link(f"What is alive at {t:.3f} ms", href=f"/allocations?snap={key['snap']}" + ("" if key.get("device") is None else f"&device={key['device']}") + f"&t={t:.6f}") if isinstance(t, (int, float)) else ""
     if not isinstance(row, (int, float)) or row < 0 or row >= len(m.allocs):
         return html.Div([html.P("No allocation under the cursor."), alive])
     a = m.allocs.iloc[int(row)]

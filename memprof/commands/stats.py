@@ -49,6 +49,7 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
         "wrapped": wrapped(snap, meta, rep.device),
         "oom_events": int(len(rep.oom_events)),
         "allocator_peak_bytes": meta.get("peak_allocated_bytes"),
+        "device_type": str((meta.get("device") or {}).get("type", "cuda")),
         "top_at_peak": [
             {"size": int(s), "frame": str(f), "alloc_us": None if a != a else float(a), "stack_id": int(k)}
             for s, f, a, k in zip(at_peak["size"], sites, at_peak["alloc_us"], at_peak["stack_id"])
@@ -71,7 +72,8 @@ def render(d: dict[str, Any]) -> str:
     if d.get("allocator_peak_bytes"):
         ap = d["allocator_peak_bytes"]
         diff = (d["peak_allocated_bytes"] - ap) / ap * 100 if ap else 0.0
-        lines.append(f"  allocator peak   {fmt_bytes(ap)} (torch.cuda.max_memory_allocated; replay differs by {diff:+.2f}%)")
+        src = "torch.cuda.max_memory_allocated" if d.get("device_type", "cuda") == "cuda" else "the recorder's own count"
+        lines.append(f"  allocator peak   {fmt_bytes(ap)} ({src}; replay differs by {diff:+.2f}%)")
     if d["oom_events"]:
         lines.append(f"  OUT OF MEMORY    {d['oom_events']} oom event(s) in the trace")
     if d["unknown_actions"]:

@@ -1,0 +1,187 @@
+"""Dashboard pages as a PyTorch engineer reads them: links keep the snapshot, Explain speaks in
+units, OOM snapshots get an OOM section, CPU runs are not described in CUDA terms."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("dash")
+
+ROOT = Path(__file__).resolve().parents[1] / "snapshots"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "attention_naive_fwdbwd.pickle.gz"
+EAGER = "h100/transformer-small-train-eager-bf16.pickle.gz"
+OOM = "h100/attention-naive-s28672-d64-b8-oom.pickle.gz"
+SCRIPT = "h100/script-train_tiny.pickle.gz"
+RAW_FLOAT = re.compile(r"^-?\d+\.\d{4,}$")  # 0.6298303899283092
+RAW_INT = re.compile(r"^\d{5,}$")  # 1774617600
+
+
+@pytest.fixture(scope="module")
+def lib():
+    from app import create_app
+    from app.state import library
+
+    create_app(ROOT)
+    return library()
+
+
+def _walk(c: Any):
+    if isinstance(c, (list, tuple)):
+        for x in c:
+            yield from _walk(x)
+        return
+    if c is None or isinstance(c, (str, int, float)):
+        return
+    yield c
+    yield from _walk(getattr(c, "children", None))
+
+
+def _ids(c: Any) -> dict[str, Any]:
+    return {x.id: x for x in _walk(c) if getattr(x, "id", None)}
+
+
+def _cells(tbl: Any) -> list[str]:
+    return [str(v) for row in tbl.data for v in row.values()]
+
+
+# --- navigation -------------------------------------------------------------
+
+def test_every_page_link_keeps_the_snapshot_and_device(lib) -> None:
+    from app import PAGES
+    from app.common import nav_hrefs
+
+    hrefs = dict(zip([n for n, _ in PAGES], nav_hrefs("?snap=6&device=1")))
+    assert hrefs["Timeline"] == "/timeline?snap=6&device=1"
+    assert hrefs["Allocations"] == "/allocations?snap=6&device=1"
+    assert hrefs["Explain"] == "/explain?snap=6&device=1"
+    assert hrefs["Library"] == "/" and hrefs["Sweeps"] == "/sweeps"
+    # from Compare, the first compared snapshot; with nothing selected, the plain pages
+    assert dict(zip([n for n, _ in PAGES], nav_hrefs("?snaps=3,5")))["Explain"] == "/explain?snap=3"
+    assert nav_hrefs("") == [h for _, h in PAGES] and nav_hrefs(None) == [h for _, h in PAGES]
+    # a relative path as the key is kept (url-encoded), never dropped
+    assert nav_hrefs("?snap=h100/a.pickle.gz")[1] == "/timeline?snap=h100%2Fa.pickle.gz"
+
+
+def test_stack_panel_link_keeps_the_device(lib) -> None:
+    from app.pages import timeline
+
+    sid = lib.get(EAGER).id
+    m = lib.model(sid, None)
+    row = int(m.allocs["size"].to_numpy().argmax())
+    panel = timeline.stack_panel({"points": [{"customdata": row, "x": m.peak_ms}]}, [], {"snap": sid, "device": 0})
+    links = [c for c in _walk(panel) if getattr(c, "href", None)]
+    assert links and links[0].href.startswith(f"/allocations?snap={sid}&device=0&t=")
+
+
+# --- Explain ----------------------------------------------------------------
+
+def test_explain_numbers_have_units_and_per_phase_is_a_table(lib) -> None:
+    from app.pages import explain
+
+    sid = lib.get(EAGER).id
+    ids = _ids(explain.explain_content(sid, None))
+    nums = ids["explain-numbers"]
+    values = [r["value"] for r in nums.data]
+    assert not any(RAW_FLOAT.match(v) or RAW_INT.match(v.replace(",", "")) and "," not in v for v in values), values
+    assert not any(v.startswith("{") for v in values)  # no raw dict
+    q = {r["quantity"]: r["value"] for r in nums.data}
+    meta = lib.model(sid, None).meta
+    assert q["GPU busy"] == f"{meta['gpu_busy_ms']['step']:,.2f} ms"
+    # per phase: one row per phase, GPU busy in ms straight from the metadata
+    ph = {r["phase"]: r for r in ids["explain-phases"].data}
+    assert {"forward", "backward", "optimizer"} <= set(ph)
+    assert ph["forward"]["GPU busy"] == f"{meta['gpu_busy_ms']['forward']:.2f} ms"
+    assert all(re.fullmatch(r"\d+%", r["utilisation"]) for r in ph.values())
+
+
+def test_explain_tables_show_byte_units(lib) -> None:
+    from app.pages import explain
+
+    ids = _ids(explain.explain_content(lib.get(EAGER).id, None))
+    for tid in ("explain-sites", "explain-analytic"):
+        cells = _cells(ids[tid])
+        assert not any(RAW_INT.match(c) for c in cells), (tid, cells)
+        assert any(re.search(r"\d \s?(KiB|MiB|GiB)", c) or re.search(r"\d (KiB|MiB|GiB)", c) for c in cells), tid
+
+
+def test_site_categories_agree_with_the_category_chart(lib) -> None:
+    from memprof import views
+    from memprof.format import fmt_bytes
+
+    m = lib.model(lib.get(EAGER).id, None)
+    at_peak = views.alive_at(m, m.peak_ms)
+    sites = views.by_site(at_peak, top=50).set_index("site")
+    # independently: bytes per (site, category) over the allocations alive at the peak
+    per: dict[str, dict[str, int]] = {}
+    for s, c, b in zip(at_peak["site"], at_peak["category"], at_peak["size"]):
+        per.setdefault(str(s), {}).setdefault(str(c), 0)
+        per[str(s)][str(c)] += int(b)
+    mixed = 0
+    for site, label in sites["category"].items():
+        cats = per[str(site)]
+        if len(cats) == 1:
+            assert label == next(iter(cats))
+        else:
+            mixed += 1
+            for c, b in cats.items():
+                assert f"{c} {fmt_bytes(b)}" in label  # every category with its own bytes: never one label for all
+    assert mixed >= 1  # <no Python frames> mixes optimizer state and parameters in this snapshot
+
+
+def test_explain_analytic_account_hidden_and_explained_for_scripts(lib) -> None:
+    from app.pages import explain
+
+    ids = _ids(explain.explain_content(lib.get(SCRIPT).id, None))
+    assert "explain-analytic" not in ids
+    assert "built-in workloads" in ids["explain-analytic-none"].children
+
+
+def test_explain_oom_section_on_oom_snapshots_only(lib) -> None:
+    from app.pages import explain
+
+    from memprof.format import fmt_bytes
+
+    sid = lib.get(OOM).id
+    m = lib.model(sid, None)
+    body = explain.explain_content(sid, None)
+    ids = _ids(body)
+    # first on the page, with the time of the OOM and what the allocator had
+    assert getattr(body[0], "id", None) == "explain-oom"
+    assert ids["explain-oom-title"].children == f"Out of memory at {m.oom_ms[0]:.3f} ms"
+    tbl = next(t for t in _walk(ids["explain-oom"]) if getattr(t, "data", None))
+    rows = {r["quantity"]: r["value"] for r in tbl.data}
+    o = m.analysis.oom
+    assert rows["requested"] == fmt_bytes(o["requested_bytes"]) and rows["reserved"] == fmt_bytes(o["reserved_bytes"])
+    assert "explain-oom" not in _ids(explain.explain_content(lib.get(EAGER).id, None))
+
+
+def test_cpu_run_not_described_in_cuda_terms(tmp_path: Path, lib, capsys: pytest.CaptureFixture[str]) -> None:
+    from app import create_app
+    from app.pages import explain
+    from memprof.cli import main
+
+    # GIVEN a snapshot whose metadata says it was recorded on the CPU
+    shutil.copy(GOLDEN, tmp_path / "cpu.pickle.gz")
+    t = {"forward": {"mean": 1.0, "std": 0.0, "n": 2}, "backward": {"mean": 2.0, "std": 0.0, "n": 2}}
+    (tmp_path / "cpu.meta.json").write_text(json.dumps({"device": {"type": "cpu", "name": "x86_64"}, "timings_ms": t,
+                                                        "cpu_timings_ms": t, "peak_allocated_bytes": 1000, "status": "ok"}))
+    try:
+        create_app(tmp_path)
+        body = explain.explain_content(0, None)
+        text = " ".join(str(getattr(c, "children", "")) for c in _walk(body) if isinstance(getattr(c, "children", None), str))
+        cells = " ".join(_cells(_ids(body)["explain-numbers"]))
+        assert "cuda events" not in cells.lower() and "host timers" in cells
+        assert "max_memory_allocated" not in text and "GPU busy time on a profiled step" not in text
+        assert "--device cuda" in text  # what to do to answer the GPU question
+    finally:
+        create_app(ROOT)
+    # and the CLI: no torch.cuda counter named for a CPU run
+    assert main(["stats", str(tmp_path / "cpu.pickle.gz"), "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "torch.cuda" not in out and "the recorder's own count" in out
