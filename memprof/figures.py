@@ -170,6 +170,27 @@ def plot_compare(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], phases: S
     return fig
 
 
+SWEEP_PALETTE = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2", "#EECA3B", "#FF9DA6", "#9D755D", "#BAB0AC")
+#: One colour per implementation or mode, whatever else a plot shows, so a series keeps its colour in every sweep plot.
+FAMILY_COLORS = {"naive": "#E45756", "compiled": "#4C78A8", "sdpa": "#54A24B", "forward": "#4C78A8",
+                 "forward_backward": "#F58518", "train": "#B279A2", "eager": "#E45756"}
+
+
+def family_color(label: str) -> str:
+    """The colour of a sweep series from its label: the first word (``sdpa d=64``) or, for a speedup
+    label (``impl=sdpa d=64 vs impl=naive``), the first value that names an implementation or mode;
+    other names get a colour from a hash of the name (stable across plots and runs)."""
+    import zlib
+
+    head = str(label).split(" vs ")[0].split()
+    vals = [w.split("=", 1)[-1] for w in head]
+    for v in vals:
+        if v in FAMILY_COLORS:
+            return FAMILY_COLORS[v]
+    first = vals[0] if vals else ""
+    return SWEEP_PALETTE[zlib.crc32(first.encode()) % len(SWEEP_PALETTE)]
+
+
 def _numeric_x(v: pd.Series) -> bool:
     return bool(pd.to_numeric(v, errors="coerce").notna().all()) and len(v) > 0
 
@@ -178,7 +199,6 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
     """One line per ``by`` value of ``y`` against ``x`` on log axes (``x`` categorical when not numeric,
     in file order); OOM rows marked with an x labelled OOM at the top. Error bars from ``<phase>_std``."""
     fig = go.Figure()
-    palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2", "#EECA3B", "#FF9DA6", "#9D755D", "#BAB0AC")
     std = y.replace("_ms", "_std") if y.endswith("_ms") else None
     status = df["status"].astype(str) if "status" in df else pd.Series("ok", index=df.index)
     ok = df[status == "ok"]
@@ -188,12 +208,11 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
     order = list(dict.fromkeys(df[x].astype(str)))
     groups = list(df.groupby(by, sort=True)) if by in df else [("all", df)]
     # Colour by the series' first word (the implementation, or the mode), dash style by the rest (d, dtype...).
-    families = list(dict.fromkeys(str(k).split(" ")[0] for k, _ in groups))
     variants = list(dict.fromkeys(" ".join(str(k).split(" ")[1:]) for k, _ in groups))
     dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
     for key, g in groups:
         fam, var = str(key).split(" ")[0], " ".join(str(key).split(" ")[1:])
-        color = palette[families.index(fam) % len(palette)]
+        color = family_color(fam)
         dash = dashes[variants.index(var) % len(dashes)]
         g = g.sort_values(x) if numeric else g.iloc[np.argsort([order.index(v) for v in g[x].astype(str)], kind="stable")]
         gs = status.loc[g.index]
@@ -222,9 +241,13 @@ def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
     fig = go.Figure()
     numeric = _numeric_x(df[x])
     order = list(dict.fromkeys(df[x].astype(str)))
+    seen: dict[str, int] = {}
     for key, g in df.groupby("series", sort=True):
         g = g.sort_values(x) if numeric else g
-        fig.add_trace(go.Scatter(x=g[x] if numeric else g[x].astype(str), y=g["speedup"], mode="lines+markers", name=str(key)))
+        color = family_color(str(key))
+        seen[color] = seen.get(color, -1) + 1  # same implementation, other variant: same colour, next dash
+        fig.add_trace(go.Scatter(x=g[x] if numeric else g[x].astype(str), y=g["speedup"], mode="lines+markers", name=str(key),
+                                 line={"color": color, "dash": ("solid", "dash", "dot", "dashdot", "longdash")[seen[color] % 5]}))
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888")
     xaxis: dict[str, Any] = {"type": "log", "title": x} if numeric else {"type": "category", "title": x, "categoryorder": "array", "categoryarray": order}
     fig.update_layout(title="speedup over the baseline (step time; >1 is faster)", template="plotly_white", height=380,

@@ -301,8 +301,9 @@ def main_table(df: pd.DataFrame) -> pd.DataFrame:
                 "OOM" if s == "oom" else ("-" if m != m else f"{m:.3f} ± {sd:.3f}")
                 for m, sd, s in zip(pd.to_numeric(df[f"{ph}_ms"], errors="coerce"), pd.to_numeric(df[f"{ph}_std"], errors="coerce"), df["status"])
             ]  # fmt: skip
-    out["peak MB (snapshot)"] = [("OOM" if s == "oom" else _fmt(v, 2)) for v, s in zip(pd.to_numeric(df["peak_replay_mb"], errors="coerce"), df["status"])]
-    out["peak MB (allocator)"] = [("OOM" if s == "oom" else _fmt(v, 2)) for v, s in zip(pd.to_numeric(df["peak_allocated_mb"], errors="coerce"), df["status"])]
+    to_mib = MB / 2**20  # results.csv keeps MB; what people read is MiB, as every other memprof output
+    out["peak MiB (snapshot)"] = [("OOM" if s == "oom" else _fmt(v * to_mib, 2)) for v, s in zip(pd.to_numeric(df["peak_replay_mb"], errors="coerce"), df["status"])]
+    out["peak MiB (allocator)"] = [("OOM" if s == "oom" else _fmt(v * to_mib, 2)) for v, s in zip(pd.to_numeric(df["peak_allocated_mb"], errors="coerce"), df["status"])]
     out["status"] = df["status"]
     return out
 

@@ -185,3 +185,86 @@ def test_cpu_run_not_described_in_cuda_terms(tmp_path: Path, lib, capsys: pytest
     assert main(["stats", str(tmp_path / "cpu.pickle.gz"), "--no-cache"]) == 0
     out = capsys.readouterr().out
     assert "torch.cuda" not in out and "the recorder's own count" in out
+
+
+# --- units and sweeps ---------------------------------------------------------
+
+def _strings(c: Any) -> list[str]:
+    """Every text a page shows: component strings, table headers and cells, figure titles and axes."""
+    out: list[str] = []
+    for x in _walk(c):
+        ch = getattr(x, "children", None)
+        if isinstance(ch, str):
+            out.append(ch)
+        for col in getattr(x, "columns", None) or []:
+            out.append(str(col.get("name", "")))
+        fig = getattr(x, "figure", None)
+        if fig is not None:
+            lay = fig.layout
+            out += [str(lay.title.text or ""), str(lay.xaxis.title.text or ""), str(lay.yaxis.title.text or "")]
+            out += [str(t.hovertemplate or "") for t in fig.data]
+    return out
+
+
+def test_one_unit_convention_binary_on_every_page(lib) -> None:
+    from app.pages import allocations, compare, explain, sweeps, timeline
+
+    sid = lib.get(EAGER).id
+    pages = [timeline.layout(snap=str(sid)), allocations.layout(snap=str(sid)), explain.layout(snap=str(sid)),
+             compare.update([sid, lib.get(OOM).id])]
+    pages += [sweeps.update(i) for i, _, _ in lib.sweeps()]
+    texts = [t for p in pages for t in _strings(p)]
+    assert texts
+    decimal = [t for t in texts if re.search(r"\bMB\b|\bGB\b|_mb\b", t)]
+    assert not decimal, decimal[:5]
+    assert any("MiB" in t for t in texts)
+
+
+def test_sweep_peak_plotted_in_mib_equal_to_the_csv(lib) -> None:
+    import pandas as pd
+
+    from app.pages import sweeps
+
+    found = {rel: (i, p) for i, rel, p in lib.sweeps()}
+    i, path = found["sweep-attention-h100"]
+    ids = _ids(sweeps.update(i))
+    fig = ids["sweeps-peak"].figure
+    assert "MiB" in fig.layout.title.text
+    csv = pd.read_csv(path)
+    ok = csv[csv["status"] == "ok"]
+    want = sorted(round(v * 1e6 / 2**20, 2) for v in ok["peak_allocated_mb"].dropna())
+    got = sorted(float(y) for t in fig.data if "OOM" not in str(t.name) for y in t.y if y == y)
+    assert got == pytest.approx(want)
+
+
+def test_sweep_series_keep_their_colour_in_every_plot(lib) -> None:
+    from app.pages import sweeps
+
+    for rel in ("sweep-attention-h100", "sweep-transformer-h100"):
+        i = {r: j for j, r, _ in lib.sweeps()}[rel]
+        ids = _ids(sweeps.update(i))
+        colour: dict[str, str] = {}
+        for gid in ("sweeps-forward", "sweeps-backward", "sweeps-step", "sweeps-peak"):
+            if gid not in ids:
+                continue
+            for t in ids[gid].figure.data:
+                fam = str(t.name).split(" ")[0]
+                c = t.line.color if t.line and t.line.color else t.marker.color
+                assert colour.setdefault(fam, c) == c, (rel, gid, fam)
+        assert len(set(colour.values())) == len(colour)  # different implementations, different colours
+        for t in ids["sweeps-speedup"].figure.data:  # speedup lines: the colour of their implementation / mode
+            vals = [w.split("=", 1)[-1] for w in str(t.name).split(" vs ")[0].split()]
+            fam = next(v for v in vals if v in colour)
+            assert t.line.color == colour[fam], (rel, t.name)
+
+
+def test_transformer_sweep_table_has_no_empty_columns(lib) -> None:
+    from app.pages import sweeps
+
+    i = {r: j for j, r, _ in lib.sweeps()}["sweep-transformer-h100"]
+    tbl = _ids(sweeps.update(i))["sweeps-table"]
+    cols = [c["id"] for c in tbl.columns]
+    assert "impl" not in cols and "seq_len" not in cols and "d" not in cols
+    for c in cols:
+        assert any(str(r.get(c, "")).strip() not in ("", "None", "nan") for r in tbl.data), c
+    assert "peak_allocated_mib" in cols and "peak_allocated_mb" not in cols
