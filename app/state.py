@@ -21,6 +21,7 @@ import pandas as pd
 
 from memprof.analysis import analyze
 from memprof.errors import MemprofError
+from memprof.format import fmt_bytes
 from memprof.load import iter_snapshot_files
 from memprof.meta import read_meta
 from memprof.views import TimelineModel, build_model
@@ -118,9 +119,20 @@ class Library:
         raise MemprofError("no such snapshot in the served folder")
 
     def default_entry(self) -> Entry | None:
-        """The most recently modified snapshot (what the app opens on)."""
+        """The most recently recorded snapshot (what the app opens on): by its metadata's ``created``
+        time, else its file's modification time (a copy or checkout changes mtimes, not recordings)."""
         entries = self.entries()
-        return max(entries, key=lambda e: (e.mtime_ns, e.size)) if entries else None
+        return max(entries, key=lambda e: (self.recorded_ns(e), e.size)) if entries else None
+
+    def recorded_ns(self, e: Entry) -> int:
+        """When ``e`` was recorded (metadata ``created``), else its mtime, in ns since the epoch."""
+        created = self.meta(e).get("created")
+        if isinstance(created, str) and created:
+            try:
+                return int(pd.Timestamp(created).value)
+            except (ValueError, TypeError, OverflowError):
+                pass
+        return e.mtime_ns
 
     def meta(self, e: Entry) -> dict[str, Any]:
         try:
@@ -141,7 +153,8 @@ class Library:
         """One row per snapshot with its metadata (the Library page).
 
         Columns: id, name, workload, options, device, status, peak_allocated_mib,
-        peak_reserved_mib, forward_ms, backward_ms, file_mib, modified.
+        peak_reserved_mib, forward_ms, backward_ms, file_size (e.g. '13.2 KiB'), recorded (metadata
+        ``created``, else the file's mtime; UTC).
         """
         rows = []
         for e in self.entries():
@@ -159,11 +172,11 @@ class Library:
                 "peak_reserved_mib": _mib(m.get("peak_reserved_bytes")),
                 "forward_ms": _ms(tm.get("forward")),
                 "backward_ms": _ms(tm.get("backward")),
-                "file_mib": round(e.size / 2**20, 2),
-                "modified": pd.Timestamp(e.mtime_ns, unit="ns").strftime("%Y-%m-%d %H:%M"),
+                "file_size": fmt_bytes(e.size),
+                "recorded": pd.Timestamp(self.recorded_ns(e), unit="ns").strftime("%Y-%m-%d %H:%M"),
             })
         return pd.DataFrame(rows, columns=["id", "name", "workload", "options", "device", "status", "peak_allocated_mib",
-                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_mib", "modified"])
+                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_size", "recorded"])
 
 
 def _mib(v: Any) -> float | None:

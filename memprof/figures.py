@@ -153,20 +153,42 @@ def plot_category_bars(df: pd.DataFrame, title: str = "alive at the peak, by cat
     return fig
 
 
-def plot_compare(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], phases: Sequence[pd.DataFrame] | None = None) -> go.Figure:
-    """Allocated memory of several snapshots on one time axis. ``curves``: (label, t_ms, bytes),
-    already aligned (see :func:`memprof.views.align_offset`)."""
+def plot_compare(curves: Sequence[tuple[Any, ...]], phases: Sequence[pd.DataFrame] | None = None,
+                 x_title: str = "time since first forward (ms)") -> go.Figure:
+    """Allocated memory of several snapshots on one time axis.
+
+    ``curves``: (label, t_ms, bytes) or (label, t_ms, bytes, own_t_ms), already aligned (see
+    :func:`memprof.views.warp`); ``own_t_ms`` (each point's time on its own clock) shows on hover.
+    ``phases``: one phases table per curve (phase, iteration, start_ms, end_ms on the aligned axis):
+    each snapshot's own phases are drawn as a strip above the plot in its colour, and the first
+    one's as background bands. The y axis starts at 0."""
     fig = go.Figure()
     palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2")
-    for i, (label, x, y) in enumerate(curves):
-        fig.add_trace(go.Scatter(x=x, y=np.asarray(y) / MIB, mode="lines", name=label,
+    for i, c in enumerate(curves):
+        label, x, y = c[0], c[1], c[2]
+        own = c[3] if len(c) > 3 else None
+        fig.add_trace(go.Scatter(x=x, y=np.asarray(y) / MIB, mode="lines", name=label, customdata=own,
                                  line={"shape": "hv", "color": palette[i % len(palette)], "width": 1.5},
-                                 hovertemplate=f"{label}<br>%{{y:.1f}} MiB at %{{x:.3f}} ms<extra></extra>"))
-    if phases is not None and len(phases):
-        fig.update_layout(shapes=phase_shapes(phases[0]))
-    fig.update_layout(height=420, template="plotly_white", margin={"l": 60, "r": 20, "t": 30, "b": 50},
-                      xaxis_title="time since first forward (ms)", yaxis_title="allocated (MiB)", hovermode="x unified",
-                      legend={"orientation": "h", "y": -0.2})
+                                 hovertemplate=f"{label}<br>%{{y:.1f}} MiB at %{{x:.3f}} ms"
+                                 + (" (%{customdata:.3f} ms on its own clock)" if own is not None else "") + "<extra></extra>"))
+    shapes: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    n = len(phases) if phases is not None else 0
+    strip = 0.045
+    if n:
+        shapes += phase_shapes(phases[0])
+        for i, ph in enumerate(phases):
+            y0 = 1.02 + i * strip
+            color = palette[i % len(palette)]
+            for p, s, e in zip(ph["phase"], ph["start_ms"], ph["end_ms"]):
+                shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": float(s), "x1": float(e), "y0": y0,
+                               "y1": y0 + strip * 0.8, "line": {"width": 1, "color": color},
+                               "fillcolor": PHASE_COLORS.get(str(p), "rgba(120,120,120,0.08)").replace("0.10", "0.45").replace("0.12", "0.45")})
+            annotations.append({"x": 0, "xref": "paper", "xanchor": "right", "y": y0 + strip * 0.4, "yref": "paper",
+                                "text": f"{i + 1}", "showarrow": False, "font": {"size": 10, "color": color}})
+    fig.update_layout(height=420 + 18 * n, template="plotly_white", margin={"l": 60, "r": 20, "t": 30 + int(420 * strip * n), "b": 50},
+                      xaxis_title=x_title, yaxis={"title": "allocated (MiB)", "rangemode": "tozero"}, hovermode="x unified",
+                      legend={"orientation": "h", "y": -0.2}, shapes=shapes, annotations=annotations)
     return fig
 
 

@@ -362,6 +362,42 @@ def align_offset(m: TimelineModel) -> float:
     return float(f["start_ms"].iloc[0]) if len(f) else 0.0
 
 
+def phase_knots(ref: TimelineModel, m: TimelineModel) -> tuple[np.ndarray, np.ndarray]:
+    """Matching time points of ``m`` and ``ref`` (ms): the start and end of every (phase, iteration)
+    both have, as (t_m, t_ref), strictly increasing in both. Empty when they share no phase."""
+    key = ["phase", "iteration"]
+    both = m.phases.merge(ref.phases, on=key, suffixes=("_m", "_r"))
+    if not len(both):
+        return np.zeros(0), np.zeros(0)
+    tm = np.concatenate([both["start_ms_m"].to_numpy(float), both["end_ms_m"].to_numpy(float)])
+    tr = np.concatenate([both["start_ms_r"].to_numpy(float), both["end_ms_r"].to_numpy(float)])
+    order = np.lexsort((tr, tm))
+    tm, tr = tm[order], tr[order]
+    keep_m, keep_r = [tm[0]], [tr[0]]
+    for a, b in zip(tm[1:], tr[1:]):  # nested or overlapping ranges: keep a monotone chain only
+        if a > keep_m[-1] and b > keep_r[-1]:
+            keep_m.append(a)
+            keep_r.append(b)
+    return np.asarray(keep_m), np.asarray(keep_r)
+
+
+def warp(t: np.ndarray, knots: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Map times of one snapshot onto another's clock: piecewise linear between the matched phase
+    boundaries (each phase of each iteration stretched onto the other's), shifted by the nearest
+    knot outside them (slope 1: before the first phase and after the last, time runs as recorded)."""
+    km, kr = knots
+    t = np.asarray(t, dtype=float)
+    if len(km) == 0:
+        return t
+    if len(km) == 1:
+        return t - km[0] + kr[0]
+    out = np.interp(t, km, kr)
+    lo, hi = t < km[0], t > km[-1]
+    out[lo] = t[lo] - km[0] + kr[0]
+    out[hi] = t[hi] - km[-1] + kr[-1]
+    return out
+
+
 def verdict(m: TimelineModel) -> dict[str, Any]:
     """Is the peak bound by the tensors themselves or by the allocator (reserved but unused)?
 

@@ -268,3 +268,91 @@ def test_transformer_sweep_table_has_no_empty_columns(lib) -> None:
     for c in cols:
         assert any(str(r.get(c, "")).strip() not in ("", "None", "nan") for r in tbl.data), c
     assert "peak_allocated_mib" in cols and "peak_allocated_mb" not in cols
+
+
+# --- Compare ------------------------------------------------------------------
+
+def test_compare_aligns_every_phase_of_every_iteration(lib) -> None:
+    import numpy as np
+
+    from app.pages import compare
+
+    COMPILED = "h100/transformer-small-train-compiled-bf16.pickle.gz"
+    a, b = lib.model(lib.get(EAGER).id, None), lib.model(lib.get(COMPILED).id, None)
+    curves, phases, how = compare.aligned_curves([a, b], [EAGER, COMPILED])
+    assert how.startswith("each phase of each iteration aligned")
+    # every (phase, iteration) of the compiled run now starts and ends where the eager one's does
+    pa = a.phases.set_index(["phase", "iteration"])
+    for r in phases[1].itertuples(index=False):
+        ref = pa.loc[(r.phase, r.iteration)]
+        assert r.start_ms == pytest.approx(ref["start_ms"], abs=1e-6) and r.end_ms == pytest.approx(ref["end_ms"], abs=1e-6)
+    # e.g. compiled's second forward (42.8 ms on its clock) sits on eager's (66.7 ms)
+    f1 = b.phases[(b.phases["phase"] == "forward") & (b.phases["iteration"] == 1)].iloc[0]
+    lab, x, y, own = curves[1]
+    i = int(np.searchsorted(own, f1["start_ms"]))
+    assert x[i] == pytest.approx(np.interp(own[i], [f1["start_ms"], f1["end_ms"]], [pa.loc[("forward", 1), "start_ms"], pa.loc[("forward", 1), "end_ms"]]), abs=1e-6)
+    assert np.all(np.diff(x) >= -1e-9)  # time still runs forward
+    # inside a phase the mapping is linear: a point a third into compiled's backward 0 lands a third into eager's
+    b0, e0 = b.phases.iloc[1], a.phases.iloc[1]
+    t = b0["start_ms"] + (b0["end_ms"] - b0["start_ms"]) / 3
+    from memprof import views
+    assert views.warp(np.array([t]), views.phase_knots(a, b))[0] == pytest.approx(e0["start_ms"] + (e0["end_ms"] - e0["start_ms"]) / 3)
+
+
+def test_compare_figure_own_phase_bands_and_y_from_zero(lib) -> None:
+    from app.pages import compare
+
+    COMPILED = "h100/transformer-small-train-compiled-bf16.pickle.gz"
+    ids = [lib.get(EAGER).id, lib.get(COMPILED).id]
+    fig = _ids(compare.update(ids))["compare-graph"].figure
+    assert fig.layout.yaxis.rangemode == "tozero"
+    strips = [s for s in fig.layout.shapes if s.yref == "paper" and s.y0 >= 1.0]
+    n_a, n_b = (len(lib.model(i, None).phases) for i in ids)
+    assert len(strips) == n_a + n_b  # each snapshot's own phases, in its own strip
+    assert {round(s.y0, 3) for s in strips} == {1.02, round(1.02 + 0.045, 3)}
+    assert "aligned" in fig.layout.xaxis.title.text
+    assert fig.data[1].customdata is not None  # hover shows each point's own-clock time
+
+
+def test_compare_without_shared_phases_lines_up_first_forward(lib) -> None:
+    from app.pages import compare
+
+    a, s = lib.model(lib.get(EAGER).id, None), lib.model(lib.get(SCRIPT).id, None)
+    curves, phases, how = compare.aligned_curves([a, s], [EAGER, SCRIPT])
+    assert how == "first forwards lined up"
+    lab, x, y, own = curves[1]
+    assert (x - own) == pytest.approx(x[0] - own[0])  # a pure shift
+
+
+# --- Library ------------------------------------------------------------------
+
+def test_library_latest_by_recording_time_and_real_sizes(tmp_path: Path) -> None:
+    import os
+
+    from app.state import Library
+
+    from memprof.format import fmt_bytes
+
+    # GIVEN an older recording whose file is newer (copied later) and a newer recording with an old file
+    for name, created, mtime in (("old-run", "2024-01-01T10:00:00+00:00", 2_000_000_000), ("new-run", "2025-06-01T10:00:00+00:00", 1_000_000_000)):
+        shutil.copy(GOLDEN, tmp_path / f"{name}.pickle.gz")
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps({"created": created}))
+        os.utime(tmp_path / f"{name}.pickle.gz", (mtime, mtime))
+    lib = Library(tmp_path)
+    assert lib.default_entry().rel == "new-run.pickle.gz"  # type: ignore[union-attr]
+    df = lib.table().set_index("name")
+    assert df.loc["new-run.pickle.gz", "recorded"] == "2025-06-01 10:00"
+    size = (tmp_path / "new-run.pickle.gz").stat().st_size
+    assert df.loc["new-run.pickle.gz", "file_size"] == fmt_bytes(size) and not df["file_size"].str.startswith("0 ").any()
+    # without metadata, the file's mtime decides
+    (tmp_path / "new-run.meta.json").unlink()
+    assert Library(tmp_path).default_entry().rel == "old-run.pickle.gz"  # type: ignore[union-attr]
+
+
+def test_library_filters_have_placeholders_and_long_columns_wrap(lib) -> None:
+    from app.pages import library as page
+
+    tbl = _ids(page.layout())["library-table"]
+    assert tbl.filter_options["placeholder_text"]
+    widths = {c["if"]["column_id"]: c["maxWidth"] for c in tbl.style_cell_conditional}
+    assert {"name", "options"} <= set(widths) and tbl.style_cell["whiteSpace"] == "normal"

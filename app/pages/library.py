@@ -27,12 +27,30 @@ def library_target(trigger: Any, rows: list[dict[str, Any]] | None, selected: li
     return f"/timeline?snap={ids[0]}", ""
 
 
+#: Long text columns wrap inside these widths instead of widening the table past the screen.
+WRAP_WIDTHS = {"name": "300px", "options": "260px", "device": "140px"}
+
+
+def fit_to_screen(tbl: Any) -> None:
+    """Wrap the long columns (name, options, device) so the table fits a 1400 px window; the full
+    text stays in a tooltip."""
+    tbl.style_table = {"overflowX": "auto", "maxWidth": "100%"}
+    tbl.style_cell = {"fontFamily": "monospace", "fontSize": 12, "padding": "3px 6px", "textAlign": "left",
+                      "whiteSpace": "normal", "height": "auto", "maxWidth": "160px"}
+    tbl.style_cell_conditional = [{"if": {"column_id": c}, "minWidth": w, "maxWidth": w, "width": w, "wordBreak": "break-all"}
+                                  for c, w in WRAP_WIDTHS.items()]
+    tbl.tooltip_data = [{c: {"value": str(r.get(c, "")), "type": "text"} for c in ("options",)} for r in tbl.data]
+    tbl.tooltip_duration = None
+
+
 def layout(**_: Any) -> html.Div:
     lib = library()
     df = lib.table()
     df.insert(1, "open", [f"[timeline](/timeline?snap={i})" for i in df["id"]])
-    tbl = common.table("library-table", df, page_size=20, row_selectable="multi", filter_action="native", selected_rows=[])
+    tbl = common.table("library-table", df, page_size=20, row_selectable="multi", filter_action="native", selected_rows=[],
+                       filter_options={"placeholder_text": "filter…", "case": "insensitive"})
     tbl.columns = [{"name": c, "id": c, "presentation": "markdown"} if c == "open" else {"name": c, "id": c} for c in df.columns]
+    fit_to_screen(tbl)
     preview: Any = html.P("No snapshots here yet: record one with `memprof record`.", id="library-empty")
     e = lib.default_entry()
     if e is not None:
