@@ -96,9 +96,9 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                        "name": "iteration peaks", "customdata": np.c_[it["iteration"].to_numpy(), it["ramp_ms"].to_numpy()],
                        "hovertemplate": "iteration %{customdata[0]} peak %{y:.1f} MiB<br>ramp %{customdata[1]:.3f} ms<extra></extra>"})
         rows.append(-1)
-    traces.append({"type": "scatter", "x": [model.peak_ms], "y": [model.peak_bytes / MIB], "mode": "markers+text",
-                   "marker": {"symbol": "star", "size": 14, "color": "#D62728"}, "text": [f"peak {fmt_bytes(model.peak_bytes)}"],
-                   "textposition": "top center", "name": "peak", "hovertemplate": "peak %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+    traces.append({"type": "scatter", "x": [model.peak_ms], "y": [model.peak_bytes / MIB], "mode": "markers",  # label: peak_label()
+                   "marker": {"symbol": "star", "size": 14, "color": "#D62728"},
+                   "name": "peak", "hovertemplate": "peak %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
     rows.append(-1)
     if len(model.oom_ms):
         traces.append({"type": "scatter", "x": model.oom_ms, "y": [model.peak_bytes / MIB] * len(model.oom_ms),
@@ -118,11 +118,25 @@ def phase_shapes(phases: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def phase_labels(phases: pd.DataFrame) -> list[dict[str, Any]]:
-    return [
-        {"x": (float(s) + float(e)) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom", "showarrow": False,
-         "text": f"{p[:3]}{'' if i < 0 else i}", "font": {"size": 10, "color": "#555"}}
-        for p, i, s, e in zip(phases["phase"], phases["iteration"], phases["start_ms"], phases["end_ms"])
-    ]
+    """Full phase names above their bands (``forward 0``, ``optimizer 2``), on two staggered rows so
+    that a short phase's label does not sit on its neighbours'; the hover gives the phase's times."""
+    order = np.argsort(phases["start_ms"].to_numpy(dtype=float), kind="stable")
+    out = []
+    for k, j in enumerate(order):
+        p, i = str(phases["phase"].iloc[j]), int(phases["iteration"].iloc[j])
+        s, e = float(phases["start_ms"].iloc[j]), float(phases["end_ms"].iloc[j])
+        out.append({"x": (s + e) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom", "showarrow": False,
+                    "yshift": 2 + 13 * (k % 2), "text": p if i < 0 else f"{p} {i}", "font": {"size": 10, "color": "#555"},
+                    "hovertext": f"{p}{'' if i < 0 else f' {i}'}: {s:.3f} to {e:.3f} ms ({e - s:.3f} ms)"})
+    return out
+
+
+def peak_label(model: TimelineModel) -> dict[str, Any]:
+    """The peak's label as an annotation with an arrow, off to the upper left on a white box: clear of
+    the reserved line, which runs at or above the peak."""
+    return {"x": model.peak_ms, "y": model.peak_bytes / MIB, "xref": "x", "yref": "y", "text": f"peak {fmt_bytes(model.peak_bytes)}",
+            "showarrow": True, "arrowhead": 2, "ax": -60, "ay": 40, "bgcolor": "rgba(255,255,255,0.9)",
+            "bordercolor": "#D62728", "borderwidth": 1, "font": {"size": 11, "color": "#D62728"}}
 
 
 def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | None = None, k: int = 80, height: int = 520,
@@ -133,9 +147,9 @@ def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | Non
         traces, _ = timeline_traces(model, x0, x1, k)
     fig = go.Figure(data=traces)
     fig.update_layout(
-        height=height, margin={"l": 60, "r": 20, "t": 40, "b": 50}, template="plotly_white",
+        height=height, margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white",
         xaxis={"title": "time since trace start (ms)"}, yaxis={"title": "memory (MiB)", "rangemode": "tozero"},
-        shapes=phase_shapes(model.phases), annotations=phase_labels(model.phases) if len(model.phases) <= 40 else [],
+        shapes=phase_shapes(model.phases), annotations=(phase_labels(model.phases) if len(model.phases) <= 40 else []) + [peak_label(model)],
         hovermode="closest", legend={"orientation": "h", "y": -0.18}, uirevision=model.source,
     )
     return fig

@@ -356,3 +356,53 @@ def test_library_filters_have_placeholders_and_long_columns_wrap(lib) -> None:
     assert tbl.filter_options["placeholder_text"]
     widths = {c["if"]["column_id"]: c["maxWidth"] for c in tbl.style_cell_conditional}
     assert {"name", "options"} <= set(widths) and tbl.style_cell["whiteSpace"] == "normal"
+
+
+# --- Timeline -----------------------------------------------------------------
+
+def test_timeline_phase_labels_full_and_peak_label_clear(lib) -> None:
+    sid = lib.get(EAGER).id
+    from app import common
+
+    fig, rows = common.timeline_figure(sid, None)
+    m = lib.model(sid, None)
+    texts = [a.text for a in fig.layout.annotations]
+    assert "forward 0" in texts and "backward 2" in texts and "optimizer 1" in texts
+    assert not any(t in ("for0", "bac0", "opt0") for t in texts)
+    # neighbouring labels alternate rows
+    shifts = [a.yshift for a in sorted((a for a in fig.layout.annotations if a.yref == "paper"), key=lambda a: a.x)]
+    assert all(a != b for a, b in zip(shifts, shifts[1:]))
+    # the peak label: an arrow to the peak, placed below-left (the reserved line runs at or above the peak)
+    peak = next(a for a in fig.layout.annotations if str(a.text).startswith("peak "))
+    assert peak.x == m.peak_ms and peak.showarrow and peak.ay > 0 and peak.bgcolor
+    assert not any(getattr(t, "text", None) for t in fig.data if t.name == "peak")
+
+
+def test_timeline_clicked_block_is_highlighted(lib) -> None:
+    from dash import Patch
+    from dash.exceptions import PreventUpdate
+
+    from app import common
+    from app.pages import timeline
+
+    sid = lib.get(EAGER).id
+    fig, rows = common.timeline_figure(sid, None)
+    blocks = [i for i, r in enumerate(rows) if r >= 0]
+    a, b = blocks[0], blocks[3]
+    patch, cur = timeline.highlight({"points": [{"curveNumber": a}]}, rows, None)
+    ops = patch.to_plotly_json()["operations"]
+    assert cur == a and [op["location"] for op in ops] == [["data", a, "line"]]
+    assert ops[0]["params"]["value"]["width"] > fig.data[a].line.width
+    # a second click moves the outline: the first block gets its own line back
+    patch, cur = timeline.highlight({"points": [{"curveNumber": b}]}, rows, a)
+    ops = {tuple(op["location"]): op["params"]["value"] for op in patch.to_plotly_json()["operations"]}
+    assert cur == b and ops[("data", a, "line")] == {"width": fig.data[a].line.width, "color": fig.data[a].line.color}
+    assert isinstance(patch, Patch)
+    with pytest.raises(PreventUpdate):  # the allocated curve is not a block
+        timeline.highlight({"points": [{"curveNumber": rows.index(-1)}]}, rows, None)
+
+
+def test_stack_paths_wrap_in_the_side_panel() -> None:
+    css = (Path(__file__).resolve().parents[1] / "app" / "assets" / "style.css").read_text()
+    rule = re.search(r"\.side pre \{([^}]*)\}", css)
+    assert rule and "overflow-wrap: anywhere" in rule.group(1)

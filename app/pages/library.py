@@ -28,7 +28,15 @@ def library_target(trigger: Any, rows: list[dict[str, Any]] | None, selected: li
 
 
 #: Long text columns wrap inside these widths instead of widening the table past the screen.
-WRAP_WIDTHS = {"name": "300px", "options": "260px", "device": "140px"}
+WRAP_WIDTHS = {"name": "280px", "options": "220px", "device": "120px"}
+
+
+def header(col: str) -> str:
+    """``peak_allocated_mib`` -> ``peak allocated (MiB)``: words a header can wrap at."""
+    for suf, unit in (("_mib", "MiB"), ("_ms", "ms")):
+        if col.endswith(suf):
+            return f"{col[: -len(suf)].replace('_', ' ')} ({unit})"
+    return col.replace("_", " ")
 
 
 def fit_to_screen(tbl: Any) -> None:
@@ -39,6 +47,7 @@ def fit_to_screen(tbl: Any) -> None:
                       "whiteSpace": "normal", "height": "auto", "maxWidth": "160px"}
     tbl.style_cell_conditional = [{"if": {"column_id": c}, "minWidth": w, "maxWidth": w, "width": w, "wordBreak": "break-all"}
                                   for c, w in WRAP_WIDTHS.items()]
+    tbl.style_header = {"fontWeight": "bold", "backgroundColor": "#f3f4f6", "whiteSpace": "normal", "height": "auto"}
     tbl.tooltip_data = [{c: {"value": str(r.get(c, "")), "type": "text"} for c in ("options",)} for r in tbl.data]
     tbl.tooltip_duration = None
 
@@ -49,7 +58,7 @@ def layout(**_: Any) -> html.Div:
     df.insert(1, "open", [f"[timeline](/timeline?snap={i})" for i in df["id"]])
     tbl = common.table("library-table", df, page_size=20, row_selectable="multi", filter_action="native", selected_rows=[],
                        filter_options={"placeholder_text": "filter…", "case": "insensitive"})
-    tbl.columns = [{"name": c, "id": c, "presentation": "markdown"} if c == "open" else {"name": c, "id": c} for c in df.columns]
+    tbl.columns = [{"name": c, "id": c, "presentation": "markdown"} if c == "open" else {"name": header(c), "id": c} for c in df.columns]
     fit_to_screen(tbl)
     preview: Any = html.P("No snapshots here yet: record one with `memprof record`.", id="library-empty")
     e = lib.default_entry()

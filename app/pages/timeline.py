@@ -79,6 +79,26 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
     ])
 
 
+POLYGON_LINE = {"width": 0.5, "color": "rgba(255,255,255,0.6)"}  # as memprof.figures.timeline_traces draws them
+HIGHLIGHT_LINE = {"width": 3, "color": "#111"}
+
+
+def highlight_patch(click: dict[str, Any] | None, rows: Sequence[int] | None, prev: Any) -> tuple[Patch, int | None]:
+    """Outline the clicked allocation's block (and restore the one outlined before): a Patch of two
+    traces' ``line``, nothing else. Returns (patch, the outlined trace's index)."""
+    from dash.exceptions import PreventUpdate
+
+    pts = (click or {}).get("points") or []
+    cn = pts[0].get("curveNumber") if pts else None
+    if not isinstance(cn, int) or not rows or not 0 <= cn < len(rows) or rows[cn] < 0:
+        raise PreventUpdate  # a curve or marker, not an allocation's block
+    patch = Patch()
+    if isinstance(prev, int) and prev != cn and 0 <= prev < len(rows) and rows[prev] >= 0:
+        patch["data"][prev]["line"] = POLYGON_LINE
+    patch["data"][cn]["line"] = HIGHLIGHT_LINE
+    return patch, cn
+
+
 def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html.Div:
     try:
         sid, dev = common.resolve_key(snap), common.parse_device(device)
@@ -96,6 +116,7 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
         ], className="row"),
         dcc.Store(id="timeline-key", data={"snap": sid, "device": dev}),
         dcc.Store(id="timeline-rows", data=rows),
+        dcc.Store(id="timeline-highlight", data=None),
     ])
 
 
@@ -109,3 +130,10 @@ def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
           State("timeline-rows", "data"), State("timeline-key", "data"), prevent_initial_call=True)
 def show_stack(click: dict[str, Any] | None, rows: list[int] | None, key: dict[str, Any]) -> Any:
     return stack_panel(click, rows, key)
+
+
+@callback(Output("timeline-graph", "figure", allow_duplicate=True), Output("timeline-highlight", "data"),
+          Input("timeline-graph", "clickData"), State("timeline-rows", "data"), State("timeline-highlight", "data"),
+          prevent_initial_call=True)
+def highlight(click: dict[str, Any] | None, rows: list[int] | None, prev: Any) -> Any:
+    return highlight_patch(click, rows, prev)

@@ -1,0 +1,70 @@
+"""The dashboard in headless Chromium, as a user moves through it: the top navigation keeps the
+selected snapshot, a clicked block is outlined, the Library fits the window, a dropped snapshot opens.
+
+Shares the server and browser fixtures of :mod:`test_browser` (same skip rules).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from test_browser import _css, _graph_ready, _no_severe, _shot, _wait, driver, server  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+EAGER = "h100/transformer-small-train-eager-bf16.pickle.gz"
+
+
+def _nav(d: Any, name: str) -> None:
+    link = _css(d, f"#nav-{name}")[0]
+    d.execute_script("arguments[0].click();", link)
+
+
+def test_navigation_keeps_the_selected_snapshot(server: str, driver: Any) -> None:
+    d = driver
+    # the default (latest) snapshot is the compiled one: open the eager one by id, then move around
+    d.get(server + "/")
+    _wait(lambda: _css(d, "#library-table td"), what="library rows")
+    eager_id = d.execute_script(
+        "const rows = [...document.querySelectorAll('#library-table tr')];"
+        "const r = rows.find(r => r.innerText.includes(arguments[0])); return r && r.querySelector('td[data-dash-column=id]').innerText;", EAGER)
+    assert eager_id is not None
+    d.get(server + f"/timeline?snap={eager_id}&device=0")
+    _wait(lambda: "eager" in _css(d, "#timeline-title")[0].text, what="eager timeline")
+    for page, title_sel in (("explain", "h2"), ("allocations", "h2"), ("timeline", "#timeline-title")):
+        _wait(lambda: f"snap={eager_id}" in (_css(d, f"#nav-{page}")[0].get_attribute("href") or ""), what=f"nav-{page} href")
+        _nav(d, page)
+        _wait(lambda: d.current_url.split("?")[0].endswith("/" + page), what=f"{page} page")
+        assert f"snap={eager_id}" in d.current_url and "device=0" in d.current_url
+        _wait(lambda: "eager" in _css(d, title_sel)[0].text, what=f"{page} shows the eager snapshot")
+        _no_severe(d, page)
+
+
+def test_clicked_block_is_outlined_and_stack_wraps(server: str, driver: Any) -> None:
+    d = driver
+    d.get(server + "/timeline?snap=" + EAGER)
+    _wait(lambda: _graph_ready(d, "timeline-graph"), what="timeline graph")
+    js_gd = "const gd = document.querySelector('#timeline-graph .js-plotly-plot');"
+    # click the largest block through plotly's own event path
+    d.execute_script(js_gd + "const i = gd.data.findIndex(t => t.fill === 'toself');"
+                     "gd.emit('plotly_click', {points: [{curveNumber: i, pointNumber: 0, x: gd.data[i].x[1], y: gd.data[i].y[1],"
+                     " customdata: gd.data[i].customdata[0], data: gd.data[i], fullData: gd._fullData[i]}]}); window.__memprofClicked = i;")
+    _wait(lambda: d.execute_script(js_gd + "return gd.data[window.__memprofClicked].line.width >= 3;"), what="outlined block")
+    _wait(lambda: _css(d, "#timeline-stack-frames"), what="stack frames")
+    pre = _css(d, "#timeline-stack-frames")[0]
+    assert d.execute_script("const p = arguments[0]; return p.scrollWidth <= p.clientWidth + 1;", pre)  # wrapped, not clipped
+    _shot(d, "timeline-clicked")
+    _no_severe(d, "timeline click")
+
+
+def test_library_fits_the_window(server: str, driver: Any) -> None:
+    d = driver
+    d.get(server + "/")
+    _wait(lambda: _css(d, "#library-table td"), what="library rows")
+    width = d.execute_script("return document.documentElement.clientWidth;")
+    table_w = d.execute_script("return document.querySelector('#library-table table').getBoundingClientRect().width;")
+    assert table_w <= width, (table_w, width)
+    ph = d.execute_script("return [...document.querySelectorAll('#library-table th.dash-filter input[type=text]')].map(i => i.placeholder);")
+    assert ph and all(p for p in ph)
