@@ -81,6 +81,7 @@ class Library:
         if not self.root.is_dir():
             raise MemprofError(f"{root}: no such file or folder")
         self._entries: list[Entry] | None = None
+        self.uploads: list[Path] = []  # snapshots dropped into the dashboard: kept in a private temp folder (app.upload)
         self.models = LRU(6)
         self.views = LRU(64)
 
@@ -98,6 +99,9 @@ class Library:
                     continue  # a symlink pointing outside the served folder is never served
                 st = p.stat()
                 out.append(Entry(len(out), p, p.relative_to(self.root).as_posix(), st.st_mtime_ns, st.st_size))
+            for p in self.uploads:  # after the folder's own, under their own prefix; never inside the root
+                st = p.stat()
+                out.append(Entry(len(out), p, "uploaded/" + p.name, st.st_mtime_ns, st.st_size))
             self._entries = out
         return self._entries
 

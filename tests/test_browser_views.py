@@ -68,3 +68,19 @@ def test_library_fits_the_window(server: str, driver: Any) -> None:
     assert table_w <= width, (table_w, width)
     ph = d.execute_script("return [...document.querySelectorAll('#library-table th.dash-filter input[type=text]')].map(i => i.placeholder);")
     assert ph and all(p for p in ph)
+
+
+def test_upload_a_snapshot_opens_its_timeline(server: str, driver: Any) -> None:
+    from pathlib import Path
+
+    d = driver
+    golden = Path(__file__).resolve().parent / "data" / "golden" / "attention_naive_fwdbwd.pickle.gz"
+    d.get(server + "/")
+    _wait(lambda: _css(d, "#library-upload input[type=file]"), what="upload input")
+    _shot(d, "library")
+    _css(d, "#library-upload input[type=file]")[0].send_keys(str(golden))
+    _wait(lambda: "/timeline?snap=" in d.current_url, what="navigation to the uploaded snapshot")
+    _wait(lambda: "uploaded/" in _css(d, "#timeline-title")[0].text and "attention_naive_fwdbwd" in _css(d, "#timeline-title")[0].text,
+          what="the uploaded snapshot's timeline")
+    _wait(lambda: _graph_ready(d, "timeline-graph"), what="timeline graph")
+    _no_severe(d, "upload")

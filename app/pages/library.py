@@ -9,6 +9,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from app import common
 from app.state import library
+from memprof.errors import MemprofError
 
 dash.register_page(__name__, path="/", name="Library", title="memprof · library")
 
@@ -52,6 +53,33 @@ def fit_to_screen(tbl: Any) -> None:
     tbl.tooltip_duration = None
 
 
+def upload_box() -> Any:
+    """Drop or choose a snapshot file: it opens here, like pytorch.org/memory_viz (see :mod:`app.upload`)."""
+    from app.upload import MAX_UPLOAD_BYTES
+
+    return html.Div([
+        dcc.Upload(html.Div(["Drop a snapshot here or ", html.A("choose a file"),
+                             f" (.pickle, .pickle.gz, .json; up to {MAX_UPLOAD_BYTES >> 20} MiB; kept in a private temporary folder)"]),
+                   id="library-upload", max_size=MAX_UPLOAD_BYTES, multiple=False, className="upload"),
+        html.Div(id="library-upload-status", className="sub"),
+    ])
+
+
+def upload_target(contents: str | None, filename: str | None) -> tuple[Any, Any]:
+    """Where an uploaded snapshot goes: its timeline; or the one-line reason it was refused."""
+    from dash import no_update
+
+    from app.upload import save_upload
+
+    if not contents:
+        return no_update, "the file was empty or over the size limit"
+    try:
+        e = save_upload(library(), filename or "", contents)
+    except MemprofError as err:
+        return no_update, common.error_box(err)
+    return f"/timeline?snap={e.id}", f"opened {e.rel}"
+
+
 def layout(**_: Any) -> html.Div:
     lib = library()
     df = lib.table()
@@ -74,6 +102,7 @@ def layout(**_: Any) -> html.Div:
         html.P(f"{len(df)} snapshot(s) under {lib.root}", className="sub"),
         html.Div([html.Button("Open timeline", id="library-open"), html.Button("Compare selected", id="library-compare"),
                   html.Span(id="library-hint", className="sub")], className="toolbar"),
+        upload_box(),
         tbl,
         dcc.Location(id="library-go", refresh=True),
         preview,
@@ -86,3 +115,9 @@ def layout(**_: Any) -> html.Div:
           prevent_initial_call=True)
 def go(_open: Any, _cmp: Any, rows: list[dict[str, Any]] | None, selected: list[int] | None) -> tuple[Any, str]:
     return library_target(dash.ctx.triggered_id, rows, selected)
+
+
+@callback(Output("library-go", "href", allow_duplicate=True), Output("library-upload-status", "children"),
+          Input("library-upload", "contents"), State("library-upload", "filename"), prevent_initial_call=True)
+def upload(contents: str | None, filename: str | None) -> tuple[Any, Any]:
+    return upload_target(contents, filename)
