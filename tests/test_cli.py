@@ -174,3 +174,20 @@ def test_serve_file_is_a_library_of_one(tmp_path: Path) -> None:
     with pytest.raises(MemprofError):
         lib.get("other.pickle.gz")
     assert lib.model(0).peak_bytes > 0
+
+
+def test_readme_tour_matches_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from memprof.cli import COMMANDS
+
+    readme = (ROOT / "README.md").read_text()
+    tour = readme[readme.index("## A tour"):readme.index("| command | what it does |")]
+    # the tour's commands, in `memprof --help` order, each a real subcommand
+    cmds = [ln.split()[1] for ln in tour.splitlines() if ln.startswith("    memprof ")]
+    assert cmds and set(cmds) <= set(COMMANDS)
+    assert [c for c in COMMANDS if c in cmds] == list(dict.fromkeys(cmds))
+    # the stats block is what `memprof stats` prints today, byte for byte
+    block = tour[tour.index("    $ memprof stats "):].split("\n\n")[0].splitlines()
+    argv = block[0].split()[2:]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert [ln[4:] for ln in block[1:]] == out
