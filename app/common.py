@@ -54,7 +54,11 @@ def summary_line(m: views.TimelineModel) -> str:
 
 def page_links(snap_id: int, device: int | None) -> html.Div:
     q = f"?snap={snap_id}" + ("" if device is None else f"&device={device}")
-    return html.Div([dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain")], className="links")
+    return html.Div([dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Flame")], className="links")
+
+
+#: Pages that show one snapshot (``?snap=&device=``): the header's links and the top navigation lead to these.
+SNAPSHOT_PAGES = ("/timeline", "/allocations", "/explain", "/flame")
 
 
 def nav_hrefs(search: str | None) -> list[str]:
@@ -69,7 +73,7 @@ def nav_hrefs(search: str | None) -> list[str]:
     snap = (q.get("snap") or [""])[0] or (q.get("snaps") or [""])[0].split(",")[0]
     keep = {k: v for k, v in (("snap", snap.strip()), ("device", (q.get("device") or [""])[0].strip())) if v}
     tail = ("?" + urlencode(keep)) if "snap" in keep else ""
-    return [href + tail if href in ("/timeline", "/allocations", "/explain") else href for _, href in PAGES]
+    return [href + tail if href in SNAPSHOT_PAGES else href for _, href in PAGES]
 
 
 def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_table.DataTable:

@@ -289,3 +289,19 @@ def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
     fig.update_layout(title="speedup over the baseline (step time; >1 is faster)", template="plotly_white", height=380,
                       margin={"l": 60, "r": 20, "t": 40, "b": 50}, xaxis=xaxis, yaxis_title="×", legend={"font": {"size": 10}})
     return fig
+
+
+def plot_icicle(tree: pd.DataFrame, title: str = "", height: int = 640) -> go.Figure:
+    """The call tree of :func:`memprof.flame.call_tree` as an icicle: the root on top, callees below,
+    each box as wide as the bytes alive under it (``branchvalues='total'``); click a box to zoom in."""
+    from memprof.flame import hover_text
+
+    total = int(tree["bytes"].iloc[0]) if len(tree) else 0
+    fig = go.Figure(go.Icicle(
+        ids=tree["id"], labels=tree["label"], parents=tree["parent"], values=tree["bytes"], branchvalues="total",
+        text=hover_text(tree, total), hovertemplate="%{text}<extra></extra>", textinfo="label",
+        tiling={"orientation": "v"}, root={"color": "#e5e7eb"}, marker={"colorscale": "YlOrRd", "colors": tree["depth"]},
+        maxdepth=16,
+    ))
+    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, template="plotly_white")
+    return fig

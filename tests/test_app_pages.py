@@ -406,3 +406,42 @@ def test_stack_paths_wrap_in_the_side_panel() -> None:
     css = (Path(__file__).resolve().parents[1] / "app" / "assets" / "style.css").read_text()
     rule = re.search(r"\.side pre \{([^}]*)\}", css)
     assert rule and "overflow-wrap: anywhere" in rule.group(1)
+
+
+# --- Flame graph --------------------------------------------------------------
+
+def test_flame_tree_sums_the_bytes_alive_at_the_peak(lib) -> None:
+    from memprof import flame, views
+
+    m = lib.model(lib.get(EAGER).id, None)
+    alive = views.alive_at(m, m.peak_ms)
+    tree = flame.call_tree(m, alive)
+    root = tree.iloc[0]
+    assert root["id"] == flame.ROOT_ID and root["bytes"] == m.peak_bytes == int(alive["size"].sum())
+    # every node: its bytes = what was allocated in it + its children's bytes
+    kids = tree.groupby("parent")["bytes"].sum()
+    for r in tree.itertuples(index=False):
+        assert r.bytes == r.self_bytes + int(kids.get(r.id, 0)), r.id
+    # independently, in plain Python: bytes under each outermost frame, from the recorded stacks
+    want: dict[str, int] = {}
+    for sid, size, idx in zip(alive["stack_id"], alive["size"], alive["alloc_idx"]):
+        fr = [f for f in m.snap.stack(int(sid)) if not flame.is_harness(f[0])] if idx >= 0 else []
+        top = flame.frame_label(*fr[-1]) if fr else ("<allocated before recording started>" if idx < 0 else
+                                                     "<no Python frames: autograd engine thread or C++>")
+        want[top] = want.get(top, 0) + int(size)
+    got = dict(zip(tree.loc[tree["depth"] == 1, "label"], tree.loc[tree["depth"] == 1, "bytes"]))
+    assert got == want
+    assert not any("runpy" in lab or "record.py" in lab for lab in tree["label"])
+
+
+def test_flame_page_and_callback(lib) -> None:
+    from app.pages import flame as page
+
+    sid = lib.get(EAGER).id
+    ids = _ids(page.layout(snap=str(sid)))
+    fig = ids["flame-graph"].figure
+    assert fig.data[0].type == "icicle" and fig.data[0].branchvalues == "total"
+    m = lib.model(sid, None)
+    assert int(fig.data[0].values[0]) == m.peak_bytes
+    fig2, summary = page.update(0.0, {"snap": sid, "device": None})
+    assert "alive at 0.000 ms" in summary and int(fig2.data[0].values[0]) < m.peak_bytes

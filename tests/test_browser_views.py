@@ -84,3 +84,13 @@ def test_upload_a_snapshot_opens_its_timeline(server: str, driver: Any) -> None:
           what="the uploaded snapshot's timeline")
     _wait(lambda: _graph_ready(d, "timeline-graph"), what="timeline graph")
     _no_severe(d, "upload")
+
+
+def test_flame_graph_renders(server: str, driver: Any) -> None:
+    d = driver
+    d.get(server + "/flame?snap=" + EAGER)
+    _wait(lambda: _graph_ready(d, "flame-graph"), what="flame graph")
+    assert d.execute_script("return document.querySelector('#flame-graph .js-plotly-plot').data[0].type;") == "icicle"
+    _wait(lambda: len(_css(d, "#flame-graph g.slice")) > 3, what="icicle boxes drawn")
+    _shot(d, "flame")
+    _no_severe(d, "flame")

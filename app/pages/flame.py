@@ -1,0 +1,57 @@
+"""Flame: the memory alive at the peak (or any moment) by call stack, as an icicle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, State, callback, dcc, html
+
+from app import common
+from app.state import library
+from memprof import figures, flame, views
+from memprof.format import fmt_bytes
+
+dash.register_page(__name__, path="/flame", name="Flame", title="memprof · flame graph")
+
+
+def flame_figure(key: dict[str, Any], t_ms: Any) -> tuple[Any, str]:
+    """The icicle of what is alive at ``t_ms`` (the peak when empty or not a number), and its summary line."""
+    m = library().model(int(key["snap"]), key.get("device"))
+    try:
+        t = float(t_ms)
+    except (TypeError, ValueError):
+        t = m.peak_ms
+    alive = views.alive_at(m, t)
+    tree = flame.call_tree(m, alive, min_share=0.0005)
+    at = "the peak" if t == m.peak_ms else f"{t:.3f} ms"
+    fig = figures.plot_icicle(tree, title=f"alive at {at}: {fmt_bytes(int(alive['size'].sum()))} by call stack (click a box to zoom)")
+    return fig, f"{len(alive):,} allocations alive at {t:.3f} ms, {fmt_bytes(int(alive['size'].sum()))} in all, {len(tree) - 1:,} frames"
+
+
+def layout(snap: str | None = None, device: str | None = None, t: str | None = None, **_: Any) -> html.Div:
+    try:
+        sid, dev = common.resolve_key(snap), common.parse_device(device)
+        m = library().model(sid, dev)
+        t_ms = float(t) if t not in (None, "") else m.peak_ms
+        fig, summary = flame_figure({"snap": sid, "device": dev}, t_ms)
+    except Exception as e:
+        return html.Div([html.H2("Flame graph"), common.error_box(e)])
+    return html.Div([
+        html.H2(f"Flame graph · {library().get(sid).rel}", id="flame-title"),
+        html.P(common.summary_line(m), className="sub"),
+        common.page_links(sid, dev),
+        dcc.Store(id="flame-key", data={"snap": sid, "device": dev}),
+        html.Div([html.Label("alive at T (ms since start; empty: the peak)"),
+                  dcc.Input(id="flame-time", type="number", value=round(t_ms, 6), debounce=True, step="any", style={"width": "160px"})], className="toolbar"),
+        html.P(summary, id="flame-summary", className="sub"),
+        dcc.Graph(id="flame-graph", figure=fig, config={"displaylogo": False}),
+        html.P("Each box is a frame, as wide as the bytes alive under it; memprof's own recorder and runpy frames are left out. "
+               "Click a box to zoom into it, the top bar to zoom out.", className="sub"),
+    ])
+
+
+@callback(Output("flame-graph", "figure"), Output("flame-summary", "children"),
+          Input("flame-time", "value"), State("flame-key", "data"), prevent_initial_call=True)
+def update(t_ms: Any, key: dict[str, Any]) -> Any:
+    return flame_figure(key, t_ms)
