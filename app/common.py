@@ -54,7 +54,26 @@ def summary_line(m: views.TimelineModel) -> str:
 
 def page_links(snap_id: int, device: int | None) -> html.Div:
     q = f"?snap={snap_id}" + ("" if device is None else f"&device={device}")
-    return html.Div([dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Flame")], className="links")
+    links: list[Any] = [dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Flame")]
+    return html.Div(links + device_links(snap_id, device), className="links")
+
+
+def device_links(snap_id: int, device: int | None) -> list[Any]:
+    """For a snapshot with several devices' traces: one link per device, to this same page (a
+    query-only href), the one shown marked; with one device, nothing."""
+    try:
+        m = library().model(snap_id, device)
+    except MemprofError:
+        return []
+    counts = m.snap.info.get("entries_per_device") or []
+    if m.snap.n_devices < 2:
+        return []
+    out: list[Any] = [html.Span("device:", className="sub", style={"marginLeft": "18px", "marginRight": "6px"})]
+    for i in range(m.snap.n_devices):
+        n = counts[i] if i < len(counts) else 0
+        label = f"{i} ({n:,} events)"
+        out.append(html.B(label, id="device-current") if i == m.device else dcc.Link(label, href=f"?snap={snap_id}&device={i}"))
+    return [html.Span(out, id="device-select")]
 
 
 #: Pages that show one snapshot (``?snap=&device=``): the header's links and the top navigation lead to these.

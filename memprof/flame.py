@@ -90,6 +90,19 @@ def call_tree(model: Any, alive: pd.DataFrame, max_depth: int = 48, min_share: f
     return df.reset_index(drop=True)
 
 
+def stacks_matching(model: Any, alive: pd.DataFrame, text: str) -> np.ndarray:
+    """Boolean mask over ``alive``: the allocations one of whose frames (``function (file.py:line)``,
+    the full path too) contains ``text``, case-insensitively. Each distinct stack is looked at once."""
+    needle = text.lower()
+    snap = model.snap
+    sids = alive["stack_id"].to_numpy(dtype=np.int64)
+    hit: dict[int, bool] = {}
+    for sid in np.unique(sids):
+        fr = snap.stack(int(sid)) if sid >= 0 else []
+        hit[int(sid)] = any(needle in frame_label(f, ln, n).lower() or needle in str(f).lower() for f, ln, n in fr)
+    return np.array([hit[int(s)] for s in sids], dtype=bool)
+
+
 def hover_text(df: pd.DataFrame, total: int) -> list[str]:
     return [f"{lab}<br>{fmt_bytes(int(b))} ({b / max(total, 1):.1%}) in {int(c):,} allocation(s)"
             + (f"<br>{fmt_bytes(int(s))} allocated in this frame" if s else "")

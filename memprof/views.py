@@ -116,7 +116,8 @@ class TimelineModel:
 
     ``allocs`` — one row per allocation, in replay order: size, t0_ms, t1_ms (alloc/free in
         ms since start; the window's ends when unknown), lifetime_us, category, phase (of the
-        alloc), site (innermost user frame), stack_id, alloc_idx, free_idx, alive_at_end.
+        alloc), site (innermost user frame), stack_id, alloc_idx, free_idx, alive_at_end, addr
+        (the block's address, -1 when unknown), stream (the CUDA stream it was allocated on).
     ``phases`` — phase, iteration, start_ms, end_ms.
     ``iterations`` — iteration, peak_bytes, peak_ms, start_ms, end_ms.
     """
@@ -173,6 +174,8 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
             "alloc_idx": a["alloc_idx"].to_numpy(),
             "free_idx": a["free_idx"].to_numpy(),
             "alive_at_end": a["alive_at_end"].to_numpy(),
+            "addr": a["addr"].to_numpy() if "addr" in a else np.full(len(a), -1, np.int64),
+            "stream": a["stream"].to_numpy() if "stream" in a else np.zeros(len(a), np.int64),
         }
     )
     phases = pd.DataFrame(

@@ -443,5 +443,63 @@ def test_flame_page_and_callback(lib) -> None:
     assert fig.data[0].type == "icicle" and fig.data[0].branchvalues == "total"
     m = lib.model(sid, None)
     assert int(fig.data[0].values[0]) == m.peak_bytes
-    fig2, summary = page.update(0.0, {"snap": sid, "device": None})
+    fig2, summary = page.update(0.0, "", {"snap": sid, "device": None})
     assert "alive at 0.000 ms" in summary and int(fig2.data[0].values[0]) < m.peak_bytes
+
+
+def test_flame_search_by_stack_frame(lib) -> None:
+    from app.pages import flame as page
+
+    from memprof import views
+
+    sid = lib.get(EAGER).id
+    m = lib.model(sid, None)
+    fig, summary = page.update(None, "transformer.py:90", {"snap": sid, "device": None})
+    # independently: the allocations alive at the peak whose recorded stack has transformer.py line 90
+    alive = views.alive_at(m, m.peak_ms)
+    want = sum(int(sz) for sid_, sz in zip(alive["stack_id"], alive["size"])
+               if any(f.endswith("transformer.py") and ln == 90 for f, ln, _ in m.snap.stack(int(sid_))))
+    assert want > 0 and int(fig.data[0].values[0]) == want
+    assert "matching 'transformer.py:90'" in summary
+    fig0, _ = page.update(None, "no-such-frame-anywhere", {"snap": sid, "device": None})
+    assert int(fig0.data[0].values[0]) == 0
+
+
+def test_allocations_stream_and_address_search(lib) -> None:
+    from app.pages import allocations
+
+    sid = lib.get(EAGER).id
+    m = lib.model(sid, None)
+    key = {"snap": sid, "device": None}
+    rows, _, _ = allocations.page(0, 5, [{"column_id": "size", "direction": "desc"}], "", key)
+    assert all("stream" in r and r["addr"].startswith("0x") for r in rows)
+    addr = rows[0]["addr"]
+    found, _, count = allocations.page(0, 500, None, "{addr} contains " + addr[2:], key)
+    # independently: allocations at that address in the replay
+    want = int((m.allocs["addr"] == int(addr, 16)).sum())
+    assert want >= 1 and int(count.split()[0].replace(",", "")) == want and all(r["addr"] == addr for r in found)
+
+
+def test_device_selector_for_multi_device_snapshots(tmp_path: Path) -> None:
+    from app import common, create_app
+
+    import gzip
+    import pickle
+
+    from memprof.load import read_raw
+
+    # GIVEN a snapshot with two devices' traces (the golden one's trace on device 0, a shorter one on 1)
+    raw, _ = read_raw(GOLDEN)
+    raw["device_traces"] = [raw["device_traces"][0], raw["device_traces"][0][:4]]
+    with gzip.open(tmp_path / "two.pickle.gz", "wb") as f:
+        pickle.dump(raw, f, protocol=4)
+    try:
+        create_app(tmp_path)
+        links = _ids(common.device_links(0, None))
+        assert "device-select" in links and links["device-current"].children.startswith("0 ")
+        other = [c for c in _walk(common.device_links(0, None)) if getattr(c, "href", None)]
+        assert [c.href for c in other] == ["?snap=0&device=1"]
+        assert common.device_links(0, 1)[0].children[1].href == "?snap=0&device=0"
+    finally:
+        create_app(ROOT)
+    assert common.device_links(0, None) == []  # one device: no selector

@@ -94,3 +94,31 @@ def test_flame_graph_renders(server: str, driver: Any) -> None:
     _wait(lambda: len(_css(d, "#flame-graph g.slice")) > 3, what="icicle boxes drawn")
     _shot(d, "flame")
     _no_severe(d, "flame")
+
+
+def test_device_selector_switches_device(server: str, driver: Any, tmp_path: Any) -> None:
+    import gzip
+    import pickle
+    from pathlib import Path
+
+    from memprof.load import read_raw
+
+    d = driver
+    raw, _ = read_raw(Path(__file__).resolve().parent / "data" / "golden" / "attention_naive_fwdbwd.pickle.gz")
+    raw["device_traces"] = [raw["device_traces"][0], raw["device_traces"][0][:6]]
+    two = tmp_path / "two-devices.pickle.gz"
+    with gzip.open(two, "wb") as f:
+        pickle.dump(raw, f, protocol=4)
+    d.get(server + "/")
+    _wait(lambda: _css(d, "#library-upload input[type=file]"), what="upload input")
+    _css(d, "#library-upload input[type=file]")[0].send_keys(str(two))
+    _wait(lambda: "/timeline?snap=" in d.current_url, what="the uploaded snapshot")
+    _wait(lambda: _css(d, "#device-current"), what="device selector")
+    assert _css(d, "#device-current")[0].text.startswith("0 ")
+    link = next(a for a in _css(d, "#device-select a") if a.text.startswith("1 "))
+    d.execute_script("arguments[0].click();", link)
+    _wait(lambda: "device=1" in d.current_url and _css(d, "#device-current") and _css(d, "#device-current")[0].text.startswith("1 "),
+          what="device 1 shown")
+    assert d.current_url.split("?")[0].endswith("/timeline")
+    _wait(lambda: _graph_ready(d, "timeline-graph"), what="device 1 timeline")
+    _no_severe(d, "device selector")

@@ -15,18 +15,25 @@ from memprof.format import fmt_bytes
 dash.register_page(__name__, path="/flame", name="Flame", title="memprof · flame graph")
 
 
-def flame_figure(key: dict[str, Any], t_ms: Any) -> tuple[Any, str]:
-    """The icicle of what is alive at ``t_ms`` (the peak when empty or not a number), and its summary line."""
+def flame_figure(key: dict[str, Any], t_ms: Any, search: str | None = None) -> tuple[Any, str]:
+    """The icicle of what is alive at ``t_ms`` (the peak when empty or not a number), and its summary
+    line; with ``search``, only the allocations with a frame whose ``function (file:line)`` contains it."""
     m = library().model(int(key["snap"]), key.get("device"))
     try:
         t = float(t_ms)
     except (TypeError, ValueError):
         t = m.peak_ms
     alive = views.alive_at(m, t)
+    total = int(alive["size"].sum())
+    text = (search or "").strip()
+    if text:
+        alive = alive[flame.stacks_matching(m, alive, text)]
     tree = flame.call_tree(m, alive, min_share=0.0005)
     at = "the peak" if t == m.peak_ms else f"{t:.3f} ms"
-    fig = figures.plot_icicle(tree, title=f"alive at {at}: {fmt_bytes(int(alive['size'].sum()))} by call stack (click a box to zoom)")
-    return fig, f"{len(alive):,} allocations alive at {t:.3f} ms, {fmt_bytes(int(alive['size'].sum()))} in all, {len(tree) - 1:,} frames"
+    got = int(alive["size"].sum())
+    what = f"{fmt_bytes(got)} of {fmt_bytes(total)} under a frame matching {text!r}" if text else fmt_bytes(total)
+    fig = figures.plot_icicle(tree, title=f"alive at {at}: {what}, by call stack (click a box to zoom)")
+    return fig, f"{len(alive):,} allocations alive at {t:.3f} ms, {what}, {len(tree) - 1:,} frames"
 
 
 def layout(snap: str | None = None, device: str | None = None, t: str | None = None, **_: Any) -> html.Div:
@@ -43,7 +50,10 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
         common.page_links(sid, dev),
         dcc.Store(id="flame-key", data={"snap": sid, "device": dev}),
         html.Div([html.Label("alive at T (ms since start; empty: the peak)"),
-                  dcc.Input(id="flame-time", type="number", value=round(t_ms, 6), debounce=True, step="any", style={"width": "160px"})], className="toolbar"),
+                  dcc.Input(id="flame-time", type="number", value=round(t_ms, 6), debounce=True, step="any", style={"width": "160px"}),
+                  html.Label("frame contains"),
+                  dcc.Input(id="flame-search", type="text", value="", debounce=True, placeholder="e.g. attention.py:29 or backward",
+                            style={"width": "260px"})], className="toolbar"),
         html.P(summary, id="flame-summary", className="sub"),
         dcc.Graph(id="flame-graph", figure=fig, config={"displaylogo": False}),
         html.P("Each box is a frame, as wide as the bytes alive under it; memprof's own recorder and runpy frames are left out. "
@@ -52,6 +62,6 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
 
 
 @callback(Output("flame-graph", "figure"), Output("flame-summary", "children"),
-          Input("flame-time", "value"), State("flame-key", "data"), prevent_initial_call=True)
-def update(t_ms: Any, key: dict[str, Any]) -> Any:
-    return flame_figure(key, t_ms)
+          Input("flame-time", "value"), Input("flame-search", "value"), State("flame-key", "data"), prevent_initial_call=True)
+def update(t_ms: Any, search: str | None, key: dict[str, Any]) -> Any:
+    return flame_figure(key, t_ms, search)
