@@ -54,7 +54,7 @@ def summary_line(m: views.TimelineModel) -> str:
 
 def page_links(snap_id: int, device: int | None) -> html.Div:
     q = f"?snap={snap_id}" + ("" if device is None else f"&device={device}")
-    links: list[Any] = [dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Flame")]
+    links: list[Any] = [dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Flame", "Allocator")]
     return html.Div(links + device_links(snap_id, device), className="links")
 
 
@@ -77,7 +77,7 @@ def device_links(snap_id: int, device: int | None) -> list[Any]:
 
 
 #: Pages that show one snapshot (``?snap=&device=``): the header's links and the top navigation lead to these.
-SNAPSHOT_PAGES = ("/timeline", "/allocations", "/explain", "/flame")
+SNAPSHOT_PAGES = ("/timeline", "/allocations", "/explain", "/flame", "/allocator")
 
 
 def nav_hrefs(search: str | None) -> list[str]:

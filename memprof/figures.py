@@ -305,3 +305,36 @@ def plot_icicle(tree: pd.DataFrame, title: str = "", height: int = 640) -> go.Fi
     ))
     fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, template="plotly_white")
     return fig
+
+
+def plot_segments(segments: pd.DataFrame, blocks: pd.DataFrame, free_ranges: pd.DataFrame, title: str = "",
+                  max_segments: int = 200) -> go.Figure:
+    """The allocator's segments (one row each, by address) and their blocks at one event.
+
+    ``blocks`` needs seg, offset, size, category, label (hover), awaiting_free; every row is drawn
+    as a share of its own segment (so a 2 MiB and a 20 GiB segment are equally readable; the row's
+    label gives its size). Free ranges (cached, reusable) in light grey; blocks awaiting a free on
+    another stream hatched."""
+    seg = segments.sort_values("addr").head(max_segments)
+    ylab = {int(s): f"0x{int(a):x} · {fmt_bytes(int(z))}" for s, a, z in zip(seg["seg"], seg["addr"], seg["size"])}
+    size = dict(zip(seg["seg"].astype(int), seg["size"].astype(float)))
+    fig = go.Figure()
+    b = blocks[blocks["seg"].isin(list(ylab))]
+    for cat, g in b.groupby("category", sort=True):
+        sz = g["seg"].map(size).to_numpy(float)
+        fig.add_trace(go.Bar(y=g["seg"].map(ylab), x=g["size"] / sz, base=g["offset"] / sz, orientation="h", name=str(cat),
+                             marker={"color": category_color(str(cat)), "line": {"width": 0.5, "color": "#fff"},
+                                     "pattern": {"shape": ["/" if w else "" for w in g["awaiting_free"]]}},
+                             text=g["label"], hovertemplate="%{text}<extra></extra>", textposition="none"))
+    f = free_ranges[free_ranges["seg"].isin(list(ylab))]
+    if len(f):
+        sz = f["seg"].map(size).to_numpy(float)
+        fig.add_trace(go.Bar(y=f["seg"].map(ylab), x=f["size"] / sz, base=f["offset"] / sz, orientation="h", name="free (cached)",
+                             marker={"color": "rgba(200,200,200,0.45)", "line": {"width": 0.5, "color": "#bbb"}},
+                             text=[f"free {fmt_bytes(int(s))} at +{fmt_bytes(int(o))}" for s, o in zip(f["size"], f["offset"])],
+                             hovertemplate="%{text}<extra></extra>", textposition="none"))
+    fig.update_layout(title=title, barmode="overlay", template="plotly_white", height=140 + 22 * len(seg),
+                      margin={"l": 200, "r": 20, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.08 if len(seg) > 10 else -0.3},
+                      xaxis={"title": "offset within the segment (share of its size)", "range": [0, 1], "tickformat": ".0%"},
+                      yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 10}}, bargap=0.25)
+    return fig

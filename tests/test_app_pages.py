@@ -503,3 +503,26 @@ def test_device_selector_for_multi_device_snapshots(tmp_path: Path) -> None:
     finally:
         create_app(ROOT)
     assert common.device_links(0, None) == []  # one device: no selector
+
+
+# --- Allocator state ----------------------------------------------------------
+
+def test_allocator_page_steps_through_events(lib) -> None:
+    from app.pages import allocator
+
+    sid = lib.get(EAGER).id
+    m = lib.model(sid, None)
+    key = {"snap": sid, "device": None}
+    ids = _ids(allocator.layout(snap=str(sid)))
+    assert ids["allocator-event"].value == m.rep.peak_idx
+    assert ids["allocator-event-line"].children.startswith(f"event {m.rep.peak_idx:,}: ")
+    fig = ids["allocator-graph"].figure
+    assert {t.name for t in fig.data} >= {"free (cached)"} and len(fig.data) >= 2
+    # the buttons: previous / next by one, peak jumps back; the ends are clamped
+    assert allocator.step("allocator-next", 10, key) == 11 and allocator.step("allocator-prev", 10, key) == 9
+    assert allocator.step("allocator-prev", -1, key) == -1 and allocator.step("allocator-next", m.rep.n_events - 1, key) == m.rep.n_events - 1
+    assert allocator.step("allocator-peak", 3, key) == m.rep.peak_idx
+    fig2, line, rows, totals = allocator.show(0, key)
+    assert line.startswith("event 0: ") and rows and "reserved" in totals
+    from memprof.format import fmt_bytes
+    assert f"{fmt_bytes(int(m.rep.reserved['reserved'].max()))} reserved" in totals or "reserved" in totals

@@ -122,3 +122,25 @@ def test_device_selector_switches_device(server: str, driver: Any, tmp_path: Any
     assert d.current_url.split("?")[0].endswith("/timeline")
     _wait(lambda: _graph_ready(d, "timeline-graph"), what="device 1 timeline")
     _no_severe(d, "device selector")
+
+
+def test_allocator_state_keyboard_stepping(server: str, driver: Any) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    d = driver
+    d.get(server + "/allocator?snap=" + EAGER)
+    _wait(lambda: _graph_ready(d, "allocator-graph"), what="allocator graph")
+    box = _css(d, "#allocator-event")[0]
+    start = int(box.get_attribute("value"))
+    line0 = _css(d, "#allocator-event-line")[0].text
+    assert line0.startswith(f"event {start:,}:")
+    _shot(d, "allocator")
+    box.click()
+    box.send_keys(Keys.ARROW_UP)
+    _wait(lambda: _css(d, "#allocator-event-line")[0].text.startswith(f"event {start + 1:,}:"), what="one event forward by keyboard")
+    box.send_keys(Keys.ARROW_DOWN)
+    box.send_keys(Keys.ARROW_DOWN)
+    _wait(lambda: _css(d, "#allocator-event-line")[0].text.startswith(f"event {start - 1:,}:"), what="two events back by keyboard")
+    d.execute_script("arguments[0].click();", _css(d, "#allocator-peak")[0])
+    _wait(lambda: _css(d, "#allocator-event-line")[0].text.startswith(f"event {start:,}:"), what="back to the peak")
+    _no_severe(d, "allocator")
