@@ -181,7 +181,7 @@ def plot_compare(curves: Sequence[tuple[Any, ...]], phases: Sequence[pd.DataFram
     for i, c in enumerate(curves):
         label, x, y = c[0], c[1], c[2]
         own = c[3] if len(c) > 3 else None
-        fig.add_trace(go.Scatter(x=x, y=np.asarray(y) / MIB, mode="lines", name=label, customdata=own,
+        fig.add_trace(go.Scatter(x=x, y=np.asarray(y) / MIB, mode="lines", name=f"{i + 1} · {label}" if phases else label, customdata=own,
                                  line={"shape": "hv", "color": palette[i % len(palette)], "width": 1.5},
                                  hovertemplate=f"{label}<br>%{{y:.1f}} MiB at %{{x:.3f}} ms"
                                  + (" (%{customdata:.3f} ms on its own clock)" if own is not None else "") + "<extra></extra>"))

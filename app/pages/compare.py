@@ -47,8 +47,9 @@ def compare_content(ids: Sequence[Any], device: int | None = None) -> list[Any]:
     curves, phases, how = aligned_curves(models, labels)
     fig = figures.plot_compare(curves, phases, x_title=f"time on {labels[0]}'s clock (ms), {how}")
     summ = views.compare_summary(models, labels)
-    cat = views.diff_by(models, labels, "category")
-    site = views.diff_by(models, labels, "site").head(25)
+    mib = {lab: f"{lab} (MiB)" for lab in labels} | {"delta_MiB": "Δ (MiB)"}  # numbers stay sortable; the unit is in the header
+    cat = views.diff_by(models, labels, "category").rename(columns=mib)
+    site = views.diff_by(models, labels, "site").head(25).rename(columns=mib)
     return [
         dcc.Graph(id="compare-graph", figure=fig),
         html.H4("summary"), common.table("compare-summary", summ),

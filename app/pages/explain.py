@@ -77,6 +77,12 @@ def numbers_tables(numbers: dict[str, Any], cpu: bool) -> tuple[pd.DataFrame, pd
     return pd.DataFrame(rows, columns=["quantity", "value"]), phase_df
 
 
+def narrow(tbl: Any, width: str = "760px") -> Any:
+    """A two-column (quantity, value) table need not span the page."""
+    tbl.style_table = {"overflowX": "auto", "maxWidth": width}
+    return tbl
+
+
 def oom_section(m: views.TimelineModel, oom: dict[str, Any] | None) -> html.Div:
     """What the allocator had when it ran out of memory (``memprof.analysis`` OOM report)."""
     t = ", ".join(f"{x:.3f} ms" for x in m.oom_ms[:3]) if len(m.oom_ms) else "before the recorded window"
@@ -91,7 +97,7 @@ def oom_section(m: views.TimelineModel, oom: dict[str, Any] | None) -> html.Div:
         if oom.get("reason"):
             rows.append(("reason", str(oom["reason"])))
         if rows:
-            parts.append(common.table("explain-oom-numbers", pd.DataFrame(rows, columns=["quantity", "value"]), page_size=12))
+            parts.append(narrow(common.table("explain-oom-numbers", pd.DataFrame(rows, columns=["quantity", "value"]), page_size=12)))
     return html.Div(parts, className="card oom", id="explain-oom")
 
 
@@ -139,7 +145,7 @@ def explain_content(snap_id: int, device: int | None) -> list[Any]:
         html.Div([html.Div(v["verdict"], className="verdict", id="explain-verdict"), html.P(v["explanation"]),
                   html.Ul([html.Li(r) for r in v["remedies"]])], className="card"),
         html.H4("numbers"),
-        common.table("explain-numbers", nums, page_size=25),
+        narrow(common.table("explain-numbers", nums, page_size=25)),
     ]
     if per_phase is not None:
         out += [html.H4("per phase"), common.table("explain-phases", per_phase, page_size=12)]
