@@ -338,3 +338,22 @@ def plot_segments(segments: pd.DataFrame, blocks: pd.DataFrame, free_ranges: pd.
                       xaxis={"title": "offset within the segment (share of its size)", "range": [0, 1], "tickformat": ".0%"},
                       yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 10}}, bargap=0.25)
     return fig
+
+
+def plot_segment_timeline(lt: pd.DataFrame, t_now_ms: float | None = None, max_segments: int = 300) -> go.Figure:
+    """Each cached segment's life (``lt``: addr, size, t0_ms, t1_ms, from
+    :func:`memprof.allocator_state.segment_lifetimes` with times added) as a bar on its own row, by
+    address; a vertical line at ``t_now_ms``. Click a time to see the allocator state then."""
+    d = lt.sort_values("addr").head(max_segments)
+    labels = [f"0x{int(a):x} · {fmt_bytes(int(s))}" for a, s in zip(d["addr"], d["size"])]
+    fig = go.Figure(go.Bar(y=labels, x=(d["t1_ms"] - d["t0_ms"]).to_numpy(), base=d["t0_ms"].to_numpy(), orientation="h",
+                           marker={"color": "#7F3C8D", "opacity": 0.55}, name="segment",
+                           customdata=np.c_[d["t0_ms"].to_numpy(), d["t1_ms"].to_numpy()],
+                           hovertemplate="%{y}<br>cached from %{customdata[0]:.3f} to %{customdata[1]:.3f} ms<extra></extra>"))
+    if t_now_ms is not None:
+        fig.add_vline(x=t_now_ms, line_color="#D62728", line_width=1.5)
+    fig.update_layout(title="cached segments over time (click a time to see the state then)", template="plotly_white",
+                      height=120 + 14 * len(d), margin={"l": 200, "r": 20, "t": 40, "b": 40}, bargap=0.3,
+                      xaxis_title="time since trace start (ms)", yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 9}},
+                      showlegend=False, clickmode="event")
+    return fig

@@ -526,3 +526,23 @@ def test_allocator_page_steps_through_events(lib) -> None:
     assert line.startswith("event 0: ") and rows and "reserved" in totals
     from memprof.format import fmt_bytes
     assert f"{fmt_bytes(int(m.rep.reserved['reserved'].max()))} reserved" in totals or "reserved" in totals
+
+
+def test_allocator_segment_timeline_click_and_line(lib) -> None:
+    import numpy as np
+
+    from app.pages import allocator
+
+    sid = lib.get(OOM).id
+    m = lib.model(sid, None)
+    key = {"snap": sid, "device": None}
+    fig = allocator.segment_timeline(key, m.rep.peak_idx)
+    lt = allocator.lifetimes(sid, None)
+    assert len(fig.data[0].y) == len(lt)
+    t = allocator.event_times_ms(m)
+    # a click at an event's time selects that event (the last one at or before it)
+    k = m.rep.n_events // 2
+    assert allocator.step("allocator-timeline", 0, key, {"points": [{"x": float(t[k]) + 1e-9}]}) == int(np.searchsorted(t, t[k], side="right") - 1)
+    ops = allocator.move_line(k, key).to_plotly_json()["operations"]
+    assert {tuple(o["location"]) for o in ops} == {("layout", "shapes", 0, "x0"), ("layout", "shapes", 0, "x1")}
+    assert all(o["params"]["value"] == pytest.approx(float(t[k])) for o in ops)

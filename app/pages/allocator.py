@@ -60,8 +60,24 @@ def state_view(key: dict[str, Any], idx: Any) -> tuple[Any, str, list[dict[str, 
     return fig, line, rows, totals
 
 
-def step(trigger: Any, idx: Any, key: dict[str, Any]) -> int:
-    """The event after a Previous / Next / Peak button."""
+def event_times_ms(m: Any) -> np.ndarray:
+    """Each trace event's time, ms since the trace start."""
+    return (m.snap.device_events(m.rep.device)["time_us"].to_numpy(dtype=float) - m.rep.start_us) / 1000.0
+
+
+def segment_timeline(key: dict[str, Any], idx: int) -> Any:
+    """The cached-segment timeline with a line at event ``idx``."""
+    sid, dev = int(key["snap"]), key.get("device")
+    m = library().model(sid, dev)
+    t = event_times_ms(m)
+    lt = lifetimes(sid, dev)
+    start, end = 0.0, float(m.end_ms)
+    lt = lt.assign(t0_ms=[start if b < 0 else float(t[b]) for b in lt["born"]], t1_ms=[end if x < 0 else float(t[x]) for x in lt["dies"]])
+    return figures.plot_segment_timeline(lt, float(t[idx]) if 0 <= idx < len(t) else start)
+
+
+def step(trigger: Any, idx: Any, key: dict[str, Any], click: dict[str, Any] | None = None) -> int:
+    """The event after a Previous / Next / Peak button, or at the time clicked on the segment timeline."""
     m = library().model(int(key["snap"]), key.get("device"))
     try:
         i = int(idx)
@@ -69,6 +85,13 @@ def step(trigger: Any, idx: Any, key: dict[str, Any]) -> int:
         i = int(m.rep.peak_idx)
     if trigger == "allocator-peak":
         return int(m.rep.peak_idx)
+    if trigger == "allocator-timeline":
+        pts = (click or {}).get("points") or []
+        x = pts[0].get("x") if pts else None
+        if not isinstance(x, (int, float)):
+            return i
+        t = event_times_ms(m)
+        return int(np.clip(np.searchsorted(t, float(x), side="right") - 1, -1, m.rep.n_events - 1))
     return int(np.clip(i + (1 if trigger == "allocator-next" else -1), -1, m.rep.n_events - 1))
 
 
@@ -95,6 +118,7 @@ def layout(snap: str | None = None, device: str | None = None, event: str | None
         html.P(line, id="allocator-event-line"),
         html.P(totals, id="allocator-totals", className="sub"),
         dcc.Graph(id="allocator-graph", figure=fig, config={"displaylogo": False}),
+        dcc.Graph(id="allocator-timeline", figure=segment_timeline(key, idx), config={"displaylogo": False}),
         html.H4("segments"),
         common.table("allocator-segments", pd.DataFrame(rows, columns=cols), page_size=20),
     ])
@@ -108,7 +132,30 @@ def show(idx: Any, key: dict[str, Any]) -> Any:
 
 
 @callback(Output("allocator-event", "value"), Input("allocator-prev", "n_clicks"), Input("allocator-next", "n_clicks"),
-          Input("allocator-peak", "n_clicks"), State("allocator-event", "value"), State("allocator-key", "data"),
+          Input("allocator-peak", "n_clicks"), Input("allocator-timeline", "clickData"), State("allocator-event", "value"),
+          State("allocator-key", "data"), prevent_initial_call=True)
+def buttons(_p: Any, _n: Any, _k: Any, click: Any, idx: Any, key: dict[str, Any]) -> int:
+    return step(dash.ctx.triggered_id, idx, key, click)
+
+
+def line_patch(key: dict[str, Any], idx: Any) -> Any:
+    """Move the segment timeline's "now" line to event ``idx`` (a Patch of that one shape)."""
+    from dash import Patch
+
+    m = library().model(int(key["snap"]), key.get("device"))
+    t = event_times_ms(m)
+    try:
+        i = int(idx)
+    except (TypeError, ValueError):
+        i = int(m.rep.peak_idx)
+    x = float(t[i]) if 0 <= i < len(t) else 0.0
+    p = Patch()
+    p["layout"]["shapes"][0]["x0"] = x
+    p["layout"]["shapes"][0]["x1"] = x
+    return p
+
+
+@callback(Output("allocator-timeline", "figure"), Input("allocator-event", "value"), State("allocator-key", "data"),
           prevent_initial_call=True)
-def buttons(_p: Any, _n: Any, _k: Any, idx: Any, key: dict[str, Any]) -> int:
-    return step(dash.ctx.triggered_id, idx, key)
+def move_line(idx: Any, key: dict[str, Any]) -> Any:
+    return line_patch(key, idx)
