@@ -104,12 +104,17 @@ def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_ta
         style_header={"fontWeight": "bold", "backgroundColor": "#f3f4f6"}, **kw)
 
 
-def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None) -> tuple[list[dict[str, Any]], list[int]]:
-    """Trace data for one (file, device, range), cached per view."""
+#: How many of the largest allocations the timeline draws as blocks (the Timeline's detail control).
+DETAIL_LEVELS = (80, 300, 1000)
+
+
+def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None, k: int = DETAIL_LEVELS[0]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Trace data for one (file, device, range, detail), cached per view."""
     lib = library()
     e = lib.get(snap_id)
-    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6))
-    return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1))
+    k = int(k) if k in DETAIL_LEVELS else DETAIL_LEVELS[0]
+    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6), k)
+    return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1, k=k))
 
 
 def timeline_figure(snap_id: int, device: int | None, height: int = 540) -> tuple[Any, list[int]]:

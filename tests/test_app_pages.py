@@ -546,3 +546,29 @@ def test_allocator_segment_timeline_click_and_line(lib) -> None:
     ops = allocator.move_line(k, key).to_plotly_json()["operations"]
     assert {tuple(o["location"]) for o in ops} == {("layout", "shapes", 0, "x0"), ("layout", "shapes", 0, "x1")}
     assert all(o["params"]["value"] == pytest.approx(float(t[k])) for o in ops)
+
+
+def test_timeline_detail_control_draws_more_allocations(lib) -> None:
+    from app import common
+    from app.pages import timeline
+
+    sid = lib.get(EAGER).id
+    m = lib.model(sid, None)
+    ids = _ids(timeline.layout(snap=str(sid)))
+    assert [o["value"] for o in ids["timeline-detail"].options] == list(common.DETAIL_LEVELS)
+    key = {"snap": sid, "device": None}
+    patch, rows, key2 = timeline.detail(1000, None, key)
+    assert key2["k"] == 1000 and sum(r >= 0 for r in rows) == 1000
+    traces = patch.to_plotly_json()["operations"][0]["params"]["value"]
+    assert len(traces) == len(rows)
+    # the blocks are the 1,000 largest allocations alive in the window
+    drawn = sorted(m.allocs["size"].to_numpy()[[r for r in rows if r >= 0]])
+    assert drawn[0] >= sorted(m.allocs["size"].to_numpy())[-1000]
+    # a zoom keeps the detail level
+    p2, rows2 = timeline.zoom({"xaxis.range[0]": 0.0, "xaxis.range[1]": m.peak_ms}, key2)
+    assert sum(r >= 0 for r in rows2) > 80
+    # the script snapshot has fewer allocations than the top level: "all N"
+    s = lib.get(SCRIPT).id
+    opts = _ids(timeline.layout(snap=str(s)))["timeline-detail"].options
+    n = len(lib.model(s, None).allocs)
+    assert opts[-1]["label"] == (f"all {n:,}" if n <= common.DETAIL_LEVELS[-1] else f"{common.DETAIL_LEVELS[-1]:,} largest")

@@ -45,7 +45,7 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
     r = x_range(relayout)
     if r is None or not key:
         raise PreventUpdate
-    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r)
+    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key.get("k", common.DETAIL_LEVELS[0]))
     patch = Patch()
     patch["data"] = traces
     return patch, rows
@@ -99,6 +99,29 @@ def highlight_patch(click: dict[str, Any] | None, rows: Sequence[int] | None, pr
     return patch, cn
 
 
+def detail_control(m: Any) -> html.Div:
+    """How many allocations to draw as blocks: the largest 80 (fast), 300, or 1,000 (every one, when fewer)."""
+    n = len(m.allocs)
+    opts = []
+    for k in common.DETAIL_LEVELS:
+        opts.append({"label": f"{k:,} largest" if k < n else f"all {n:,}", "value": k})
+        if k >= n:
+            break
+    return html.Div([html.Label("allocations drawn as blocks"),
+                     dcc.Dropdown(id="timeline-detail", options=opts, value=common.DETAIL_LEVELS[0], clearable=False, style={"width": "200px"}),
+                     html.Span(f"of {n:,}; the rest is the grey band", className="sub")], className="toolbar")
+
+
+def detail_patch(k: Any, relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Patch, list[int], dict[str, Any]]:
+    """Redraw the visible range with ``k`` blocks: a Patch of the trace data, the rows, and the key remembering ``k``."""
+    r = x_range(relayout) or (None, None)
+    key = {**key, "k": int(k) if k in common.DETAIL_LEVELS else common.DETAIL_LEVELS[0]}
+    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key["k"])
+    patch = Patch()
+    patch["data"] = traces
+    return patch, rows, key
+
+
 def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html.Div:
     try:
         sid, dev = common.resolve_key(snap), common.parse_device(device)
@@ -114,6 +137,7 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
             html.Div(dcc.Graph(id="timeline-graph", figure=fig, config={"displaylogo": False, "scrollZoom": True}), className="grow"),
             html.Div(html.Div("Click an allocation in the timeline to see its full stack.", id="timeline-stack"), className="side"),
         ], className="row"),
+        detail_control(m),
         dcc.Store(id="timeline-key", data={"snap": sid, "device": dev}),
         dcc.Store(id="timeline-rows", data=rows),
         dcc.Store(id="timeline-highlight", data=None),
@@ -137,3 +161,10 @@ def show_stack(click: dict[str, Any] | None, rows: list[int] | None, key: dict[s
           prevent_initial_call=True)
 def highlight(click: dict[str, Any] | None, rows: list[int] | None, prev: Any) -> Any:
     return highlight_patch(click, rows, prev)
+
+
+@callback(Output("timeline-graph", "figure", allow_duplicate=True), Output("timeline-rows", "data", allow_duplicate=True),
+          Output("timeline-key", "data"), Input("timeline-detail", "value"), State("timeline-graph", "relayoutData"),
+          State("timeline-key", "data"), prevent_initial_call=True)
+def detail(k: Any, relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
+    return detail_patch(k, relayout, key)
