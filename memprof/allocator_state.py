@@ -15,6 +15,9 @@ Truth and how it is rebuilt:
   ``free_completed`` (the other stream's work done) had not yet: it still holds memory.
 * Free bytes of a segment: its size minus its live blocks' sizes (cached, reusable by the same
   stream and pool; the gaps between blocks are listed as free ranges).
+* Rounding waste: bytes a block holds beyond its request. The trace records only the request; the
+  snapshot's blocks record both, so the waste is exact for blocks still alive when it was taken and
+  counted as 0 (unknown) for the others: a lower bound.
 
 Only snapshot columns and the replay are read; no torch.
 """
@@ -35,10 +38,11 @@ class AllocatorState:
     """The state after event ``idx`` (-1: before the first).
 
     ``segments`` — seg (0..), addr, size, stream, pool ('' when unknown), allocated (bytes of live
-        blocks), awaiting_free (bytes of blocks whose free is pending on another stream), free
-        (size - allocated), n_blocks, largest_free (largest gap between blocks).
+        blocks), awaiting_free (bytes of blocks whose free is pending on another stream),
+        rounding_waste (known bytes beyond the requests, a lower bound), free
+        (size - allocated - rounding_waste), n_blocks, largest_free (largest gap between blocks).
     ``blocks`` — seg (-1: no known segment), addr, offset (from the segment's start), size, row
-        (index into the replay's allocations), awaiting_free (bool), stack_id.
+        (index into the replay's allocations), awaiting_free (bool), stack_id, waste (known bytes beyond the request).
     ``free_ranges`` — seg, offset, size: the gaps of each segment not covered by a live block.
     """
 
@@ -102,22 +106,40 @@ def state_at(snap: Snapshot, rep: Replay, idx: int, lifetimes: pd.DataFrame | No
     blocks = pd.DataFrame({
         "seg": bseg, "addr": baddr, "offset": np.where(bseg >= 0, baddr - saddr[np.maximum(bseg, 0)] if len(saddr) else 0, 0),
         "size": bsize, "row": row, "awaiting_free": pending, "stack_id": al["stack_id"].to_numpy(),
+        "waste": _known_waste(snap, rep.device, al),
     }).sort_values(["seg", "offset"], ignore_index=True)
     inb = blocks[blocks["seg"] >= 0]
     alloc = inb.groupby("seg")["size"].sum()
     wait = inb[inb["awaiting_free"]].groupby("seg")["size"].sum()
+    waste = inb.groupby("seg")["waste"].sum()
     nblk = inb.groupby("seg").size()
     free_ranges = _gaps(inb, seg)
     largest = free_ranges.groupby("seg")["size"].max() if len(free_ranges) else pd.Series(dtype=np.int64)
     seg = seg.drop(columns=["born", "dies"]).assign(
         allocated=seg["seg"].map(alloc).fillna(0).astype(np.int64),
         awaiting_free=seg["seg"].map(wait).fillna(0).astype(np.int64),
+        rounding_waste=seg["seg"].map(waste).fillna(0).astype(np.int64),
         n_blocks=seg["seg"].map(nblk).fillna(0).astype(np.int64),
         largest_free=seg["seg"].map(largest).fillna(0).astype(np.int64),
     )
-    seg["free"] = seg["size"] - seg["allocated"]
-    return AllocatorState(idx, seg[["seg", "addr", "size", "stream", "pool", "allocated", "awaiting_free", "free", "n_blocks", "largest_free"]],
+    seg["free"] = seg["size"] - seg["allocated"] - seg["rounding_waste"]
+    return AllocatorState(idx, seg[["seg", "addr", "size", "stream", "pool", "allocated", "awaiting_free", "rounding_waste", "free",
+                                    "n_blocks", "largest_free"]],
                           blocks, free_ranges)
+
+
+def _known_waste(snap: Snapshot, device: int, alive: pd.DataFrame) -> np.ndarray:
+    """Bytes each live block holds beyond what was asked for (the allocator's rounding up and
+    unsplit remainders), where known: for blocks still alive when the snapshot was taken, the
+    snapshot's block ``size - requested_size``; 0 for the others (their block size is not recorded)."""
+    b = snap.blocks
+    b = b[(b["state"].astype(str).to_numpy() == "active_allocated") & (b["device"].to_numpy() == device)
+          & (b["requested_size"].to_numpy() > 0)]
+    if not len(b) or not len(alive):
+        return np.zeros(len(alive), np.int64)
+    w = dict(zip(b["addr"].to_numpy(np.int64), (b["size"] - b["requested_size"]).to_numpy(np.int64)))
+    end = alive["alive_at_end"].to_numpy() if "alive_at_end" in alive else np.ones(len(alive), bool)
+    return np.array([w.get(int(a), 0) if e else 0 for a, e in zip(alive["addr"].to_numpy(), end)], dtype=np.int64)
 
 
 def _awaiting_free(snap: Snapshot, rep: Replay, alive: pd.DataFrame, idx: int) -> np.ndarray:

@@ -59,6 +59,19 @@ def test_hand_built_trace_segments_blocks_and_pending_frees() -> None:
     st = A.state_at(snap, rep, 8, lt)
     assert list(st.segments["addr"]) == [S1] and list(st.blocks["addr"]) == [S1] and st.segments["free"].iloc[0] == 4096 - 512
     assert "segment_free" in A.describe_event(snap, 0, 8) and "0x100000" in A.describe_event(snap, 0, 8)
+    assert st.segments["rounding_waste"].iloc[0] == 0  # the snapshot's block asked for all of its 512 bytes
+
+
+def test_rounding_waste_known_for_blocks_alive_at_the_end() -> None:
+    raw = _raw()
+    seg = raw["segments"][0]
+    seg["blocks"][0]["requested_size"] = 500  # 512-byte block for a 500-byte request: 12 bytes of rounding
+    raw["device_traces"][0][4]["size"] = 500  # the trace records the request
+    snap = columns_from_raw(raw)
+    rep = replay(snap, 0)
+    st = A.state_at(snap, rep, 8)
+    assert st.segments.set_index("addr").loc[S1, "rounding_waste"] == 12
+    assert A.state_at(snap, rep, 3).segments.set_index("addr").loc[S2, "rounding_waste"] == 0  # freed blocks: unknown, 0
 
 
 @pytest.mark.parametrize("name", ["transformer-small-train-eager-bf16", "attention-naive-s28672-d64-b8-oom", "script-train_tiny"])

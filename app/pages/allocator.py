@@ -51,11 +51,12 @@ def state_view(key: dict[str, Any], idx: Any) -> tuple[Any, str, list[dict[str, 
     fig = figures.plot_segments(seg, blocks, st.free_ranges, title=f"after event {i:,} of {n:,} ({t_ms:.3f} ms)")
     line = f"event {i:,}: {allocator_state.describe_event(m.snap, m.rep.device, i)}"
     rows = seg.assign(addr=[f"0x{int(a):x}" for a in seg["addr"]],
-                      **{c: [fmt_bytes(int(v)) for v in seg[c]] for c in ("size", "allocated", "awaiting_free", "free", "largest_free")}
+                      **{c: [fmt_bytes(int(v)) for v in seg[c]] for c in ("size", "allocated", "awaiting_free", "rounding_waste", "free", "largest_free")}
                       ).to_dict("records")
     totals = (f"{len(seg):,} segments, {fmt_bytes(int(seg['size'].sum()))} reserved · {fmt_bytes(int(blocks['size'].sum()))} in "
               f"{len(blocks):,} blocks · {fmt_bytes(int(seg['free'].sum()))} free in the cache"
               + (f" · {fmt_bytes(int(seg['awaiting_free'].sum()))} awaiting free on another stream" if seg["awaiting_free"].sum() else "")
+              + (f" · at least {fmt_bytes(int(seg['rounding_waste'].sum()))} rounding waste" if seg["rounding_waste"].sum() else "")
               + (f" · {int((blocks['seg'] < 0).sum())} blocks outside any recorded segment" if (blocks["seg"] < 0).any() else ""))
     return fig, line, rows, totals
 
@@ -104,7 +105,7 @@ def layout(snap: str | None = None, device: str | None = None, event: str | None
         fig, line, rows, totals = state_view(key, idx)
     except Exception as e:
         return html.Div([html.H2("Allocator state"), common.error_box(e)])
-    cols = ["seg", "addr", "size", "stream", "pool", "allocated", "awaiting_free", "free", "n_blocks", "largest_free"]
+    cols = ["seg", "addr", "size", "stream", "pool", "allocated", "awaiting_free", "rounding_waste", "free", "n_blocks", "largest_free"]
     return html.Div([
         html.H2(f"Allocator state · {library().get(sid).rel}", id="allocator-title"),
         html.P(common.summary_line(m), className="sub"),
