@@ -133,11 +133,11 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
         html.H2(library().get(sid).rel, id="timeline-title"),
         html.P(common.summary_line(m), className="sub", id="timeline-summary"),
         common.page_links(sid, dev),
+        detail_control(m),
         html.Div([
             html.Div(dcc.Graph(id="timeline-graph", figure=fig, config={"displaylogo": False, "scrollZoom": True}), className="grow"),
             html.Div(html.Div("Click an allocation in the timeline to see its full stack.", id="timeline-stack"), className="side"),
         ], className="row"),
-        detail_control(m),
         dcc.Store(id="timeline-key", data={"snap": sid, "device": dev}),
         dcc.Store(id="timeline-rows", data=rows),
         dcc.Store(id="timeline-highlight", data=None),
