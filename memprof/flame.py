@@ -38,7 +38,7 @@ def frame_label(filename: str, line: int, name: str) -> str:
     return f"{name} ({os.path.basename(str(filename))}:{int(line)})"
 
 
-def call_tree(model: Any, alive: pd.DataFrame, max_depth: int = 48, min_share: float = 0.0) -> pd.DataFrame:
+def call_tree(model: Any, alive: pd.DataFrame, max_depth: int = 48, min_share: float = 0.0, fold_library: bool = False) -> pd.DataFrame:
     """One row per node of the call tree of ``alive`` (rows of ``model.allocs``).
 
     Columns: id (the path of frames from the root, ``all;f1;f2``), parent ('' for the root), label
@@ -46,7 +46,11 @@ def call_tree(model: Any, alive: pd.DataFrame, max_depth: int = 48, min_share: f
     (allocated in this very frame, i.e. where the path ends), depth (0 = root). Paths deeper than
     ``max_depth`` frames keep their outermost ``max_depth - 1`` frames and their innermost one.
     Nodes under ``min_share`` of the total are merged into their parent's self bytes.
+    ``fold_library``: leave out library frames (torch, site-packages: ``Module._call_impl`` and the
+    like, repeated at every module level) except the innermost frame of each stack.
     """
+    from memprof.load import _is_library_file
+
     snap = model.snap
     sizes = alive["size"].to_numpy(dtype=np.int64)
     sids = alive["stack_id"].to_numpy(dtype=np.int64)
@@ -57,7 +61,10 @@ def call_tree(model: Any, alive: pd.DataFrame, max_depth: int = 48, min_share: f
     for sid, (b, c) in by_stack.iterrows():
         sid = int(sid)
         if sid >= 0:
-            frames = [frame_label(f, ln, n) for f, ln, n in reversed(snap.stack(sid)) if not is_harness(f)]
+            raw = [(f, ln, n) for f, ln, n in reversed(snap.stack(sid)) if not is_harness(f)]
+            if fold_library and raw:
+                raw = [x for x in raw[:-1] if not _is_library_file(str(x[0]))] + raw[-1:]
+            frames = [frame_label(f, ln, n) for f, ln, n in raw]
         else:
             frames = []
         folded: list[str] = []

@@ -432,6 +432,12 @@ def test_flame_tree_sums_the_bytes_alive_at_the_peak(lib) -> None:
     got = dict(zip(tree.loc[tree["depth"] == 1, "label"], tree.loc[tree["depth"] == 1, "bytes"]))
     assert got == want
     assert not any("runpy" in lab or "record.py" in lab for lab in tree["label"])
+    # folded: no Module._call_impl chains, the same bytes under the same outermost user frames, a shallower tree
+    folded = flame.call_tree(m, alive, fold_library=True)
+    assert folded.iloc[0]["bytes"] == root["bytes"] and folded["depth"].max() < tree["depth"].max()
+    assert not folded[folded["depth"] > 0]["label"].str.startswith("_call_impl (module.py").any()
+    kids = folded.groupby("parent")["bytes"].sum()
+    assert all(r.bytes == r.self_bytes + int(kids.get(r.id, 0)) for r in folded.itertuples(index=False))
 
 
 def test_flame_page_and_callback(lib) -> None:
@@ -443,7 +449,7 @@ def test_flame_page_and_callback(lib) -> None:
     assert fig.data[0].type == "icicle" and fig.data[0].branchvalues == "total"
     m = lib.model(sid, None)
     assert int(fig.data[0].values[0]) == m.peak_bytes
-    fig2, summary = page.update(0.0, "", {"snap": sid, "device": None})
+    fig2, summary = page.update(0.0, "", ["fold"], {"snap": sid, "device": None})
     assert "alive at 0.000 ms" in summary and int(fig2.data[0].values[0]) < m.peak_bytes
 
 
@@ -454,14 +460,14 @@ def test_flame_search_by_stack_frame(lib) -> None:
 
     sid = lib.get(EAGER).id
     m = lib.model(sid, None)
-    fig, summary = page.update(None, "transformer.py:90", {"snap": sid, "device": None})
+    fig, summary = page.update(None, "transformer.py:90", ["fold"], {"snap": sid, "device": None})
     # independently: the allocations alive at the peak whose recorded stack has transformer.py line 90
     alive = views.alive_at(m, m.peak_ms)
     want = sum(int(sz) for sid_, sz in zip(alive["stack_id"], alive["size"])
                if any(f.endswith("transformer.py") and ln == 90 for f, ln, _ in m.snap.stack(int(sid_))))
     assert want > 0 and int(fig.data[0].values[0]) == want
     assert "matching 'transformer.py:90'" in summary
-    fig0, _ = page.update(None, "no-such-frame-anywhere", {"snap": sid, "device": None})
+    fig0, _ = page.update(None, "no-such-frame-anywhere", [], {"snap": sid, "device": None})
     assert int(fig0.data[0].values[0]) == 0
 
 

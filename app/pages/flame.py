@@ -15,7 +15,7 @@ from memprof.format import fmt_bytes
 dash.register_page(__name__, path="/flame", name="Flame", title="memprof · flame graph")
 
 
-def flame_figure(key: dict[str, Any], t_ms: Any, search: str | None = None) -> tuple[Any, str]:
+def flame_figure(key: dict[str, Any], t_ms: Any, search: str | None = None, fold: bool = True) -> tuple[Any, str]:
     """The icicle of what is alive at ``t_ms`` (the peak when empty or not a number), and its summary
     line; with ``search``, only the allocations with a frame whose ``function (file:line)`` contains it."""
     m = library().model(int(key["snap"]), key.get("device"))
@@ -28,7 +28,7 @@ def flame_figure(key: dict[str, Any], t_ms: Any, search: str | None = None) -> t
     text = (search or "").strip()
     if text:
         alive = alive[flame.stacks_matching(m, alive, text)]
-    tree = flame.call_tree(m, alive, min_share=0.0005)
+    tree = flame.call_tree(m, alive, min_share=0.0005, fold_library=fold)
     at = "the peak" if t == m.peak_ms else f"{t:.3f} ms"
     got = int(alive["size"].sum())
     what = f"{fmt_bytes(got)} of {fmt_bytes(total)} under a frame matching {text!r}" if text else fmt_bytes(total)
@@ -53,15 +53,19 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
                   dcc.Input(id="flame-time", type="number", value=round(t_ms, 6), debounce=True, step="any", style={"width": "160px"}),
                   html.Label("frame contains"),
                   dcc.Input(id="flame-search", type="text", value="", debounce=True, placeholder="e.g. attention.py:29 or backward",
-                            style={"width": "260px"})], className="toolbar"),
+                            style={"width": "260px"}),
+                  dcc.Checklist(id="flame-fold", options=[{"label": " fold torch's own frames (Module._call_impl ...)", "value": "fold"}],
+                                value=["fold"])], className="toolbar"),
         html.P(summary, id="flame-summary", className="sub"),
         dcc.Graph(id="flame-graph", figure=fig, config={"displaylogo": False}),
-        html.P("Each box is a frame, as wide as the bytes alive under it; memprof's own recorder and runpy frames are left out. "
+        html.P("Each box is a frame, as wide as the bytes alive under it; memprof's own recorder and runpy frames are left out "
+               "(and, folded, torch's own frames but the innermost). "
                "Click a box to zoom into it, the top bar to zoom out.", className="sub"),
     ])
 
 
 @callback(Output("flame-graph", "figure"), Output("flame-summary", "children"),
-          Input("flame-time", "value"), Input("flame-search", "value"), State("flame-key", "data"), prevent_initial_call=True)
-def update(t_ms: Any, search: str | None, key: dict[str, Any]) -> Any:
-    return flame_figure(key, t_ms, search)
+          Input("flame-time", "value"), Input("flame-search", "value"), Input("flame-fold", "value"), State("flame-key", "data"),
+          prevent_initial_call=True)
+def update(t_ms: Any, search: str | None, fold: list[str] | None, key: dict[str, Any]) -> Any:
+    return flame_figure(key, t_ms, search, bool(fold))
