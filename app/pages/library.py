@@ -34,6 +34,8 @@ WRAP_WIDTHS = {"name": "280px", "options": "220px", "device": "120px"}
 
 def header(col: str) -> str:
     """``peak_allocated_mib`` -> ``peak allocated (MiB)``: words a header can wrap at."""
+    if col == "recorded":
+        return "recorded (UTC)"
     for suf, unit in (("_mib", "MiB"), ("_ms", "ms")):
         if col.endswith(suf):
             return f"{col[: -len(suf)].replace('_', ' ')} ({unit})"
