@@ -578,3 +578,16 @@ def test_timeline_detail_control_draws_more_allocations(lib) -> None:
     opts = _ids(timeline.layout(snap=str(s)))["timeline-detail"].options
     n = len(lib.model(s, None).allocs)
     assert opts[-1]["label"] == (f"all {n:,}" if n <= common.DETAIL_LEVELS[-1] else f"{common.DETAIL_LEVELS[-1]:,} largest")
+
+
+def test_stack_panel_folds_library_frames(lib) -> None:
+    from app.pages import timeline
+
+    frames = [("/x/site-packages/torch/nn/functional.py", 10, "linear"), ("/home/u/model.py", 5, "forward"),
+              ("/x/site-packages/torch/nn/modules/module.py", 1790, "_call_impl"),
+              ("/x/site-packages/torch/nn/modules/module.py", 1779, "_wrapped_call_impl"),
+              ("/home/u/train.py", 20, "main"), ("/x/site-packages/torch/autograd/__init__.py", 1, "backward")]
+    text = timeline.folded_stack(frames).splitlines()
+    assert text == ["linear  /x/site-packages/torch/nn/functional.py:10", "forward  /home/u/model.py:5",
+                    "  ⋯ 2 library frames (module.py)", "main  /home/u/train.py:20",
+                    "backward  /x/site-packages/torch/autograd/__init__.py:1"]

@@ -51,6 +51,34 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
     return patch, rows
 
 
+def folded_stack(frames: Sequence[tuple[str, int, str]]) -> str:
+    """One line per frame, innermost first; a run of two or more library frames (torch's
+    ``Module._call_impl`` chains, site-packages) folds into one line that names their files."""
+    import os
+
+    from memprof.load import _is_library_file
+
+    lines: list[str] = []
+    run: list[tuple[str, int, str]] = []
+
+    def flush() -> None:
+        if len(run) >= 2:
+            files = ", ".join(dict.fromkeys(os.path.basename(f) for f, _, _ in run))
+            lines.append(f"  ⋯ {len(run)} library frames ({files})")
+        else:
+            lines.extend(f"{n}  {f}:{ln}" for f, ln, n in run)
+        run.clear()
+
+    for i, (fn, line, name) in enumerate(frames):
+        if _is_library_file(str(fn)) and i > 0:  # the innermost frame is always shown: it allocated
+            run.append((fn, line, name))
+            continue
+        flush()
+        lines.append(f"{name}  {fn}:{line}")
+    flush()
+    return "\n".join(lines)
+
+
 def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: dict[str, Any]) -> Any:
     """The side panel for a click on the timeline: the clicked allocation's full stack."""
     if not click or not click.get("points") or not key:
@@ -67,7 +95,7 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
         return html.Div([html.P("No allocation under the cursor."), alive])
     a = m.allocs.iloc[int(row)]
     frames = m.snap.stack(int(a["stack_id"]))
-    stack = "\n".join(f"{name}  {fn}:{line}" for fn, line, name in frames) or "(no stack recorded)"
+    stack = folded_stack(frames) or "(no stack recorded)"
     return html.Div([
         html.B(f"{fmt_bytes(int(a['size']))} · {a['category']}"),
         html.P(f"allocated at {a['t0_ms']:.3f} ms in {a['phase'] or '-'}; freed at "
