@@ -591,3 +591,12 @@ def test_stack_panel_folds_library_frames(lib) -> None:
     assert text == ["linear  /x/site-packages/torch/nn/functional.py:10", "forward  /home/u/model.py:5",
                     "  ⋯ 2 library frames (module.py)", "main  /home/u/train.py:20",
                     "backward  /x/site-packages/torch/autograd/__init__.py:1"]
+
+
+def test_oom_run_verdict_does_not_ask_to_re_record(lib) -> None:
+    from memprof import views
+
+    v = views.verdict(lib.model(lib.get(OOM).id, None))
+    assert v["verdict"] == "inconclusive"
+    assert not any("Record with `memprof record`" in r for r in v["remedies"])
+    assert any("ran out of memory" in r for r in v["remedies"])
