@@ -141,9 +141,15 @@ def explain_content(snap_id: int, device: int | None) -> list[Any]:
         oom = None
     if len(m.oom_ms) or oom:
         out.append(oom_section(m, oom))
+    if not m.rep.has_trace:  # an empty trace: no iterations, no verdict, only the state at dump time
+        out.append(html.Div([html.Div("no history recorded", className="verdict", id="explain-verdict"), html.P(
+            "The snapshot's trace is empty: it holds the state when it was taken, not how memory got there. Below are "
+            "the live blocks at dump time. Record with torch.cuda.memory._record_memory_history() (or `memprof record`) "
+            "for the timeline, the iterations and the verdict.", id="explain-no-history")], className="card"))
+    else:
+        out.append(html.Div([html.Div(v["verdict"], className="verdict", id="explain-verdict"), html.P(v["explanation"]),
+                             html.Ul([html.Li(r) for r in v["remedies"]])], className="card"))
     out += [
-        html.Div([html.Div(v["verdict"], className="verdict", id="explain-verdict"), html.P(v["explanation"]),
-                  html.Ul([html.Li(r) for r in v["remedies"]])], className="card"),
         html.H4("numbers"),
         narrow(common.table("explain-numbers", nums, page_size=25)),
     ]
