@@ -34,6 +34,7 @@ import pandas as pd
 from memprof import limits
 from memprof.errors import MemprofError, UnsafePickleError
 from memprof.escape import printable
+from memprof.meta import snapshot_beside
 from memprof.safe_pickle import safe_load, scan
 
 CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
@@ -891,8 +892,10 @@ def _read_cache(source: str, where: Path) -> Snapshot:
 
 
 def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
-    """Load a snapshot file (``.pickle``, ``.pickle.gz``, ``.json``) as columns, using the cache when fresh."""
-    p = Path(path)
+    """Load a snapshot file (``.pickle``, ``.pickle.gz``, ``.json``) as columns, using the cache when fresh.
+
+    A ``NAME.meta.json`` stands for the snapshot beside it."""
+    p = snapshot_beside(path)
     if not p.exists():
         raise MemprofError(f"no such file: {p}")
     if p.is_dir():

@@ -61,6 +61,7 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
         "predicted_oom": pd_["predicted_oom"],
         "fragmentation": fragmentation_summary(an.fragmentation, an.rep),
         "oom": an.oom,
+        "device_type": str((an.meta.get("device") or {}).get("type", "cuda")),
     }
 
 
@@ -113,7 +114,8 @@ def render(d: dict[str, Any], start_us: float) -> str:
     if f:
         r = f["at_peak_reserved"]
         lines += ["", f"RESERVED  {fmt_bytes(r['reserved'])} at its peak: {fmt_bytes(r['allocated'])} allocated, "
-                      f"{fmt_bytes(r['rounding_waste'])} rounding waste, {fmt_bytes(r['free_cached'])} free in the cache"
+                      f"{fmt_bytes(r['rounding_waste'])} rounding waste, {fmt_bytes(r['free_cached'])} "
+                      + ("free in the cache" if d.get("device_type", "cuda") == "cuda" else "reserved but free")
                       + ("" if f["reserved_complete"] else " (the trace misses segment events: reserved is a lower bound)")]
     if d["oom"]:
         lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
