@@ -22,11 +22,10 @@ import os
 import pickle
 import shutil
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
