@@ -74,8 +74,8 @@ NO_LIMIT = (1 << 64) - 1  # std::numeric_limits<size_t>::max(): max_split_size u
 N_INTERVALS = 16  # kRoundUpPowerOfTwoIntervals, from 1 MiB to 64 GiB
 
 #: request ops
-OP_ALLOC, OP_FREE_REQ, OP_FREE_DONE, OP_FREE, OP_EMPTY_CACHE, OP_OOM = range(6)
-OP_NAMES = ("alloc", "free_requested", "free_completed", "free", "empty_cache", "oom")
+OP_ALLOC, OP_FREE_REQ, OP_FREE_DONE, OP_FREE, OP_EMPTY_CACHE, OP_OOM, OP_RELEASE = range(7)
+OP_NAMES = ("alloc", "free_requested", "free_completed", "free", "empty_cache", "oom", "release")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -819,6 +819,18 @@ class Allocator:
                     count -= 1
                     self.release_block(b)
 
+    def release_segments(self, addrs: Sequence[int]) -> None:
+        """Free these segments if they are cached whole (the recording's own releases)."""
+        self.synchronize_and_free_events()
+        for a in addrs:
+            seg = self.segments.get(a)
+            if seg is None or seg.expandable:
+                continue
+            k = (seg.stream, seg.size, a)
+            b = seg.pool.by_key.get(k)
+            if b is not None and b.prev is None and b.next is None:
+                self.release_block(b)
+
     def empty_cache(self) -> None:
         self.release_cached_blocks()
 
@@ -859,6 +871,7 @@ class Requests:
     initial_segments: list[tuple[int, int, int, int, bool, list[tuple[int, int, int, int]]]] = field(default_factory=list)
     recorded_segments: list[tuple[int, int]] = field(default_factory=list)
     event_idx: np.ndarray | None = None  # trace index of each op (when from a trace)
+    releases: list[list[int]] = field(default_factory=list)  # segments each release op freed
     category: np.ndarray | None = None
     categories: tuple[str, ...] = ()
 
@@ -868,8 +881,15 @@ class Requests:
 
 def simulate(req: Requests, conf: AllocConf | None = None, device_memory: int | None = None,
              total_memory: int | None = None, use_recorded_addresses: bool = True,
-             stop_at_oom: bool = True) -> SimResult:
-    """Run a request stream through the allocator model."""
+             stop_at_oom: bool = True, exact_releases: bool = False, recorded_releases: bool = True) -> SimResult:
+    """Run a request stream through the allocator model.
+
+    Release points a trace recorded (``OP_RELEASE``: segments freed just before a new one, which
+    is ``malloc``'s retry on a full device or an ``empty_cache()``): with ``exact_releases`` (the
+    recorded configuration) the very segments the recording freed are freed; otherwise
+    ``release_cached_blocks`` runs there when ``recorded_releases``, and is left to the
+    simulated device capacity when not.
+    """
     conf = conf or AllocConf()
     addrs = _AddressSource(req.recorded_segments if use_recorded_addresses else ())
     al = Allocator(conf, device_memory=device_memory, addresses=addrs, total_memory=total_memory)
@@ -904,8 +924,11 @@ def simulate(req: Requests, conf: AllocConf | None = None, device_memory: int | 
                 al.free_requested(rid[i])
             elif o == OP_FREE_DONE:
                 al.free_completed(rid[i])
-            elif o == OP_EMPTY_CACHE:
-                al.empty_cache()
+            elif o == OP_EMPTY_CACHE or o == OP_RELEASE:
+                if exact_releases and not conf.expandable_segments:
+                    al.release_segments(req.releases[rid[i]])
+                elif o == OP_EMPTY_CACHE or recorded_releases:
+                    al.empty_cache()
             elif o == OP_OOM:
                 al.oom_attempt(size[i], stream[i], pool[i])
         except OutOfMemory:
@@ -1011,6 +1034,7 @@ def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocC
     eidx: list[int] = []
     live: dict[int, int] = {}
     pre: dict[int, tuple[int, int, int]] = {}  # addr -> (rid, requested, stream) allocated before the window
+    releases: list[list[int]] = []
     next_rid = 0
     n = len(action)
     skip = -1
@@ -1048,16 +1072,20 @@ def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocC
             ops.append(o); rids.append(rid); sizes.append(int(size[i])); streams.append(int(stream[i]))
             pools.append(pool_of(a)); eidx.append(int(idx[i]))
         elif act in (A_SEG_FREE, A_SEG_UNMAP):
-            if i > 0 and action[i - 1] in (A_SEG_FREE, A_SEG_UNMAP, A_FREE_DONE) and ops and ops[-1] == OP_EMPTY_CACHE \
-                    and eidx[-1] >= 0:
+            if ops and ops[-1] in (OP_EMPTY_CACHE, OP_RELEASE) and i > 0 and action[i - 1] in (A_SEG_FREE, A_SEG_UNMAP):
+                releases[-1].append(int(addr[i]))
                 continue  # same run
             j = i
             while j < n and action[j] in (A_SEG_FREE, A_SEG_UNMAP, A_FREE_DONE):
                 j += 1
-            if j < n and action[j] in (A_SEG_ALLOC, A_SEG_MAP, A_OOM):
-                continue  # malloc's own release-and-retry (or garbage collection)
-            ops.append(OP_EMPTY_CACHE); rids.append(-1); sizes.append(0); streams.append(0); pools.append(0)
+            if j < n and action[j] == A_OOM:
+                continue  # the failing malloc's own release, replayed by the oom op
+            # followed by a new segment: malloc's release-and-retry (device full) or an
+            # empty_cache() just before an allocation -- the trace cannot tell them apart
+            o = OP_RELEASE if j < n and action[j] in (A_SEG_ALLOC, A_SEG_MAP) else OP_EMPTY_CACHE
+            ops.append(o); rids.append(len(releases)); sizes.append(0); streams.append(0); pools.append(0)
             eidx.append(int(idx[i]))
+            releases.append([int(addr[i])])
         elif act == A_OOM:
             ops.append(OP_OOM); rids.append(-1); sizes.append(int(size[i])); streams.append(int(stream[i]))
             pools.append(0); eidx.append(int(idx[i]))
@@ -1132,6 +1160,7 @@ def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocC
         op=np.array(ops, dtype=np.int8), rid=np.array(rids, dtype=np.int64), size=np.array(sizes, dtype=np.int64),
         stream=np.array(streams, dtype=np.int64), pool=np.array(pools, dtype=np.int64),
         initial_segments=initial, recorded_segments=recorded, event_idx=np.array(eidx, dtype=np.int64),
+        releases=releases,
     )
     return req, conf
 
@@ -1150,6 +1179,7 @@ def simulate_snapshot(snap: Any, device: int = 0, conf: AllocConf | None = None,
                       device_memory: int | None = None, total_memory: int | None = None) -> SimResult:
     """Replay a snapshot's request stream through the model, under its own configuration or another."""
     req, rec_conf = requests_from_snapshot(snap, device)
-    c = conf or AllocConf.parse(alloc_conf, base=rec_conf) if alloc_conf is not None else (conf or rec_conf)
+    c = conf or (AllocConf.parse(alloc_conf, base=rec_conf) if alloc_conf is not None else rec_conf)
     return simulate(req, c, device_memory=device_memory, total_memory=total_memory,
-                    use_recorded_addresses=True)
+                    use_recorded_addresses=True, exact_releases=(c == rec_conf and device_memory is None),
+                    recorded_releases=device_memory is None)
