@@ -878,6 +878,27 @@ class Requests:
     def __len__(self) -> int:
         return len(self.op)
 
+    def cold(self) -> "Requests":
+        """The same requests from an empty allocator: what was allocated before the window is
+        allocated first (in address order), and nothing is cached. Used to ask what another
+        configuration or device would do, since the cache a recording starts with was shaped by
+        the recorded configuration."""
+        pre = sorted((b[0], b[2], b[3], seg[3], seg[2]) for seg in self.initial_segments for b in seg[5])
+        k = len(pre)
+        cat = None
+        if self.category is not None:
+            cat = np.concatenate([np.full(k, -1, dtype=self.category.dtype), self.category])
+        return Requests(
+            op=np.concatenate([np.full(k, OP_ALLOC, dtype=np.int8), self.op]),
+            rid=np.concatenate([np.array([p[2] for p in pre], dtype=np.int64), self.rid]),
+            size=np.concatenate([np.array([p[1] for p in pre], dtype=np.int64), self.size]),
+            stream=np.concatenate([np.array([p[4] for p in pre], dtype=np.int64), self.stream]),
+            pool=np.concatenate([np.array([p[3] for p in pre], dtype=np.int64), self.pool]),
+            initial_segments=[], recorded_segments=[],
+            event_idx=None if self.event_idx is None else np.concatenate([np.full(k, -1, dtype=np.int64), self.event_idx]),
+            releases=self.releases, category=cat, categories=self.categories,
+        )
+
 
 def simulate(req: Requests, conf: AllocConf | None = None, device_memory: int | None = None,
              total_memory: int | None = None, use_recorded_addresses: bool = True,

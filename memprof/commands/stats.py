@@ -49,12 +49,21 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
         "wrapped": wrapped(snap, meta, rep.device),
         "oom_events": int(len(rep.oom_events)),
         "allocator_peak_bytes": meta.get("peak_allocated_bytes"),
+        **simulated_counters(snap, rep.device),
         "top_at_peak": [
             {"size": int(s), "frame": str(f), "alloc_us": None if a != a else float(a), "stack_id": int(k)}
             for s, f, a, k in zip(at_peak["size"], sites, at_peak["alloc_us"], at_peak["stack_id"])
         ],
         "unknown_actions": snap.info.get("unknown_actions", []),
     }
+
+
+def simulated_counters(snap: Any, device: int) -> dict[str, Any]:
+    """torch.cuda.max_memory_allocated/reserved over the window, from the allocator model."""
+    from memprof.simulator import simulate_snapshot
+
+    sim = simulate_snapshot(snap, device)
+    return {"simulated_max_memory_allocated": sim.max_allocated, "simulated_max_memory_reserved": sim.max_reserved}
 
 
 def render(d: dict[str, Any]) -> str:
@@ -72,6 +81,10 @@ def render(d: dict[str, Any]) -> str:
         ap = d["allocator_peak_bytes"]
         diff = (d["peak_allocated_bytes"] - ap) / ap * 100 if ap else 0.0
         lines.append(f"  allocator peak   {fmt_bytes(ap)} (torch.cuda.max_memory_allocated; replay differs by {diff:+.2f}%)")
+    if d.get("simulated_max_memory_allocated") is not None:
+        lines.append(f"  simulated peaks  {fmt_bytes(d['simulated_max_memory_allocated'])} allocated, "
+                     f"{fmt_bytes(d['simulated_max_memory_reserved'])} reserved "
+                     "(the caching allocator replayed: torch.cuda.max_memory_allocated/reserved since the window began)")
     if d["oom_events"]:
         lines.append(f"  OUT OF MEMORY    {d['oom_events']} oom event(s) in the trace")
     if d["unknown_actions"]:
