@@ -902,14 +902,16 @@ class Requests:
 
 def simulate(req: Requests, conf: AllocConf | None = None, device_memory: int | None = None,
              total_memory: int | None = None, use_recorded_addresses: bool = True,
-             stop_at_oom: bool = True, exact_releases: bool = False, recorded_releases: bool = True) -> SimResult:
+             stop_at_oom: bool = True, exact_releases: bool = False, recorded_releases: bool = True,
+             reset_peak_at: int | None = None) -> SimResult:
     """Run a request stream through the allocator model.
 
     Release points a trace recorded (``OP_RELEASE``: segments freed just before a new one, which
     is ``malloc``'s retry on a full device or an ``empty_cache()``): with ``exact_releases`` (the
     recorded configuration) the very segments the recording freed are freed; otherwise
     ``release_cached_blocks`` runs there when ``recorded_releases``, and is left to the
-    simulated device capacity when not.
+    simulated device capacity when not. ``reset_peak_at``: the request index where
+    ``reset_peak_memory_stats()`` was called (the maxima count from there).
     """
     conf = conf or AllocConf()
     addrs = _AddressSource(req.recorded_segments if use_recorded_addresses else ())
@@ -933,6 +935,12 @@ def simulate(req: Requests, conf: AllocConf | None = None, device_memory: int | 
     last = n
     for i in range(n):
         al.req_idx = i
+        if i == reset_peak_at:
+            al.max_allocated, al.max_reserved = al.allocated, al.reserved
+            max_a, max_a_i, max_r, max_r_i = al.allocated, i - 1, al.reserved, i - 1
+            req_at_max = al.requested
+            fc, big = al.free_cached()
+            frag = (fc, big, al.allocated)
         o = op[i]
         try:
             if o == OP_ALLOC:
