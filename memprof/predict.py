@@ -233,7 +233,7 @@ class Prediction:
             "by_phase": self.by_phase,
             "requests": int(len(self.requests)),
             "options": self.options,
-            "not_counted": "kernel workspaces (cuBLAS/cuDNN), SDPA backend choice; see memprof.predict",
+            "not_counted": "kernel scratch other than the cuBLAS workspaces and the softmax-backward temporary (cuDNN, reductions), SDPA backend choice; see memprof.predict",
         }
 
 
