@@ -70,7 +70,8 @@ kSmallBuffer = 2 * MB
 kLargeBuffer = 20 * MB
 kMinLargeAlloc = 10 * MB
 kRoundLarge = 2 * MB
-NO_LIMIT = (1 << 64) - 1  # std::numeric_limits<size_t>::max(): max_split_size unset
+NO_LIMIT = (1 << 64) - 1
+DEFAULT_TOTAL_MEMORY = 85_017_493_504  # an H100 80GB's cudaDeviceProp.totalGlobalMem (sizes expandable reservations)  # std::numeric_limits<size_t>::max(): max_split_size unset
 N_INTERVALS = 16  # kRoundUpPowerOfTwoIntervals, from 1 MiB to 64 GiB
 
 #: request ops
@@ -369,8 +370,10 @@ class _AddressSource:
     """Where new segments live: the recorded addresses when the simulation asks for the same
     size the recording got next, else fresh addresses above everything seen."""
 
-    def __init__(self, recorded: Sequence[tuple[int, int]] = (), floor: int = 1 << 44) -> None:
+    def __init__(self, recorded: Sequence[tuple[int, int]] = (), floor: int = 1 << 44,
+                 expandable_bases: Sequence[int] = ()) -> None:
         self.recorded = list(recorded)
+        self.bases = list(expandable_bases)
         self.pos = 0
         self.top = max([a + s for a, s in self.recorded] + [floor])
 
@@ -389,11 +392,10 @@ class _AddressSource:
         return a
 
     def take_expandable(self, vsize: int, live: dict[int, _Segment]) -> int:
-        """An expandable segment's base: the next recorded first mapping outside live segments."""
-        for j in range(self.pos, len(self.recorded)):
-            a, _ = self.recorded[j]
-            if a not in live and not any(s.addr <= a < s.addr + s.size for s in live.values()):
-                self.pos = j + 1
+        """An expandable segment's base: the recording's next one, else a fresh range."""
+        while self.bases:
+            a = self.bases.pop(0)
+            if not any(s.addr <= a < s.addr + s.size for s in live.values()):
                 return a
         a = self.top
         self.top += vsize
@@ -411,7 +413,7 @@ class Allocator:
                  addresses: _AddressSource | None = None, total_memory: int | None = None) -> None:
         self.conf = conf or AllocConf()
         self.capacity = device_memory if device_memory else NO_LIMIT
-        self.total_memory = total_memory or (device_memory or 80 * 1024 ** 3)
+        self.total_memory = total_memory or DEFAULT_TOTAL_MEMORY
         self.allowed = (int(self.conf.memory_fraction * self.total_memory)
                         if self.conf.memory_fraction is not None else None)
         self.addresses = addresses or _AddressSource()
@@ -476,6 +478,49 @@ class Allocator:
             self._set_alloc(bsize)
             self.requested += req
             pos = baddr + bsize
+
+    def add_expandable_segment(self, base: int, vsize: int, stream: int, pid: int, is_small: bool, page: int,
+                               ranges: Sequence[tuple[int, int]], blocks: Iterable[tuple[int, int, int, int]] = ()) -> None:
+        """An expandable segment present before the window: mapped ``ranges``, allocated ``blocks``."""
+        pool = self.pool(1 if is_small else kSmallSize + 1, pid)
+        seg = _Segment(base, vsize, stream, pool, expandable=True, page=page)
+        self.segments[base] = seg
+        pieces: list[tuple[int, int, int, int, int]] = []  # (addr, size, kind 0 unmapped/1 free/2 allocated, req, rid)
+        pos = base
+        items = sorted(blocks)
+        for ra, rs in sorted(ranges):
+            if ra > pos:
+                pieces.append((pos, ra - pos, 0, 0, -1))
+            p = ra
+            for a, bs, req, rid in items:
+                if ra <= a < ra + rs:
+                    if a > p:
+                        pieces.append((p, a - p, 1, 0, -1))
+                    pieces.append((a, bs, 2, req, rid))
+                    p = a + bs
+            if ra + rs > p:
+                pieces.append((p, ra + rs - p, 1, 0, -1))
+            pos = ra + rs
+            seg.mapped_pages.update(range((ra - base) // page, (ra + rs - base) // page))
+            self._set_res(rs)
+        if base + vsize > pos:
+            pieces.append((pos, base + vsize - pos, 0, 0, -1))
+        prev = None
+        for a, sz, kind, req, rid in pieces:
+            b = _Block(a, sz, stream, pool, seg, mapped=kind != 0)
+            b.prev = prev
+            if prev is not None:
+                prev.next = b
+            prev = b
+            if kind == 0:
+                self._unmapped_insert(b)
+            elif kind == 1:
+                pool.insert(b)
+            else:
+                b.allocated, b.requested, b.rid = True, req, rid
+                self.active[rid] = b
+                self._set_alloc(sz)
+                self.requested += req
 
     # --- malloc
     def should_split(self, b: _Block, size: int) -> bool:
@@ -621,6 +666,7 @@ class Allocator:
         for p in range(begin, end):
             seg.mapped_pages.add(p)
         mapped = n * page
+        at = b.addr
         self._unmapped_remove(b)
         b.mapped = True
         if mapped < b.size:
@@ -635,7 +681,7 @@ class Allocator:
         self._merge(b, b.next)
         b.pool.insert(b)
         self._set_res(mapped)
-        self.seg_events.append(("segment_map", b.addr, mapped, b.stream, self.req_idx))
+        self.seg_events.append(("segment_map", at, mapped, b.stream, self.req_idx))
         return True
 
     def try_allocate_expandable_block(self, pool: _Pool, stream: int, size: int) -> _Block | None:
@@ -872,6 +918,10 @@ class Requests:
     recorded_segments: list[tuple[int, int]] = field(default_factory=list)
     event_idx: np.ndarray | None = None  # trace index of each op (when from a trace)
     releases: list[list[int]] = field(default_factory=list)  # segments each release op freed
+    #: expandable segments before the first request: (base, vsize, stream, pool, is_small, page,
+    #: mapped ranges [(addr, size)], allocated blocks [(addr, block_size, requested, rid)])
+    initial_expandable: list[tuple[int, int, int, int, bool, int, list[tuple[int, int]], list[tuple[int, int, int, int]]]] = field(default_factory=list)
+    expandable_bases: list[int] = field(default_factory=list)  # where the recording's new expandable segments were
     category: np.ndarray | None = None
     categories: tuple[str, ...] = ()
 
@@ -914,10 +964,13 @@ def simulate(req: Requests, conf: AllocConf | None = None, device_memory: int | 
     ``reset_peak_memory_stats()`` was called (the maxima count from there).
     """
     conf = conf or AllocConf()
-    addrs = _AddressSource(req.recorded_segments if use_recorded_addresses else ())
+    addrs = _AddressSource(req.recorded_segments if use_recorded_addresses else (),
+                           expandable_bases=req.expandable_bases if use_recorded_addresses else ())
     al = Allocator(conf, device_memory=device_memory, addresses=addrs, total_memory=total_memory)
     for seg_addr, seg_size, stream, pid, small, blocks in req.initial_segments:
         al.add_segment(seg_addr, seg_size, stream, pid, small, blocks)
+    for base, vsize, stream, pid, small, page, ranges, blocks in req.initial_expandable:
+        al.add_expandable_segment(base, vsize, stream, pid, small, page, ranges, blocks)
     al.max_allocated, al.max_reserved = al.allocated, al.reserved  # reset_peak_memory_stats()
     a_start, r_start = al.allocated, al.reserved
     n = len(req.op)
@@ -1002,7 +1055,74 @@ def _pool_code(pool_id: Any, codes: dict[str, int]) -> int:
     return codes.setdefault(s, len(codes) + 1)
 
 
-def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocConf]:
+def _expandable_start(end_segs: dict[int, tuple[int, int, int, bool, bool]], action: np.ndarray, addr: np.ndarray,
+                      size: np.ndarray, stream: np.ndarray, a_map: int, a_unmap: int, total_memory: int
+                      ) -> tuple[list[tuple[int, int, int, int, bool, int, list[tuple[int, int]]]], list[int]]:
+    """Expandable segments before the window: (base, vsize, stream, pool, is_small, page, mapped
+    ranges) for those with pages mapped at the start, and the bases of those the trace creates.
+
+    The snapshot lists an expandable segment's mapped ranges as segments; a trace's
+    ``segment_map``/``segment_unmap`` are undone from the end. Ranges of one stream within one
+    virtual reservation (1 1/8 of the device, ``find_expandable_block``) are one segment.
+    """
+    pieces: list[tuple[int, int, int, int, int]] = []  # (addr, size, stream, pool, small: 1/0/-1 unknown)
+    for a, (sz, st, pid, small, exp) in end_segs.items():
+        if exp:
+            pieces.append((a, sz, st, pid, int(small)))
+    rows = np.flatnonzero((action == a_map) | (action == a_unmap))
+    for i in rows:
+        pieces.append((int(addr[i]), int(size[i]), int(stream[i]), 0, -1))
+    if not pieces:
+        return [], []
+    space = total_memory + total_memory // 8
+    clusters: list[dict[str, Any]] = []
+    for a, sz, st, pid, small in sorted(pieces):
+        c = next((c for c in clusters if c["stream"] == st and c["base"] <= a < c["base"] + space), None)
+        if c is None:
+            c = {"base": a, "stream": st, "pool": pid, "small": small, "sizes": []}
+            clusters.append(c)
+        if small >= 0:
+            c["small"], c["pool"] = small, pid
+        c["sizes"].append(sz)
+    for c in clusters:
+        if c["small"] < 0:
+            c["small"] = int(any(x % kLargeBuffer for x in c["sizes"]))
+        c["page"] = kSmallBuffer if c["small"] else kLargeBuffer
+        c["pages"] = set()
+    def cluster_of(a: int, st: int) -> dict[str, Any]:
+        return next(c for c in clusters if c["stream"] == st and c["base"] <= a < c["base"] + space)
+    for a, (sz, st, pid, small, exp) in end_segs.items():
+        if exp:
+            c = cluster_of(a, st)
+            c["pages"].update(range(a, a + sz, c["page"]))
+    first_map: dict[int, int] = {}
+    for i in rows[::-1]:
+        a, sz, st = int(addr[i]), int(size[i]), int(stream[i])
+        c = cluster_of(a, st)
+        pg = range(a, a + sz, c["page"])
+        if action[i] == a_map:
+            c["pages"].difference_update(pg)
+            first_map[c["base"]] = int(i)
+        else:
+            c["pages"].update(pg)
+    initial = []
+    for c in clusters:
+        page = c["page"]
+        vsize = page * ((space + page - 1) // page)
+        if c["pages"]:
+            ranges: list[tuple[int, int]] = []
+            for p in sorted(c["pages"]):
+                if ranges and ranges[-1][0] + ranges[-1][1] == p:
+                    ranges[-1] = (ranges[-1][0], ranges[-1][1] + page)
+                else:
+                    ranges.append((p, page))
+            initial.append((c["base"], vsize, c["stream"], c["pool"], bool(c["small"]), page, ranges))
+    bases = [b for b, _ in sorted(((b, i) for b, i in first_map.items() if not any(x[0] == b for x in initial)),
+                                  key=lambda t: t[1])]
+    return initial, bases
+
+
+def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None = None) -> tuple[Requests, AllocConf]:
     """The request stream a trace recorded, the allocator state before it, and its configuration.
 
     * allocs, ``free_requested`` and ``free_completed`` pair by address in trace order; a
@@ -1019,6 +1139,7 @@ def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocC
                               A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP)
 
     conf = AllocConf.from_snapshot(snap.info.get("allocator_settings"))
+    total_memory = total_memory or DEFAULT_TOTAL_MEMORY
     ev = snap.device_events(device)
     action = ev["action"].to_numpy()
     addr = ev["addr"].to_numpy()
@@ -1033,7 +1154,7 @@ def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocC
                 for a, s, st, p, t, x in zip(seg["address"], seg["total_size"], seg["stream"], seg["pool_id"],
                                              seg["segment_type"], seg["is_expandable"])}
     # segments alive at the start: undo the trace's segment events from the end
-    start_segs = dict(end_segs)
+    start_segs = {a: v for a, v in end_segs.items() if not v[4]}
     seg_rows = np.flatnonzero((action == A_SEG_ALLOC) | (action == A_SEG_FREE))
     for i in seg_rows[::-1]:
         a = int(addr[i])
@@ -1042,7 +1163,8 @@ def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocC
         else:
             s = int(size[i])
             start_segs[a] = (s, int(stream[i]), 0, s == kSmallBuffer, False)
-    recorded = [(int(addr[i]), int(size[i])) for i in np.flatnonzero((action == A_SEG_ALLOC) | (action == A_SEG_MAP))]
+    recorded = [(int(addr[i]), int(size[i])) for i in np.flatnonzero(action == A_SEG_ALLOC)]
+    exp_initial, exp_bases = _expandable_start(end_segs, action, addr, size, stream, A_SEG_MAP, A_SEG_UNMAP, total_memory)
 
     # pool of an address: the segment (alive at the end) that holds it
     pool_starts = np.array(sorted(a for a, v in end_segs.items() if v[2]), dtype=np.int64)
@@ -1184,12 +1306,24 @@ def requests_from_snapshot(snap: Any, device: int = 0) -> tuple[Requests, AllocC
                 bs = (end - a) if end is not None else r
             blocks.append((a, bs, req, pre_rid[a]))
         initial.append((sa, ssize, sstream, pid, small, blocks))
+    initial_exp = []
+    for base, vsize, st, pid, small, page, ranges in exp_initial:
+        blocks = []
+        for ra, rs in ranges:
+            lo = int(np.searchsorted(starts, ra, side="left"))
+            hi = int(np.searchsorted(starts, ra + rs, side="left"))
+            inside = pb[lo:hi]
+            for k, (a, req, known) in enumerate(inside):
+                nxt = inside[k + 1][0] if k + 1 < len(inside) else ra + rs
+                bs = known if known > 0 else round_size(req, conf)
+                blocks.append((a, min(bs, nxt - a), req, pre_rid[a]))
+        initial_exp.append((base, vsize, st, pid, small, page, ranges, blocks))
 
     req = Requests(
         op=np.array(ops, dtype=np.int8), rid=np.array(rids, dtype=np.int64), size=np.array(sizes, dtype=np.int64),
         stream=np.array(streams, dtype=np.int64), pool=np.array(pools, dtype=np.int64),
         initial_segments=initial, recorded_segments=recorded, event_idx=np.array(eidx, dtype=np.int64),
-        releases=releases,
+        releases=releases, initial_expandable=initial_exp, expandable_bases=exp_bases,
     )
     return req, conf
 
