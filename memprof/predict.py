@@ -475,6 +475,95 @@ def _redirect_cuda() -> Iterator[None]:
         yield
 
 
+def capture_workload(kind: str, options: dict[str, Any], warmup: int = 0, steps: int = 1,
+                     workspaces: tuple[int, ...] = CUBLAS_WORKSPACES_H100) -> list[tuple[int, int, int, str]]:
+    """The raw request stream (op, rid, bytes, phase) of setup + ``warmup + steps`` steps."""
+    from memprof.workloads import build
+
+    w = build(kind, **options)
+
+    def body(tr: _Tracker) -> dict[int, str]:
+        with _created_on_fake_device():
+            w.setup(FAKE_DEVICE)
+        opt = getattr(w, "opt", None)
+        if opt is not None:
+            for g in opt.param_groups:
+                g["foreach"] = True
+        tr.window_start = 0  # type: ignore[attr-defined]
+        for _ in range(warmup + steps):
+            w.step(_phase_setter(tr))
+        w.teardown()
+        return {}
+
+    with _cuda_like_workloads():
+        ops, _, _ = _run_captured(body, workspaces)
+    return ops
+
+
+def one_process_trials(kind: str, options: dict[str, Any], param: str, values: list[int] | None, device_memory: int,
+                       lo: int | None = None, hi: int | None = None, step: int = 1,
+                       alloc_conf: str | None = None) -> dict[str, Any]:
+    """Simulate a bisection run in one process, as a person finds the limit on a real GPU: each
+    trial builds the workload, runs one step, then drops everything and calls ``empty_cache()``;
+    an OOM ends the trial (its tensors are freed). The cuBLAS workspaces are made by the first
+    trial and kept, in whatever segment they landed -- which is why the limit found this way
+    can sit below the fresh-process limit. With ``values`` the trials run in that order;
+    otherwise it bisects from ``lo`` (fits) to ``hi`` (fails) in steps of ``step``.
+    """
+    from memprof.simulator import Allocator, OutOfMemory
+
+    conf = AllocConf.parse(alloc_conf) if alloc_conf else AllocConf()
+    al = Allocator(conf, device_memory=device_memory)
+    state = {"first": True, "rid": 0}
+    results: dict[int, bool] = {}
+
+    def trial(v: int) -> bool:
+        ops = capture_workload(kind, {**options, param: v}, workspaces=CUBLAS_WORKSPACES_H100 if state["first"] else ())
+        if state["first"]:
+            # the workspaces live for the whole process: they are never freed by a trial
+            keep = {o[1] for o in ops if o[3] == "cublas_workspace"}
+        else:
+            keep = set()
+        state["first"] = False
+        base = state["rid"]
+        state["rid"] += max((o[1] for o in ops), default=0) + 1
+        live: set[int] = set()
+        ok = True
+        for o, rid, n, _ in ops:
+            r = base + rid
+            if o == OP_ALLOC:
+                try:
+                    al.apply(o, r, n)
+                except OutOfMemory:
+                    ok = False
+                    break
+                live.add(r)
+            elif r in live:
+                al.apply(o, r, n)
+                live.discard(r)
+        for r in sorted(live):
+            if r - base not in keep:
+                al.apply(OP_FREE, r, 0)
+        al.empty_cache()
+        results[v] = ok
+        return ok
+
+    if values is not None:
+        for v in values:
+            trial(v)
+        return {"parameter": param, "trials": results}
+    assert lo is not None and hi is not None
+    if not trial(lo) or trial(hi):
+        return {"parameter": param, "max_fitting": None, "first_failing": None, "trials": results}
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if trial(mid):
+            lo = mid
+        else:
+            hi = mid
+    return {"parameter": param, "max_fitting": lo, "first_failing": hi, "trials": results}
+
+
 def find_max(kind: str, options: dict[str, Any], param: str, device_memory: int, lo: int = 1, hi: int | None = None,
              alloc_conf: str | None = None, warmup: int = 1, steps: int = 1, multiple: int = 1) -> dict[str, Any]:
     """The largest ``param`` (batch or seq_len/context) whose predicted step fits ``device_memory``.

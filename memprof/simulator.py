@@ -885,6 +885,23 @@ class Allocator:
         self.release_available_cached_blocks(self.pool(size, pid), stream, size)
         self.release_cached_blocks()
 
+    def apply(self, op: int, rid: int, size: int, stream: int = 0, pool: int = 0) -> "_Block | None":
+        """One request (OP_* code); raises :class:`OutOfMemory` when an allocation fails."""
+        if op == OP_ALLOC:
+            return self.malloc(rid, size, stream, pool)
+        if op == OP_FREE:
+            self.free_requested(rid)
+            self.free_completed(rid)
+        elif op == OP_FREE_REQ:
+            self.free_requested(rid)
+        elif op == OP_FREE_DONE:
+            self.free_completed(rid)
+        elif op in (OP_EMPTY_CACHE, OP_RELEASE):
+            self.empty_cache()
+        elif op == OP_OOM:
+            self.oom_attempt(size, stream, pool)
+        return None
+
     # --- inspection
     def free_cached(self) -> tuple[int, int]:
         """(bytes in free mapped blocks, largest free block)."""
