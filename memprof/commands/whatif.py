@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("whatif", help="replay a snapshot's requests under other allocator settings or device size")
     p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json)")
     p.add_argument("--alloc-conf", default=None,
-                   help='PYTORCH_CUDA_ALLOC_CONF to simulate, over the recorded one, e.g. "expandable_segments:True,max_split_size_mb:128"')
+                   help='PYTORCH_CUDA_ALLOC_CONF to simulate (torch defaults for what it leaves out; "" = defaults), '
+                        'e.g. "expandable_segments:True,max_split_size_mb:128"; default: the recorded settings')
     p.add_argument("--device-memory", default=None, help="bytes the allocator may reserve (e.g. 80GB, 40GiB); default: unlimited")
     p.add_argument("--device", type=int, default=None, help="device index (default: the device with most entries)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -46,10 +47,11 @@ def whatif_dict(snap: Any, device: int, alloc_conf: str | None, device_memory: i
                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recorded vs simulated counters; ``simulated`` is :meth:`SimResult.to_dict`."""
     from memprof.replay import replay
-    from memprof.simulator import requests_from_snapshot, simulate
+    from memprof.simulator import AllocConf, requests_from_snapshot, simulate
 
     req, rec_conf = requests_from_snapshot(snap, device)
-    conf = rec_conf.parse(alloc_conf, base=rec_conf) if alloc_conf else rec_conf
+    # like PYTORCH_CUDA_ALLOC_CONF: the settings given, torch's defaults for the rest ("" = defaults)
+    conf = AllocConf.parse(alloc_conf) if alloc_conf is not None else rec_conf
     base = simulate(req, rec_conf, exact_releases=True)
     same = conf == rec_conf and device_memory is None
     # another configuration or device: start from an empty allocator (the recording's cache was
