@@ -594,3 +594,15 @@ def find_max(kind: str, options: dict[str, Any], param: str, device_memory: int,
         else:
             hi = mid
     return {"parameter": param, "max_fitting": lo, "first_failing": hi, "tried": {str(k): v for k, v in sorted(tried.items())}}
+
+
+class _CallableModule(type(contextlib)):  # type: ignore[misc]
+    """``memprof.predict(step_fn, *inputs)`` works although ``memprof.predict`` is this module."""
+
+    def __call__(self, step_fn: Callable[..., Any], *inputs: Any, **kwargs: Any) -> Prediction:
+        return predict(step_fn, *inputs, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
