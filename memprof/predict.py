@@ -565,35 +565,112 @@ def one_process_trials(kind: str, options: dict[str, Any], param: str, values: l
 
 
 def find_max(kind: str, options: dict[str, Any], param: str, device_memory: int, lo: int = 1, hi: int | None = None,
-             alloc_conf: str | None = None, warmup: int = 1, steps: int = 1, multiple: int = 1) -> dict[str, Any]:
-    """The largest ``param`` (batch or seq_len/context) whose predicted step fits ``device_memory``.
+             alloc_conf: str | None = None, warmup: int = 1, steps: int = 1, multiple: int = 1,
+             start: int | None = None) -> dict[str, Any]:
+    """The largest ``param`` (batch, seq_len or context) whose predicted step fits ``device_memory``
+    in a fresh process; returns {parameter, max_fitting, first_failing, tried}.
 
-    Bisects over multiples of ``multiple``; returns {parameter, max_fitting, first_failing, tried}.
+    From ``start`` (default ``lo``) the reserved peak is predicted at two sizes and extrapolated
+    (quadratic in seq_len/context for attention, linear otherwise) to bracket the limit, which is
+    then bisected over multiples of ``multiple``.
     """
     tried: dict[int, bool] = {}
+    peaks: dict[int, int] = {}
 
     def fits(v: int) -> bool:
         if v not in tried:
             p = predict_workload(kind, {**options, param: v}, warmup=warmup, steps=steps, alloc_conf=alloc_conf,
                                  device_memory=device_memory)
             tried[v] = p.fits
+            if p.fits:
+                peaks[v] = p.max_memory_reserved
         return tried[v]
 
-    if not fits(lo):
-        return {"parameter": param, "max_fitting": None, "first_failing": lo, "tried": tried}
-    if hi is None:
-        hi = lo * 2
-        while fits(hi):
-            lo, hi = hi, hi * 2
+    def snap(v: float) -> int:
+        return max(lo, int(v) // multiple * multiple)
+
+    v0 = snap(start or lo)
+    if not fits(v0):
+        hi_, lo_ = v0, lo
+        if not fits(lo_):
+            return {"parameter": param, "max_fitting": None, "first_failing": lo_, "tried": _tried(tried)}
+        lo = lo_
+        hi = hi_
+    else:
+        lo = v0
+        v1 = snap(v0 * 2) if v0 * 2 >= v0 + multiple else v0 + multiple
+        if fits(v1):
+            k = 2.0 if (kind == "attention" and param == "seq_len") else 1.0
+            lo = v1
+            for _ in range(6):  # secant steps on the two largest sizes that fit
+                x0, x1 = sorted(peaks)[-2:]
+                c = (peaks[x1] - peaks[x0]) / (x1 ** k - x0 ** k)
+                est = ((device_memory - (peaks[x1] - c * x1 ** k)) / c) ** (1 / k) if c > 0 else x1 * 2
+                guess = snap(min(est, x1 * 4))
+                if guess <= lo:
+                    guess = lo + multiple
+                if fits(guess):
+                    lo = guess
+                else:
+                    hi = guess
+                    break
+            step = multiple
+            while hi is None:
+                cand = snap(lo + step)
+                if fits(cand):
+                    lo = cand
+                    step *= 2
+                else:
+                    hi = cand
+        else:
+            hi = v1
+    assert hi is not None
     while hi - lo > multiple:
-        mid = (lo + hi) // 2 // multiple * multiple
+        mid = snap((lo + hi) // 2)
         if mid <= lo:
+            mid = lo + multiple
+        if mid >= hi:
             break
         if fits(mid):
             lo = mid
         else:
             hi = mid
-    return {"parameter": param, "max_fitting": lo, "first_failing": hi, "tried": {str(k): v for k, v in sorted(tried.items())}}
+    return {"parameter": param, "max_fitting": lo, "first_failing": hi, "tried": _tried(tried)}
+
+
+#: What the CUDA context and driver keep on an H100 80GB with torch 2.11: total memory minus what
+#: the allocator could reserve at the OOM in snapshots/h100/attention-naive-s28672-d64-b8-oom.
+CONTEXT_OVERHEAD_BYTES = 85_017_493_504 - 84_232_306_688
+
+
+def usable_memory(total_memory: int) -> int:
+    """Bytes the allocator can reserve on a card of ``total_memory`` (the H100's measured overhead)."""
+    return int(total_memory) - CONTEXT_OVERHEAD_BYTES
+
+
+def workload_oom(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a built-in workload recorded by ``memprof record`` runs out of memory on its device in
+    a fresh process, by :func:`find_max` (seq_len for attention, batch for a Transformer)."""
+    w = meta.get("workload") or {}
+    kind = w.get("kind")
+    total = (meta.get("device") or {}).get("total_memory_bytes")
+    if kind not in ("attention", "transformer") or not total or w.get("compile") or w.get("impl", "naive") != "naive":
+        return None
+    keys = {"attention": ("impl", "seq_len", "d", "batch", "causal", "mode", "dtype"),
+            "transformer": ("size", "mode", "dtype", "context", "batch", "vocab", "d_model", "num_layers", "num_heads",
+                            "d_ff", "positions")}[kind]
+    opts = {k: w[k] for k in keys if w.get(k) is not None}
+    param = "seq_len" if kind == "attention" else "batch"
+    dm = usable_memory(total)
+    r = find_max(kind, opts, param, dm, lo=1, multiple=64 if param == "seq_len" else 1, start=opts.get(param))
+    return {"parameter": param, "max_fitting": r["max_fitting"], "first_failing": r["first_failing"],
+            "device_total_bytes": int(total), "device_memory": dm, "source": "predict",
+            "note": f"predicted without a GPU (memprof predict, fresh process, {dm:,} B usable); "
+                    f"{param} {r['first_failing']} is the first that does not fit"}
+
+
+def _tried(tried: dict[int, bool]) -> dict[str, bool]:
+    return {str(k): v for k, v in sorted(tried.items())}
 
 
 class _CallableModule(type(contextlib)):  # type: ignore[misc]

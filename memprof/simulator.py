@@ -1345,6 +1345,24 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
     return req, conf
 
 
+def min_device_memory(req: Requests, conf: AllocConf, hi: int | None = None, granularity: int = kRoundLarge) -> int:
+    """The least device memory on which the requests run without running out (from an empty
+    allocator; the OOM path releases the cache and retries, as torch does), to ``granularity``."""
+    cold = req.cold()
+    top = hi or simulate(cold, conf, recorded_releases=False).max_reserved
+    lo = simulate(cold, conf, recorded_releases=False).max_allocated  # never below what is live at once
+    lo = max(lo - 1, 0)
+    if simulate(cold, conf, device_memory=top, recorded_releases=False).oom is not None:
+        return top
+    while top - lo > granularity:
+        mid = (lo + top) // 2
+        if simulate(cold, conf, device_memory=mid, recorded_releases=False).oom is None:
+            top = mid
+        else:
+            lo = mid
+    return top
+
+
 def recorded_segment_events(snap: Any, device: int = 0) -> list[tuple[str, int, int]]:
     """The trace's own (action, addr, size) segment events, in order."""
     from memprof.load import ACTIONS, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP

@@ -94,3 +94,31 @@ def test_predict_cli(capsys):
         assert main(bad) != 0
         err = capsys.readouterr().err
         assert err.startswith("memprof: ") and len(err.strip().splitlines()) == 1
+
+
+def test_explain_predicts_oom_for_a_builtin_workload(capsys):
+    th = json.loads((PRED / "thresholds.json").read_text())["attention_naive_b8_d64_fp32_fwdbwd_seq_len"]
+    assert main(["explain", str(PRED / "attention-naive-s4096.pickle.gz"), "--json", "--no-cache"]) == 0
+    po = json.loads(capsys.readouterr().out)["predicted_oom"]
+    assert po["source"] == "predict" and po["parameter"] == "seq_len"
+    assert po["first_failing"] - po["max_fitting"] == 64
+    # a fresh process (one step after setup) hits the limit a little below the measured one-process
+    # bisection, whose first trial parks a cuBLAS workspace in a smaller segment (simulated exactly
+    # by test_one_process_bisection_finds_the_measured_attention_limit)
+    assert 0.9 * th["largest_passing"] <= po["max_fitting"] <= th["largest_passing"]
+
+
+def test_explain_device_memory_needed_from_the_simulator(capsys):
+    from memprof.load import load
+    from memprof.simulator import AllocConf, requests_from_snapshot, simulate
+
+    path = ROOT / "tests" / "data" / "gpu" / "alloc" / "default-b16.pickle.gz"
+    assert main(["explain", str(path), "--json", "--no-cache"]) == 0
+    po = json.loads(capsys.readouterr().out)["predicted_oom"]
+    need = po["device_memory_needed"]
+    req, _ = requests_from_snapshot(load(path), 0)
+    cold = req.cold()
+    assert simulate(cold, AllocConf(), device_memory=need, recorded_releases=False).oom is None
+    assert simulate(cold, AllocConf(), device_memory=need - 2 * MB, recorded_releases=False).oom is not None
+    truth = json.loads(path.with_name("default-b16.json").read_text())
+    assert truth["max_memory_allocated"] <= need <= truth["max_memory_reserved"]

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="why memory peaks where it does, and whether the allocator sets the pace")
     p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present")
     add_report_options(p, top=8, top_help="how many source lines to list at the peak")
+    p.add_argument("--no-predict", action="store_true",
+                   help="skip the out-of-memory prediction (memprof predict / the allocator model; seconds to a minute)")
     return p
 
 
@@ -87,7 +89,9 @@ def render(d: dict[str, Any], start_us: float) -> str:
         for k, b in a["items"].items():
             lines.append(f"    {fmt_bytes(b):>10}  {k}")
     po = d["predicted_oom"]
-    if po:
+    if po and po.get("source") == "simulator":
+        lines.append(f"  device memory needed: {fmt_bytes(po['device_memory_needed'])}; {po['note']}")
+    elif po:
         lines.append(f"  out of memory predicted at {po['parameter']} > {po['max_fitting']:,} "
                      f"(device {fmt_bytes(po['device_total_bytes'])}); {po['note']}")
     f = d["fragmentation"]
@@ -101,6 +105,30 @@ def render(d: dict[str, Any], start_us: float) -> str:
     return "\n".join(lines)
 
 
+def predicted_oom(an: Any) -> dict[str, Any] | None:
+    """Built-in workloads: where ``memprof predict`` says the recorded device runs out; any other
+    snapshot: the least device memory the allocator model needs for its requests."""
+    from memprof.format import fmt_bytes
+    from memprof.simulator import min_device_memory, requests_from_snapshot
+
+    w = an.meta.get("workload") or {}
+    if w.get("kind") in ("attention", "transformer"):
+        from memprof.predict import workload_oom
+
+        r = workload_oom(an.meta)
+        if r is not None:
+            return r
+    req, conf = requests_from_snapshot(an.snap, an.rep.device)
+    if not len(req):
+        return None
+    need = min_device_memory(req, conf)
+    total = (an.meta.get("device") or {}).get("total_memory_bytes")
+    return {"parameter": "device_memory", "max_fitting": None, "first_failing": None,
+            "device_total_bytes": total, "device_memory_needed": need, "source": "simulator",
+            "note": f"the allocator model needs {fmt_bytes(need)} of device memory for these requests "
+                    f"(from an empty cache, {conf.describe()} settings)"}
+
+
 def run(args: argparse.Namespace) -> int:
     from memprof.analysis import analyze
     from memprof.load import load
@@ -109,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     snap = load(args.snapshot, use_cache=not args.no_cache)
     an = analyze(snap, device=args.device, meta=read_meta(args.snapshot))
     d = explain_dict(an, args.top)
+    if not args.no_predict:
+        d["predicted_oom"] = predicted_oom(an) or d["predicted_oom"]
     if args.json:
         json.dump(d, sys.stdout, default=_num)
         sys.stdout.write("\n")

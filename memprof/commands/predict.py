@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         dm = dm or H100_80GB_USABLE
         param = "batch" if a.find_max_batch else ("seq_len" if kind == "attention" else "context")
         search = find_max(kind, opts, param, dm, lo=1, alloc_conf=a.alloc_conf, warmup=1, steps=1,
-                          multiple=1 if param == "batch" else 64)
+                          multiple=1 if param == "batch" else 64, start=opts.get(param))
         if search["max_fitting"] is not None:
             opts[param] = search["max_fitting"]
     p = predict_workload(kind, opts, warmup=pre if search is None else 1, steps=3 if search is None else 1,
