@@ -108,6 +108,8 @@ class AllocConf:
             "memory_fraction": b.memory_fraction,
         }
         text = (text or "").replace(" ", "")
+        if text == "default":  # what describe() prints for torch's defaults
+            text = ""
         i = 0
         items: list[tuple[str, str]] = []
         while i < len(text):  # split on top-level commas (a list value has commas inside [])

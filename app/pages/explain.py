@@ -8,7 +8,7 @@ import dash
 import pandas as pd
 from dash import dcc, html
 
-from app import common
+from app import common, whatif
 from app.state import library
 from memprof import figures, views
 from memprof.format import fmt_bytes
@@ -33,6 +33,7 @@ def explain_content(snap_id: int, device: int | None) -> list[Any]:
         common.table("explain-sites", views.by_site(at_peak).assign(bytes=lambda d: [fmt_bytes(int(b)) for b in d["bytes"]])),
         html.H4("analytic account"),
         common.table("explain-analytic", views.analytic_account(m), page_size=20),
+        whatif.panel(snap_id, device),
     ]
     return out
 
