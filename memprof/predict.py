@@ -77,7 +77,9 @@ class _CudaAutocast(torch.overrides.TorchFunctionMode):
                 return c
             return x.to(dtype)
         if isinstance(x, (list, tuple)):
-            return type(x)(self._cast(y, dtype) for y in x)
+            # autocast's wrappers cast the arguments in one C++ call expression, which GCC
+            # evaluates right to left: the weight is cast before the input (seen in H100 traces)
+            return type(x)(reversed([self._cast(y, dtype) for y in reversed(x)]))
         return x
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
