@@ -941,6 +941,7 @@ class Requests:
     #: mapped ranges [(addr, size)], allocated blocks [(addr, block_size, requested, rid)])
     initial_expandable: list[tuple[int, int, int, int, bool, int, list[tuple[int, int]], list[tuple[int, int, int, int]]]] = field(default_factory=list)
     expandable_bases: list[int] = field(default_factory=list)  # where the recording's new expandable segments were
+    addr: np.ndarray | None = None  # the recorded address of each op (from a trace; -1 when none)
     category: np.ndarray | None = None
     categories: tuple[str, ...] = ()
 
@@ -1141,6 +1142,30 @@ def _expandable_start(end_segs: dict[int, tuple[int, int, int, bool, bool]], act
     return initial, bases
 
 
+def _infer_private_pools(req: Requests, conf: AllocConf, trace_segments: list[tuple[int, int]], at_end: set[int],
+                         rounds: int = 8) -> None:
+    """Give a private pool to segments the trace created and freed (the snapshot no longer
+    names their pool): a segment the recording cudaMalloc'd although the default pool had a block
+    for the request was made for another pool (a CUDA graph's or a ``MemPool``'s)."""
+    gone = sorted((a, s) for a, s in trace_segments if a not in at_end)
+    if not gone or req.addr is None or conf.expandable_segments:
+        return
+    starts = np.array([a for a, _ in gone], dtype=np.int64)
+    is_alloc = req.op == OP_ALLOC
+    for _ in range(rounds):
+        r = simulate(req, conf, exact_releases=True)
+        bad = np.flatnonzero(is_alloc & (r.block_addr != req.addr) & (req.pool == 0) & (req.addr >= 0))
+        if not len(bad):
+            return
+        a = int(req.addr[bad[0]])
+        k = int(np.searchsorted(starts, a, side="right")) - 1
+        if k < 0 or a >= gone[k][0] + gone[k][1]:
+            return  # not a segment freed in the window: nothing to infer
+        lo, hi = gone[k][0], gone[k][0] + gone[k][1]
+        pid = int(req.pool.max()) + 1
+        req.pool[(req.addr >= lo) & (req.addr < hi)] = pid
+
+
 def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None = None) -> tuple[Requests, AllocConf]:
     """The request stream a trace recorded, the allocator state before it, and its configuration.
 
@@ -1338,12 +1363,16 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
                 blocks.append((a, min(bs, nxt - a), req, pre_rid[a]))
         initial_exp.append((base, vsize, st, pid, small, page, ranges, blocks))
 
+    ev_addr_of = dict(zip(idx.tolist(), addr.tolist()))
     req = Requests(
+        addr=np.array([ev_addr_of.get(e, -1) for e in eidx], dtype=np.int64),
         op=np.array(ops, dtype=np.int8), rid=np.array(rids, dtype=np.int64), size=np.array(sizes, dtype=np.int64),
         stream=np.array(streams, dtype=np.int64), pool=np.array(pools, dtype=np.int64),
         initial_segments=initial, recorded_segments=recorded, event_idx=np.array(eidx, dtype=np.int64),
         releases=releases, initial_expandable=initial_exp, expandable_bases=exp_bases,
     )
+    _infer_private_pools(req, conf, [(int(addr[i]), int(size[i])) for i in seg_rows if action[i] == A_SEG_ALLOC],
+                         set(end_segs))
     return req, conf
 
 
