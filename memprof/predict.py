@@ -339,12 +339,13 @@ def _created_on_fake_device() -> Iterator[None]:
             return self  # already there
         return module_to(self, *args, **kwargs)
 
+    prev = torch.get_default_device()
     torch.set_default_device(FAKE_DEVICE)
     torch.nn.Module.to = to  # type: ignore[method-assign]
     try:
         yield
     finally:
-        torch.set_default_device(None)
+        torch.set_default_device(prev if prev.type != "cpu" else None)
         torch.nn.Module.to = module_to  # type: ignore[method-assign]
 
 
@@ -431,7 +432,7 @@ def predict(step_fn: Callable[..., Any], *inputs: Any, warmup: int = 1, steps: i
         tr.phase = "inputs"
         for x in inputs:
             if isinstance(x, torch.nn.Module):
-                m = copy.deepcopy(x).to(FAKE_DEVICE)
+                m = _fake_module(x)
                 for p in m.parameters():
                     cats[tr.rid_of.get(int(p.untyped_storage()._cdata), -1)] = "parameters"
                 fake_inputs.append(m)
@@ -448,10 +449,27 @@ def predict(step_fn: Callable[..., Any], *inputs: Any, warmup: int = 1, steps: i
             tr.window_start = len(tr.ops)  # type: ignore[attr-defined]
             for _ in range(steps):
                 step_fn(*fake_inputs)
+        for m in fake_inputs:
+            if isinstance(m, torch.nn.Module):
+                for p in m.parameters():
+                    if p.grad is not None and p.grad.device == FAKE_DEVICE:
+                        cats[tr.rid_of.get(int(p.grad.untyped_storage()._cdata), -1)] = "gradients"
         return cats
 
     ops, cats, window = _run_captured(body)
     return _finish(ops, cats, window, alloc_conf, device_memory, {"step_fn": getattr(step_fn, "__name__", "step")})
+
+
+def _fake_module(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose parameters and buffers are fake tensors on the stand-in device
+    (the real ones are neither copied nor touched; ``Module.to`` would swap fake tensors)."""
+    memo: dict[int, Any] = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) in memo:
+            continue
+        f = torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device=FAKE_DEVICE)
+        memo[id(t)] = torch.nn.Parameter(f, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else f
+    return copy.deepcopy(module, memo)
 
 
 class _RedirectCuda(torch.overrides.TorchFunctionMode):

@@ -75,6 +75,20 @@ def test_python_api_on_a_users_step():
     assert p.fits and x.device.type == "cpu" and float(x.sum()) == 0.0
 
 
+def test_python_api_with_a_module():
+    m = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024))
+
+    def step(model, x):
+        model(x).square().mean().backward()
+
+    p = memprof.predict(step, m, torch.randn(64, 1024))
+    params = sum(max(512, -(-t.numel() * 4 // 512) * 512) for t in m.parameters())  # 512-byte blocks
+    assert p.by_category["parameters"] == params == 2 * 16 * MB + 16384 + 4096
+    assert p.by_category["gradients"] == params  # the second step's gradients, alive at its peak
+    assert p.by_category["kernel_workspace"] == 2 * 32 * MB  # cuBLAS: main thread and autograd thread
+    assert m[0].weight.grad is None and m[0].weight.device.type == "cpu"  # the user's module is untouched
+
+
 def test_predict_cli(capsys):
     assert main(["predict", "attention", "--seq-len", "2048", "--batch", "2", "--json", "--device-memory", "1GB"]) == 0
     d = json.loads(capsys.readouterr().out)
