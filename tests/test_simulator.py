@@ -194,6 +194,13 @@ def test_stats_json_gives_torch_max_memory_allocated(path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["simulated_max_memory_allocated"] == meta["peak_allocated_bytes"]
     assert d["simulated_max_memory_reserved"] == meta["peak_reserved_bytes"]
+    # and every allocation lands where it did on the GPU
+    snap = load(path)
+    req, conf = requests_from_snapshot(snap, 0)
+    r = simulate(req, conf, exact_releases=True)
+    m = req.op == OP_ALLOC
+    assert np.array_equal(r.block_addr[m], req.addr[m])
+    assert [e[:3] for e in r.segment_events] == recorded_segment_events(snap, 0)
 
 
 def test_golden_recordings_too():
