@@ -55,7 +55,8 @@ CUDA graph's private pool is destroyed (a trace does not say).
 Checked (tests/test_simulator.py): replaying a trace's requests under its recorded settings gives
 ``max_memory_allocated`` and ``max_memory_reserved`` to the byte, the recorded segment events and
 every block address, on the H100 recordings in tests/data/gpu (default, expandable segments,
-max_split_size, garbage collection, two streams with record_stream, MemPool, empty_cache, OOM),
+max_split_size, garbage collection, two streams with record_stream, CUDA graphs, MemPool,
+empty_cache, OOM),
 snapshots/h100 and tests/data/golden; from an empty allocator, each of the four settings of
 tests/data/gpu/alloc predicts the other three within 0.43%.
 """
