@@ -57,6 +57,8 @@ def whatif_dict(snap: Any, device: int, alloc_conf: str | None, device_memory: i
     # another configuration or device: start from an empty allocator (the recording's cache was
     # shaped by the recorded configuration), allocating what was alive before the window first
     sim = base if same else simulate(req.cold(), conf, device_memory=device_memory, recorded_releases=False)
+    # the recorded settings from the same empty start: what the change itself buys
+    baseline = base if same else simulate(req.cold(), rec_conf, recorded_releases=False)
     rep = replay(snap, device)
     meta = meta or {}
     out = {
@@ -72,6 +74,8 @@ def whatif_dict(snap: Any, device: int, alloc_conf: str | None, device_memory: i
         },
         "device_memory": device_memory,
         "start": "recorded" if same else "cold",
+        "baseline": {"simulated_max_memory_allocated": baseline.max_allocated,
+                     "simulated_max_memory_reserved": baseline.max_reserved},
         **sim.to_dict(),
     }
     return out
@@ -97,9 +101,12 @@ def render(d: dict[str, Any]) -> str:
                      + ("OUT OF MEMORY at request #{request_index} ({b})".format(
                          request_index=d["oom_request"]["request_index"], b=fmt_bytes(d["oom_request"]["requested_bytes"]))
                         if d["oom"] else "fits"))
-    if rr and sr != rr:
-        lines.append(f"  this change {'saves' if sr < rr else 'costs'} {fmt_bytes(abs(sr - rr))} of reserved memory "
-                     f"({(sr - rr) / rr:+.1%})")
+    br = d["baseline"]["simulated_max_memory_reserved"]
+    if d["start"] == "cold":
+        lines.append(f"  (simulated from an empty allocator; the recorded settings from there reserve {fmt_bytes(br)})")
+    if br and sr != br:
+        lines.append(f"  this change {'saves' if sr < br else 'costs'} {fmt_bytes(abs(sr - br))} of reserved memory "
+                     f"({(sr - br) / br:+.1%})")
     return "\n".join(lines)
 
 
