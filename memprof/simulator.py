@@ -1240,20 +1240,22 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
     pre: dict[int, tuple[int, int, int]] = {}  # addr -> (rid, requested, stream) allocated before the window
     releases: list[list[int]] = []
     next_rid = 0
+    # plain lists: indexing them is several times faster than numpy scalars in this loop
+    action_l, addr_l, size_l, stream_l, idx_l = action.tolist(), addr.tolist(), size.tolist(), stream.tolist(), idx.tolist()
     n = len(action)
     skip = -1
     for i in range(n):
         if i == skip:
             continue
-        act = action[i]
+        act = action_l[i]
         if act == A_ALLOC:
-            a = int(addr[i])
+            a = int(addr_l[i])
             live[a] = next_rid
-            ops.append(OP_ALLOC); rids.append(next_rid); sizes.append(int(size[i]))
-            streams.append(int(stream[i])); pools.append(pool_of(a)); eidx.append(int(idx[i]))
+            ops.append(OP_ALLOC); rids.append(next_rid); sizes.append(int(size_l[i]))
+            streams.append(int(stream_l[i])); pools.append(pool_of(a)); eidx.append(int(idx_l[i]))
             next_rid += 1
         elif act in (A_FREE_REQ, A_FREE, A_FREE_DONE):
-            a = int(addr[i])
+            a = int(addr_l[i])
             rid = live.get(a)
             if rid is None:
                 if act == A_FREE_DONE and a in pre:
@@ -1261,38 +1263,37 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
                 else:
                     rid = next_rid
                     next_rid += 1
-                    pre[a] = (rid, int(size[i]), int(stream[i]))
-            whole = act == A_FREE or (act == A_FREE_REQ and i + 1 < n and action[i + 1] == A_FREE_DONE and addr[i + 1] == a)
+                    pre[a] = (rid, int(size_l[i]), int(stream_l[i]))
+            whole = act == A_FREE or (act == A_FREE_REQ and i + 1 < n and action_l[i + 1] == A_FREE_DONE and addr_l[i + 1] == a)
             if whole:
                 skip = i + 1 if act == A_FREE_REQ else -1
                 live.pop(a, None)
-                pre.pop(a, None) if False else None
                 o = OP_FREE
             elif act == A_FREE_REQ:
                 o = OP_FREE_REQ
             else:
                 live.pop(a, None)
                 o = OP_FREE_DONE
-            ops.append(o); rids.append(rid); sizes.append(int(size[i])); streams.append(int(stream[i]))
-            pools.append(pool_of(a)); eidx.append(int(idx[i]))
+            ops.append(o); rids.append(rid); sizes.append(int(size_l[i])); streams.append(int(stream_l[i]))
+            pools.append(pool_of(a)); eidx.append(int(idx_l[i]))
         elif act in (A_SEG_FREE, A_SEG_UNMAP):
-            if ops and ops[-1] in (OP_EMPTY_CACHE, OP_RELEASE) and i > 0 and action[i - 1] in (A_SEG_FREE, A_SEG_UNMAP):
-                releases[-1].append(int(addr[i]))
+            if ops and ops[-1] in (OP_EMPTY_CACHE, OP_RELEASE) and i > 0 and action_l[i - 1] in (A_SEG_FREE, A_SEG_UNMAP):
+                releases[-1].append(int(addr_l[i]))
                 continue  # same run
             j = i
-            while j < n and action[j] in (A_SEG_FREE, A_SEG_UNMAP, A_FREE_DONE):
+            while j < n and action_l[j] in (A_SEG_FREE, A_SEG_UNMAP, A_FREE_DONE):
                 j += 1
-            if j < n and action[j] == A_OOM:
+            if j < n and action_l[j] == A_OOM:
                 continue  # the failing malloc's own release, replayed by the oom op
             # followed by a new segment: malloc's release-and-retry (device full) or an
             # empty_cache() just before an allocation -- the trace cannot tell them apart
-            o = OP_RELEASE if j < n and action[j] in (A_SEG_ALLOC, A_SEG_MAP) else OP_EMPTY_CACHE
+            o = OP_RELEASE if j < n and action_l[j] in (A_SEG_ALLOC, A_SEG_MAP) else OP_EMPTY_CACHE
             ops.append(o); rids.append(len(releases)); sizes.append(0); streams.append(0); pools.append(0)
-            eidx.append(int(idx[i]))
-            releases.append([int(addr[i])])
+            eidx.append(int(idx_l[i]))
+            releases.append([int(addr_l[i])])
         elif act == A_OOM:
-            ops.append(OP_OOM); rids.append(-1); sizes.append(int(size[i])); streams.append(int(stream[i]))
-            pools.append(0); eidx.append(int(idx[i]))
+            ops.append(OP_OOM); rids.append(-1); sizes.append(int(size_l[i])); streams.append(int(stream_l[i]))
+            pools.append(0); eidx.append(int(idx_l[i]))
 
     # blocks allocated before the window: frees with no alloc, plus active blocks never traced
     pre_rid = {a: rid for a, (rid, _, _) in pre.items()}
@@ -1380,8 +1381,9 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
         initial_segments=initial, recorded_segments=recorded, event_idx=np.array(eidx, dtype=np.int64),
         releases=releases, initial_expandable=initial_exp, expandable_bases=exp_bases,
     )
-    _infer_private_pools(req, conf, [(int(addr[i]), int(size[i])) for i in seg_rows if action[i] == A_SEG_ALLOC],
-                         set(end_segs))
+    if any(v[2] for v in end_segs.values()):  # private pools exist: some freed segments may have been theirs
+        _infer_private_pools(req, conf, [(int(addr[i]), int(size[i])) for i in seg_rows if action[i] == A_SEG_ALLOC],
+                             set(end_segs))
     return req, conf
 
 
