@@ -44,7 +44,9 @@ def _parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--find-max-batch", action="store_true", help="bisect for the largest batch that fits")
     p.add_argument("--find-max-seq-len", action="store_true", help="bisect for the largest seq_len (attention) / context (transformer) that fits")
-    p.add_argument("--pre-steps", type=int, default=None, help="steps before the measured window (default: what `memprof record` runs: 7)")
+    p.add_argument("--pre-steps", type=int, default=None,
+                   help="steps before the measured window (default: what `memprof record` runs with --warmup, --steps "
+                        "and --profile-steps: 2 + 3 + 2)")
     return p
 
 
@@ -86,9 +88,11 @@ def run(args: argparse.Namespace) -> int:
     a = _parser(kind).parse_args(target[1:])
     opts = {k: getattr(a, k) for k in WORKLOAD_KEYS[kind] if getattr(a, k, None) is not None}
     dm = parse_bytes(a.device_memory) if a.device_memory else None
-    pre = 7 if a.pre_steps is None else a.pre_steps
-    if a.pre_steps is not None and a.pre_steps < 0:
-        raise MemprofError("--pre-steps must be >= 0")
+    # the steps `memprof record` runs before its window: warm-up, timed, profiled (+1 profiler warm-up)
+    steps, warm, prof = getattr(a, "steps", 3), getattr(a, "warmup", 2), getattr(a, "profile_steps", 1)
+    if steps < 1 or warm < 0 or prof < 0 or (a.pre_steps is not None and a.pre_steps < 0):
+        raise MemprofError("--steps must be >= 1; --warmup, --profile-steps and --pre-steps >= 0")
+    pre = warm + steps + (prof + 1 if prof else 0) if a.pre_steps is None else a.pre_steps
     search = None
     if a.find_max_batch or a.find_max_seq_len:
         if a.find_max_batch and a.find_max_seq_len:
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                           multiple=1 if param == "batch" else 64, start=opts.get(param))
         if search["max_fitting"] is not None:
             opts[param] = search["max_fitting"]
-    p = predict_workload(kind, opts, warmup=pre if search is None else 1, steps=3 if search is None else 1,
+    p = predict_workload(kind, opts, warmup=pre if search is None else 1, steps=steps if search is None else 1,
                          alloc_conf=a.alloc_conf, device_memory=dm)
     d = p.to_dict()
     d["options"] = {"kind": kind, **opts}
