@@ -145,6 +145,34 @@ def test_expandable_segments_map_pages_and_unmap_on_empty_cache():
     assert r0.max_reserved == 60 * MB and r0.reserved_end == 30 * MB
 
 
+def test_garbage_collection_frees_old_cached_blocks_first():
+    # GIVEN a 100 MiB memory fraction of a 1000 MiB device
+    rows = [(OP_ALLOC, 0, 30 * MB), (OP_FREE, 0, 0), (OP_ALLOC, 1, 40 * MB), (OP_FREE, 1, 0), (OP_ALLOC, 2, 60 * MB)]
+    gc = AllocConf.parse("garbage_collection_threshold:0.5,memory_fraction:0.1")
+    r = simulate(reqs(*rows), gc, total_memory=1000 * MB)
+    # THEN above 50 MiB reserved the oldest unsplit cached block (30 MiB, age 2 > mean 1.5) goes first
+    assert [(e[0], e[2] // MB) for e in r.segment_events] == [
+        ("segment_alloc", 30), ("segment_alloc", 40), ("segment_free", 30), ("segment_alloc", 60)]
+    # without garbage collection the fraction is hit and every cached block is released
+    nogc = AllocConf.parse("memory_fraction:0.1")
+    r = simulate(reqs(*rows), nogc, total_memory=1000 * MB)
+    assert [(e[0], e[2] // MB) for e in r.segment_events] == [
+        ("segment_alloc", 30), ("segment_alloc", 40), ("segment_free", 30), ("segment_free", 40), ("segment_alloc", 60)]
+    # and without a memory fraction garbage_collection_threshold does nothing (torch needs set_fraction)
+    r = simulate(reqs(*rows), AllocConf.parse("garbage_collection_threshold:0.5"), total_memory=1000 * MB)
+    assert r.max_reserved == 130 * MB
+
+
+def test_a_full_device_with_max_split_size_releases_oversize_blocks_only():
+    rows = [(OP_ALLOC, 0, 100 * MB), (OP_FREE, 0, 0), (OP_ALLOC, 1, 30 * MB), (OP_FREE, 1, 0), (OP_ALLOC, 2, 80 * MB)]
+    r = simulate(reqs(*rows), AllocConf.parse("max_split_size_mb:64"), device_memory=150 * MB)
+    # 80 MiB may not take the 100 MiB block (not less than 20 MiB bigger); the device is full, so
+    # release_available_cached_blocks frees that oversize block -- and keeps the 30 MiB one
+    assert [(e[0], e[2] // MB) for e in r.segment_events] == [
+        ("segment_alloc", 100), ("segment_alloc", 30), ("segment_free", 100), ("segment_alloc", 80)]
+    assert r.oom is None and r.reserved_end == 110 * MB
+
+
 def test_out_of_memory_releases_the_cache_then_fails():
     rows = [(OP_ALLOC, 0, 40 * MB), (OP_FREE, 0, 0), (OP_ALLOC, 1, 50 * MB)]
     # 100 MiB device: the cached 40 MiB segment is released and the 50 MiB one fits
