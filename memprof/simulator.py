@@ -1415,6 +1415,16 @@ def recorded_segment_events(snap: Any, device: int = 0) -> list[tuple[str, int, 
     return [(ACTIONS[a], int(x), int(s)) for a, x, s in zip(action[m], ev["addr"].to_numpy()[m], ev["size"].to_numpy()[m])]
 
 
+def trace_agreement(snap: Any, device: int = 0) -> tuple[SimResult, bool]:
+    """The replay under the recorded settings, and whether it put every allocation at its recorded
+    address and made the recorded segment events (when it does, its counters are torch's)."""
+    req, conf = requests_from_snapshot(snap, device)
+    r = simulate(req, conf, exact_releases=True)
+    m = req.op == OP_ALLOC
+    same_addr = req.addr is not None and bool(np.array_equal(r.block_addr[m], req.addr[m]))
+    return r, same_addr and [e[:3] for e in r.segment_events] == recorded_segment_events(snap, device)
+
+
 def simulate_snapshot(snap: Any, device: int = 0, conf: AllocConf | None = None, alloc_conf: str | None = None,
                       device_memory: int | None = None, total_memory: int | None = None) -> SimResult:
     """Replay a snapshot's request stream through the model, under its own configuration or another."""

@@ -251,6 +251,7 @@ def test_stats_json_gives_torch_max_memory_allocated(path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["simulated_max_memory_allocated"] == meta["peak_allocated_bytes"]
     assert d["simulated_max_memory_reserved"] == meta["peak_reserved_bytes"]
+    assert d["simulation_reproduces_trace"] is True
     # and every allocation lands where it did on the GPU
     snap = load(path)
     req, conf = requests_from_snapshot(snap, 0)

@@ -60,10 +60,11 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
 
 def simulated_counters(snap: Any, device: int) -> dict[str, Any]:
     """torch.cuda.max_memory_allocated/reserved over the window, from the allocator model."""
-    from memprof.simulator import simulate_snapshot
+    from memprof.simulator import trace_agreement
 
-    sim = simulate_snapshot(snap, device)
-    return {"simulated_max_memory_allocated": sim.max_allocated, "simulated_max_memory_reserved": sim.max_reserved}
+    sim, agree = trace_agreement(snap, device)
+    return {"simulated_max_memory_allocated": sim.max_allocated, "simulated_max_memory_reserved": sim.max_reserved,
+            "simulation_reproduces_trace": agree}
 
 
 def render(d: dict[str, Any]) -> str:
