@@ -26,6 +26,11 @@ What FakeTensorMode cannot see, and the predictor therefore does not count:
   attention and Transformer do not call SDPA; a user's step that does is traced with the meta
   kernels' choice;
 * ``torch.compile``: the compiled graph's buffer reuse is Inductor's, not eager's -- refused.
+
+Checked against ``memprof record`` on an H100 (benchmarks/results/predict_vs_measured.md, 15
+recordings: naive attention, small and medium Transformers, fp32 and bf16, batch 4/8, context
+512/2048): allocated within 0.16%, reserved within 0.5%; the simulated one-process bisection
+finds the measured OOM limits (tests/data/gpu/predict/thresholds.json) exactly.
 """
 
 from __future__ import annotations
