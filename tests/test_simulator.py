@@ -307,3 +307,54 @@ def test_whatif_device_memory_and_errors(capsys):
     err = capsys.readouterr().err
     assert err.startswith("memprof: ") and len(err.strip().splitlines()) == 1
     assert main(["whatif", path, "--device-memory", "lots"]) != 0
+
+
+@pytest.mark.parametrize("conf_text", ["", "expandable_segments:True", "max_split_size_mb:40",
+                                       "roundup_power2_divisions:4,max_split_size_mb:100"])
+def test_random_streams_keep_the_allocator_consistent(conf_text):
+    rng = np.random.default_rng(7)
+    conf = AllocConf.parse(conf_text)
+    rows, live, pending, rid = [], [], [], 0
+    for _ in range(1500):
+        u = rng.random()
+        if u < 0.5 or not live:
+            size = int(rng.choice([rng.integers(1, 4096), rng.integers(1 << 20, 12 << 20), rng.integers(12 << 20, 90 << 20)]))
+            rows.append((OP_ALLOC, rid, size, int(rng.integers(0, 2))))
+            live.append(rid)
+            rid += 1
+        elif u < 0.85:
+            r = live.pop(int(rng.integers(len(live))))
+            rows.append((OP_FREE, r, 0))
+        elif u < 0.95:
+            r = live.pop(int(rng.integers(len(live))))
+            rows.append((OP_FREE_REQ, r, 0))
+            pending.append(r)
+        elif pending:
+            rows.append((OP_FREE_DONE, pending.pop(0), 0))
+        if rng.random() < 0.01:
+            rows.append((OP_EMPTY_CACHE, -1, 0))
+    rows += [(OP_FREE, r, 0) for r in live] + [(OP_FREE_DONE, r, 0) for r in pending] + [(OP_EMPTY_CACHE, -1, 0)]
+    req = reqs(*rows)
+    r = simulate(req, conf)
+    assert r.oom is None
+    assert (r.allocated <= r.reserved).all() and (r.allocated >= 0).all()
+    # every block is at least the rounded request, and live blocks never overlap
+    spans: dict[int, tuple[int, int]] = {}
+    waiting: set[int] = set()
+    for i, (op, k, size, *_rest) in enumerate(rows):
+        if op == OP_FREE_REQ:
+            waiting.add(k)
+        elif op == OP_EMPTY_CACHE:  # empty_cache synchronizes: blocks waiting for other streams are free
+            for w in waiting:
+                spans.pop(w, None)
+            waiting.clear()
+        if op == OP_ALLOC:
+            assert r.block_size[i] >= round_size(size, conf)
+            a, b = int(r.block_addr[i]), int(r.block_addr[i] + r.block_size[i])
+            assert all(b <= x or a >= y for x, y in spans.values()), f"overlap at request {i}"
+            spans[k] = (a, b)
+        elif op in (OP_FREE, OP_FREE_DONE):
+            spans.pop(k, None)
+            waiting.discard(k)
+    # everything freed and the cache emptied: nothing stays reserved
+    assert r.allocated_end == 0 and r.reserved_end == 0
