@@ -185,9 +185,7 @@ def test_out_of_memory_releases_the_cache_then_fails():
 
 # ---------------------------------------------------------------- torch's counters, to the byte
 def _gpu_cases() -> list[Path]:
-    # edge/graphs is left out: memprof's loader cannot read it yet (a pool id beyond int64)
-    edge = [p for p in sorted((GPU / "edge").glob("*.pickle.gz")) if not p.name.startswith("graphs")]
-    return sorted((GPU / "alloc").glob("*.pickle.gz")) + edge
+    return sorted((GPU / "alloc").glob("*.pickle.gz")) + sorted((GPU / "edge").glob("*.pickle.gz"))
 
 
 
@@ -208,37 +206,8 @@ def test_simulated_counters_equal_torch_on_h100_recordings(path):
     assert np.array_equal(r.block_addr[m], ev.loc[req.event_idx[m], "addr"].to_numpy())
     if not path.name.startswith("wrapped"):  # a wrapped ring buffer lost the window's start
         assert r.allocated_start == info["allocated_start"] and r.reserved_start == info["reserved_start"]
-    if path.name.startswith("mempool"):  # the MemPool's freed segment was found to be private
+    if path.name.startswith(("mempool", "graphs")):  # private pools: the MemPool's, the CUDA graphs'
         assert req.pool.max() >= 1
-
-
-def test_cuda_graphs_private_pools(tmp_path):
-    """edge/graphs (torch.cuda.graph capture, then torch.compile reduce-overhead): memprof's loader
-    cannot read two frames whose line is SIZE_MAX yet, so the test clears those lines first."""
-    import gzip
-    import pickle
-
-    from memprof.safe_pickle import safe_load
-
-    src = GPU / "edge" / "graphs.pickle.gz"
-    with gzip.open(src) as f:
-        d = safe_load(f)
-    for trace in d["device_traces"]:
-        for e in trace:
-            for fr in e.get("frames") or []:
-                if fr.get("line", 0) >= 2**63:
-                    fr["line"] = 0
-    path = tmp_path / "graphs.pickle"
-    path.write_bytes(pickle.dumps(d, protocol=4))
-    info = json.loads((GPU / "edge" / "graphs.json").read_text())
-    snap = load(path, use_cache=False)
-    req, conf = requests_from_snapshot(snap, 0)
-    assert req.pool.max() >= 1  # allocations inside the graph's private pool
-    r = simulate(req, conf, exact_releases=True)
-    assert (r.max_allocated, r.max_reserved) == (info["max_memory_allocated"], info["max_memory_reserved"])
-    assert [e[:3] for e in r.segment_events] == recorded_segment_events(snap, 0)
-    m = req.op == OP_ALLOC
-    assert np.array_equal(r.block_addr[m], req.addr[m])
 
 
 BUNDLED = sorted((ROOT / "snapshots" / "h100").glob("*.pickle.gz")) + sorted((GPU / "predict").glob("*.pickle.gz"))
