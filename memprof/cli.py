@@ -17,7 +17,7 @@ from memprof.errors import MemprofError
 #: Subcommand modules under memprof.commands, in help order. Each has
 #: ``register(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``;
 #: heavy imports (torch, plotly, dash) happen inside ``run`` only.
-COMMANDS = ("record", "sweep", "stats", "explain", "diff", "serve", "report")
+COMMANDS = ("record", "sweep", "stats", "explain", "diff", "check", "serve", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
