@@ -98,7 +98,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     except BaseException as e:
         skipped = isinstance(e, pytest.skip.Exception)
         try:
-            _finish(item, path, None, "skipped" if skipped else "failed", recs)
+            _finish(item, path, limit, "skipped" if skipped else "failed", recs)
         except Exception:  # noqa: BLE001 - never hide the test's own outcome behind a measuring problem
             pass
         raise
