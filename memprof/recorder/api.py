@@ -26,6 +26,7 @@ def record(
     backend: str | None = None,
     workload: dict[str, Any] | None = None,
     command: str | None = None,
+    live: bool | int = False,
 ) -> Iterator[Recording]:
     """Record everything between ``with`` and its end into ``path`` (+ ``.meta.json``).
 
@@ -33,9 +34,24 @@ def record(
     allocator's history is recorded; on CPU torch.profiler's memory events; on MPS a dispatch
     tracker. The snapshot is written even when the body raises (status ``oom`` or ``error``);
     the exception then propagates.
+
+    ``live``: True (port 8765) or a port number: publish allocated / reserved bytes, the phase, the
+    iteration and the per-phase growth on 127.0.0.1 while recording (:mod:`memprof.live`; the Live page
+    of ``memprof serve`` follows it and links to the snapshot when the run ends).
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    rec = Recording(dev, max_entries=max_entries, stacks=stacks, backend=backend).start()
+    pub = None  # the publisher this call started (one already running in this process is left to its owner)
+    if live is not False and live is not None:
+        from memprof import live as live_view
+
+        if live_view.ACTIVE is None:
+            pub = live_view.start(dev, live_view.DEFAULT_PORT if live is True else int(live), command=command or "")
+    try:
+        rec = Recording(dev, max_entries=max_entries, stacks=stacks, backend=backend).start()
+    except BaseException:
+        if pub is not None:
+            pub.stop(status="error")
+        raise
     meta = base_meta(dev)
     meta.update(
         workload=workload or {"kind": "callable"},
@@ -54,9 +70,13 @@ def record(
             meta["status"], meta["error"] = "error", f"{type(e).__name__}: {e}"
         raise
     finally:
-        snap = rec.stop()
-        meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
-        meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
-        meta["phases"] = list(rec.timer.ranges)
-        write_snapshot(path, snap, compress)
-        write_meta(path, meta)
+        try:
+            snap = rec.stop()
+            meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
+            meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
+            meta["phases"] = list(rec.timer.ranges)
+            write_snapshot(path, snap, compress)
+            write_meta(path, meta)
+        finally:
+            if pub is not None:  # the Live page links to the snapshot from this last message
+                pub.stop(status=meta["status"], snapshot=str(path))
