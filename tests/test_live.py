@@ -248,3 +248,16 @@ def test_live_page_follows_a_recording(browser_server: tuple[str, Path], tmp_pat
         if proc.poll() is None:
             proc.kill()
         d.quit()
+
+
+@pytest.mark.cuda
+def test_cuda_samples_are_the_allocators_counters() -> None:
+    dev = torch.device("cuda", torch.cuda.current_device())
+    pub = live.Publisher(dev, port=0)
+    try:
+        x = torch.empty(32 * 2**20, dtype=torch.uint8, device=dev)
+        s = pub.sample()
+        assert s["allocated"] == torch.cuda.memory_allocated(dev) and s["reserved"] == torch.cuda.memory_reserved(dev)
+        assert s["allocated"] >= x.numel() and pub.source == "cuda caching allocator"
+    finally:
+        pub.server.server_close()

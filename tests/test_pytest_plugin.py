@@ -171,3 +171,40 @@ def test_table_and_names() -> None:
 def test_plugin_imports_no_torch(pytester: pytest.Pytester) -> None:
     r = pytester.run(sys.executable, "-c", "import sys, memprof.pytest_plugin; print('torch' in sys.modules)")
     assert r.stdout.lines[-1] == "False"
+
+
+GPU_TESTS = '''
+import pytest
+import torch
+
+
+@pytest.mark.limit_gpu_memory("100 MiB")
+def test_over():
+    a = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+    b = torch.empty(48 * 2**20, dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    print("PEAK", torch.cuda.max_memory_allocated())
+
+
+@pytest.mark.limit_gpu_memory("1 GiB")
+def test_under():
+    a = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+'''
+
+
+@pytest.mark.cuda
+def test_marker_on_cuda_uses_the_allocator_counter(pytester: pytest.Pytester) -> None:
+    # GIVEN two CUDA tests, one over its limit; WHEN pytest runs them
+    pytester.makepyfile(test_gpu=GPU_TESTS)
+    r = pytester.runpytest_subprocess(*plugin_args(), "-p", "no:cacheprovider", "--memprof", timeout=300)
+    out = r.stdout.str()
+    r.assert_outcomes(passed=1, failed=1)
+    # THEN the failure's peak is the caching allocator's counter, the same number the test itself read
+    m = re.search(r"limit_gpu_memory: peak 112\.0 MiB \(([\d,]+) B\) exceeds the limit 100\.0 MiB \(104,857,600 B\) by 12\.0 MiB  "
+                  r"\[cuda(:0)?, allocator counter\]", out)
+    assert m, out
+    counted = int(re.search(r"PEAK (\d+)", out).group(1))
+    assert int(m.group(1).replace(",", "")) == counted == 112 * MIB
+    # and the recorded history names the lines that allocated it
+    assert "top sites at the peak:\n     64.0 MiB  test_gpu.py:7:test_over\n     48.0 MiB  test_gpu.py:8:test_over\n" in out
+    assert re.search(r"test_gpu.py::test_under\s+passed\s+64.0 MiB", out)
