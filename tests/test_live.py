@@ -154,11 +154,9 @@ def test_follow_a_real_recording(tmp_path: Path) -> None:
     try:
         # WHEN the server side follows its port
         f = live.Follower(port)
-        seen_phases: set[str] = set()
         end = time.time() + 120
         while time.time() < end:
             v = f.view()
-            seen_phases.update(s["phase"] for s in v["samples"] if s["phase"])
             if v["status"] in ("ok", "error", "oom"):
                 break
             time.sleep(0.1)
@@ -174,8 +172,8 @@ def test_follow_a_real_recording(tmp_path: Path) -> None:
     samples = v["samples"]
     assert len(samples) >= 8 and all(a["t"] < b["t"] for a, b in zip(samples, samples[1:]))
     assert max(s["iteration"] or 0 for s in samples) >= 8
-    assert seen_phases <= {"forward", "backward", "optimizer"} and seen_phases
-    assert {g["phase"] for s in samples for g in s["growth"]} == {"forward", "backward", "optimizer"}
+    assert {s["phase"] for s in samples} <= {"forward", "backward", "optimizer", None}  # a sample may fall between phases
+    assert {g["phase"] for s in samples for g in s["growth"]} == {"forward", "backward", "optimizer"}  # read at each phase's ends
     from memprof import load
 
     assert load(out, use_cache=False).info["entries_per_device"][0] > 0  # the snapshot is a real one
