@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _command(argv: list[str]) -> str:
-    return "memprof record " + " ".join(shlex.quote(a) for a in argv)
+    return "memprof " + " ".join(shlex.quote(a) for a in argv)  # argv starts with "record"
 
 
 def run(args: argparse.Namespace) -> int:
