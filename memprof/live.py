@@ -48,6 +48,7 @@ DEFAULT_PORT = 8765
 HOST = "127.0.0.1"
 MAX_LINE = 64 * 1024
 HISTORY = 2400  # samples kept (10 minutes at 4 Hz)
+MAX_FOLLOWERS = 16  # ports one dashboard follows at once (each is a thread; a page can ask for any port)
 
 #: The running publisher of this process, or None. The recorder's phase timer reads this once per
 #: phase; when it is None (live view off) nothing else happens.
@@ -195,7 +196,8 @@ class Publisher:
         deadline = time.monotonic() + linger
         while self.streams and time.monotonic() < deadline:  # followers still reading: give them the end line
             time.sleep(0.02)
-        self.server.shutdown()
+        if self._threads[0].is_alive():
+            self.server.shutdown()
         self.server.server_close()
 
     def state(self) -> dict[str, Any]:
@@ -261,9 +263,13 @@ def _handler(pub: Publisher) -> type[BaseHTTPRequestHandler]:
 
 
 def start(device: Any, port: int = DEFAULT_PORT, hz: float = 4.0, command: str = "", announce: bool = True) -> Publisher:
-    """Start publishing (one publisher per process); prints where to follow it on stderr."""
+    """Start publishing (one publisher per process; under torchrun, rank R on ``port + R``);
+    prints where to follow it on stderr."""
     if ACTIVE is not None:
         raise MemprofError(f"live view already publishing on {ACTIVE.url}")
+    rank = os.environ.get("RANK", "")
+    if port and rank.isdigit() and os.environ.get("WORLD_SIZE"):
+        port += int(rank)  # under torchrun every rank publishes: rank R on port + R
     pub = Publisher(device, port, hz, command).start()
     if announce:
         print(f"memprof: live on {pub.url}stream (follow it in `memprof serve`, page Live, port {pub.port})", file=sys.stderr, flush=True)
@@ -377,7 +383,11 @@ def follow(port: int) -> Follower:
     if not 0 < int(port) < 65536:
         raise MemprofError(f"port {port}: not a port number")
     with _FLOCK:
+        for k in [k for k, v in _FOLLOWERS.items() if not v.thread.is_alive()]:
+            del _FOLLOWERS[k]
         f = _FOLLOWERS.get(int(port))
-        if f is None or not f.thread.is_alive():
+        if f is None:
+            if len(_FOLLOWERS) >= MAX_FOLLOWERS:
+                raise MemprofError(f"already following {MAX_FOLLOWERS} ports; close a Live page or wait two minutes")
             f = _FOLLOWERS[int(port)] = Follower(int(port))
         return f

@@ -71,11 +71,12 @@ def _device(item: pytest.Item, marker: pytest.Mark | None) -> str | None:
 
 
 def _limit(marker: pytest.Mark) -> int:
+    from memprof.errors import MemprofError
     from memprof.limits import parse_size
 
     args = list(marker.args) + ([marker.kwargs["limit"]] if "limit" in marker.kwargs else [])
     if len(args) != 1:
-        raise pytest.UsageError(f"@pytest.mark.{MARKER} takes one limit, e.g. {MARKER}('2 GiB')")
+        raise MemprofError(f"@pytest.mark.{MARKER} takes one limit, e.g. {MARKER}('2 GiB')")
     return parse_size(args[0])
 
 
@@ -84,14 +85,21 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     marker = item.get_closest_marker(MARKER)
     if marker is None and not item.config.getoption("memprof"):
         return (yield)
-    limit = _limit(marker) if marker is not None else None
     from memprof.errors import MemprofError
-    from memprof.recorder.api import record
+
+    try:
+        limit = _limit(marker) if marker is not None else None
+        from memprof.recorder.api import record
+        from memprof.workloads import resolve_device
+
+        device = resolve_device(_device(item, marker))
+    except MemprofError as e:  # a bad limit or device: the test fails with one line
+        raise pytest.fail.Exception(f"memprof: {e}", pytrace=False) from None
 
     path = _snapshot_dir(item.config) / snapshot_name(item.nodeid)
     recs: list[Any] = []
     try:
-        with record(path, device=_device(item, marker), compress=True,
+        with record(path, device=device, compress=True,
                     workload={"kind": "pytest", "nodeid": item.nodeid}, command=f"pytest {item.nodeid}") as rec:
             recs.append(rec)
             result = yield

@@ -62,6 +62,11 @@ def test_raises():
 
 def test_unmarked():
     torch.ones(256, 1024)  # 1 MiB, freed at once
+
+
+@pytest.mark.limit_gpu_memory("lots", device="cpu")
+def test_bad_limit():
+    pass
 '''
 
 
@@ -99,7 +104,7 @@ def test_marker_pass_fail_skip_and_table(pytester: pytest.Pytester, tmp_path: Pa
     r = run(pytester, "--memprof", "--memprof-dir", str(keep), "-W", "ignore::pytest.PytestRemovedIn10Warning")
     out = r.stdout.str()
     # THEN the one over its limit fails with a short message naming the peak, the limit, the sites and the snapshot
-    r.assert_outcomes(passed=2, failed=2, skipped=2)
+    r.assert_outcomes(passed=2, failed=3, skipped=2)
     m = re.search(r"limit_gpu_memory: peak 24\.0 MiB \(([\d,]+) B\) exceeds the limit 20\.0 MiB \(20,971,520 B\) by 4\.0 MiB  "
                   r"\[cpu, recorded history\]", out)
     assert m, out
@@ -114,6 +119,7 @@ def test_marker_pass_fail_skip_and_table(pytester: pytest.Pytester, tmp_path: Pa
     # its own failure is its own, not the plugin's; skips stay skips
     assert "ValueError: its own failure" in out
     assert "FAILED test_mem.py::test_raises" in out and "FAILED test_mem.py::test_big" in out
+    assert "FAILED test_mem.py::test_bad_limit - Failed: memprof: not a size: 'lots'" in out  # one line, no traceback
     # the table: every recorded test, largest peak first
     rows = out[out.index("memprof: peak memory of 5 test(s)"):].splitlines()[1:7]
     assert rows[0].split()[:2] == ["test", "outcome"]
@@ -144,7 +150,7 @@ def test_xdist_workers(pytester: pytest.Pytester) -> None:
             pytest.fail("pytest-xdist is missing under CI (pip install -e '.[test]')")
         pytest.skip("pytest-xdist is not installed here (it is in memprof's [test] extras)")
     r = run(pytester, "-n", "2", "--memprof", "-W", "ignore::pytest.PytestRemovedIn10Warning")
-    r.assert_outcomes(passed=2, failed=2, skipped=2)
+    r.assert_outcomes(passed=2, failed=3, skipped=2)
     out = r.stdout.str()
     assert re.search(r"\[gw\d\] .*\nlimit_gpu_memory: peak 24\.0 MiB", out)
     assert "memprof: peak memory of 5 test(s)" in out  # gathered on the controller from the workers' reports

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _command(argv: list[str]) -> str:
-    return "memprof " + " ".join(shlex.quote(a) for a in argv)  # argv starts with "record"
+    return "memprof record " + " ".join(shlex.quote(a) for a in argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,28 +123,21 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress", "live", "live_port"}
     wopts = {k: v for k, v in vars(sub).items() if k not in common}
 
+    from memprof.recorder.api import live_view
     from memprof.recorder.runner import record_workload
     from memprof.workloads import build, resolve_device
 
     device = resolve_device(o["device"])
     workload = build(kind, **wopts)
     path = o["output"] or default_path(workload.slug(), device.type, o["gzip"])
-    command = _command(sys.argv[1:] if sys.argv[1:2] == ["record"] else ["record", *target])
-    pub = None
-    if o["live"]:
-        from memprof import live
-
-        pub = live.start(device, o["live_port"], command=command)
-    meta: dict[str, Any] = {"status": "error"}
-    try:
-        meta = record_workload(
-            workload, path, device, steps=o["steps"], warmup=o["warmup"], max_entries=o["max_entries"], stacks=o["stacks"],
-            compress=o["gzip"] or str(path).endswith(".gz"), command=command,
-            progress=not o["no_progress"], profile_steps=o["profile_steps"],
-        )  # fmt: skip
-    finally:
-        if pub is not None:
-            pub.stop(status=meta["status"], snapshot=str(path) if meta.get("snapshot_path") else None)
+    pub = live_view(o["live_port"] if o["live"] else False, device, None)
+    meta = record_workload(
+        workload, path, device, steps=o["steps"], warmup=o["warmup"], max_entries=o["max_entries"], stacks=o["stacks"],
+        compress=o["gzip"] or str(path).endswith(".gz"), command=_command(sys.argv[1:] if sys.argv[1:2] == ["record"] else ["record", *target]),
+        progress=not o["no_progress"], profile_steps=o["profile_steps"],
+    )  # fmt: skip
+    if pub is not None:  # the Live page links to the snapshot from this last message
+        pub.stop(status=meta["status"], snapshot=meta.get("snapshot_path"))
     print(summary(meta))
     if meta["status"] == "oom":
         print(f"memprof: OUT OF MEMORY: {workload.slug()} on {meta['device'].get('name')}: {meta.get('error')}; snapshot {path}", file=sys.stderr)

@@ -40,18 +40,8 @@ def record(
     of ``memprof serve`` follows it and links to the snapshot when the run ends).
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    pub = None  # the publisher this call started (one already running in this process is left to its owner)
-    if live is not False and live is not None:
-        from memprof import live as live_view
-
-        if live_view.ACTIVE is None:
-            pub = live_view.start(dev, live_view.DEFAULT_PORT if live is True else int(live), command=command or "")
-    try:
-        rec = Recording(dev, max_entries=max_entries, stacks=stacks, backend=backend).start()
-    except BaseException:
-        if pub is not None:
-            pub.stop(status="error")
-        raise
+    pub = live_view(live, dev, command)
+    rec = Recording(dev, max_entries=max_entries, stacks=stacks, backend=backend).start()
     meta = base_meta(dev)
     meta.update(
         workload=workload or {"kind": "callable"},
@@ -70,13 +60,22 @@ def record(
             meta["status"], meta["error"] = "error", f"{type(e).__name__}: {e}"
         raise
     finally:
-        try:
-            snap = rec.stop()
-            meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
-            meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
-            meta["phases"] = list(rec.timer.ranges)
-            write_snapshot(path, snap, compress)
-            write_meta(path, meta)
-        finally:
-            if pub is not None:  # the Live page links to the snapshot from this last message
-                pub.stop(status=meta["status"], snapshot=str(path))
+        snap = rec.stop()
+        meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
+        meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
+        meta["phases"] = list(rec.timer.ranges)
+        write_snapshot(path, snap, compress)
+        write_meta(path, meta)
+        if pub is not None:  # the Live page links to the snapshot from this last message
+            pub.stop(status=meta["status"], snapshot=str(path))
+
+
+def live_view(live: bool | int, device: torch.device, command: str | None) -> Any:
+    """The publisher ``live`` asks for, started (None when off, or when one already runs in this process)."""
+    if live is False or live is None:
+        return None
+    from memprof import live as live_mod
+
+    if live_mod.ACTIVE is not None:
+        return None
+    return live_mod.start(device, live_mod.DEFAULT_PORT if live is True else int(live), command=command or "")
