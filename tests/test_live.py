@@ -259,3 +259,25 @@ def test_cuda_samples_are_the_allocators_counters() -> None:
         assert s["allocated"] >= x.numel() and pub.source == "cuda caching allocator"
     finally:
         pub.server.server_close()
+
+
+def test_live_page_callback(tmp_path: Path) -> None:
+    # GIVEN the app over a folder, and a publisher that finished with a snapshot inside it and one outside
+    from app import create_app
+
+    create_app(tmp_path)
+    from app.pages import live as page
+    (tmp_path / "runs").mkdir()
+    inside = tmp_path / "runs" / "a.pickle"
+    shutil.copy(REPO / "snapshots" / "h100" / "script-train_tiny.pickle.gz", inside)
+    # WHEN the page asks about a bad port THEN it says so; about a silent port THEN it waits
+    assert page.update("http", None)[1] == "not a port: http"
+    port = _free_port()
+    fig, status, now, growth, snap, key = page.update(port, None)
+    assert status.startswith("waiting") and now == "no samples yet" and "linked here when the run ends" in snap
+    assert page.update(port, key) == (page.dash.no_update,) * 6  # nothing new: nothing sent
+    # and a finished run links to its snapshot when it lies under the served folder
+    link = page.snapshot_panel(str(inside), "ok")
+    assert link.children[1].href.startswith("/timeline?snap=") and link.children[1].children == "runs/a.pickle"
+    outside = page.snapshot_panel("/etc/passwd", "ok")
+    assert "outside the served folder" in outside.children

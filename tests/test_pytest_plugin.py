@@ -140,6 +140,7 @@ def test_without_memprof_dir_keeps_only_failures(pytester: pytest.Pytester) -> N
     assert "memprof: peak memory of" not in out  # no table without --memprof
     path = Path(re.search(r"snapshot: (\S+)", out).group(1))
     assert path.is_file() and [p.name for p in path.parent.glob("*.pickle.gz")] == [path.name]
+    assert [p.name for p in path.parent.glob("*.meta.json")] == [path.name.replace(".pickle.gz", ".meta.json")]
 
 
 def test_xdist_workers(pytester: pytest.Pytester) -> None:
