@@ -48,6 +48,7 @@ DEFAULT_PORT = 8765
 HOST = "127.0.0.1"
 MAX_LINE = 64 * 1024
 HISTORY = 2400  # samples kept (10 minutes at 4 Hz)
+MAX_STREAMS = 8  # followers one recording process serves at once
 MAX_FOLLOWERS = 16  # ports one dashboard follows at once (each is a thread; a page can ask for any port)
 
 #: The running publisher of this process, or None. The recorder's phase timer reads this once per
@@ -231,7 +232,12 @@ def _handler(pub: Publisher) -> type[BaseHTTPRequestHandler]:
 
         def _stream(self) -> None:
             with pub.cond:
-                pub.streams += 1
+                busy = pub.streams >= MAX_STREAMS
+                if not busy:
+                    pub.streams += 1
+            if busy:  # each follower is a thread in someone's training process: a few at most
+                self.send_error(503, "too many followers")
+                return
             try:
                 self._head("application/x-ndjson")
                 self.wfile.write((json.dumps(pub.hello) + "\n").encode())

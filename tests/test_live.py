@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -281,3 +282,19 @@ def test_live_page_callback(tmp_path: Path) -> None:
     assert link.children[1].href.startswith("/timeline?snap=") and link.children[1].children == "runs/a.pickle"
     outside = page.snapshot_panel("/etc/passwd", "ok")
     assert "outside the served folder" in outside.children
+
+
+def test_followers_per_recording_are_capped() -> None:
+    pub = live.Publisher(torch.device("cpu"), port=0, hz=20).start()
+    conns = []
+    try:
+        for _ in range(live.MAX_STREAMS):
+            conns.append(urllib.request.urlopen(pub.url + "stream", timeout=5))
+            conns[-1].readline()  # the hello: this one is being served
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(pub.url + "stream", timeout=5)
+        assert e.value.code == 503 and pub.streams == live.MAX_STREAMS
+    finally:
+        pub.stop(linger=2.0)
+        for c in conns:
+            c.close()
