@@ -83,9 +83,10 @@ def counter_reader(device: Any) -> tuple[Callable[[], tuple[int, int | None]], s
             with open("/proc/self/statm", "rb") as f:
                 return int(f.read().split()[1]) * page, None
         except (OSError, IndexError, ValueError):
-            import resource
+            import resource  # no /proc (macOS): the peak RSS, in bytes there, KiB elsewhere
 
-            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, None
+            rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            return (rss if sys.platform == "darwin" else rss * 1024), None
 
     return read_rss, "process rss (cpu has no allocator counter)"
 
