@@ -72,7 +72,7 @@ def _device(item: pytest.Item, marker: pytest.Mark | None) -> str | None:
 
 def _limit(marker: pytest.Mark) -> int:
     from memprof.errors import MemprofError
-    from memprof.limits import parse_size
+    from memprof.checks import parse_size
 
     args = list(marker.args) + ([marker.kwargs["limit"]] if "limit" in marker.kwargs else [])
     if len(args) != 1:
@@ -120,7 +120,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def _finish(item: pytest.Item, path: Path, limit: int | None, outcome: str, recs: list[Any]) -> None:
     """Measure the saved snapshot, report it, and fail the test when it is over the limit."""
     from memprof.format import fmt_bytes
-    from memprof.limits import Measurement, measure
+    from memprof.checks import Measurement, measure
     from memprof.meta import meta_path, read_meta
 
     m: Measurement | None = None
@@ -175,7 +175,7 @@ def _has_trace(recs: list[Any]) -> bool:
 
 def _no_trace(label: str, path: Path, recs: list[Any]) -> Any:
     """The test allocated nothing on the device: its peak is what was alive when it started."""
-    from memprof.limits import Measurement
+    from memprof.checks import Measurement
     from memprof.meta import read_meta
 
     meta = read_meta(path)

@@ -11,7 +11,7 @@ import pytest
 
 from memprof.cli import main
 from memprof.errors import MemprofError
-from memprof.limits import parse_percent, parse_size, run_files
+from memprof.checks import parse_percent, parse_size, run_files
 from memprof.testing import write_snapshot
 from snapgen import SnapGen
 
@@ -65,7 +65,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_parse_size_and_percent() -> None:
     assert parse_size("2 GiB") == 2 * 2**30
     assert parse_size("1.5GB") == 1_500_000_000
-    assert parse_size("512mib") == 512 * MIB
+    assert parse_size("512mib") == 512 * MIB and parse_size("2G") == 2 * 2**30
     assert parse_size("1000") == 1000 and parse_size(4096) == 4096
     assert parse_percent("5%") == pytest.approx(0.05) and parse_percent("2.5") == pytest.approx(0.025)
     for bad in ("", "GiB", "1 parsec", "-1", "1e9"):

@@ -13,7 +13,7 @@ import sys
 
 from memprof.errors import MemprofError
 from memprof.format import fmt_bytes
-from memprof.limits import Limits, Result, check, parse_percent, parse_size
+from memprof.checks import Limits, Result, check, parse_percent, parse_size
 
 EXIT_FAIL = 1
 

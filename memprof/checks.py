@@ -1,4 +1,4 @@
-"""Memory limits and regression checks: ``memprof check`` and the pytest marker share this.
+"""Memory limits and regression checks: ``memprof check`` and the pytest marker share this module.
 
 What is checked, per snapshot (or per rank of a run folder):
 
@@ -31,15 +31,16 @@ from memprof.format import fmt_bytes
 if TYPE_CHECKING:
     from memprof.analysis import Analysis
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4,
-          "tb": 1000**4, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(text: str | int | float) -> int:
     """Bytes from ``"2 GiB"``, ``"1.5GB"``, ``"512MiB"``, ``"1000"`` or a number.
 
-    KiB/MiB/GiB/TiB are powers of 1024; kB/MB/GB/TB (and k/M/G/T) powers of 1000; case-insensitive.
+    KiB/MiB/GiB/TiB and K/M/G/T are powers of 1024 (as ``--max-bytes``); kB/MB/GB/TB powers of 1000;
+    case-insensitive.
     """
     if isinstance(text, bool):
         raise MemprofError(f"not a size: {text!r}")
