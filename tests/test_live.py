@@ -151,7 +151,7 @@ def test_follow_a_real_recording(tmp_path: Path) -> None:
     root = tmp_path / "served"
     root.mkdir()
     port = _free_port()
-    proc, out = start_recording(root, port, steps=12)
+    proc, out = start_recording(root, port, steps=16)
     try:
         # WHEN the server side follows its port
         f = live.Follower(port)
@@ -219,7 +219,7 @@ def test_live_page_follows_a_recording(browser_server: tuple[str, Path], tmp_pat
     opts.add_argument(f"--user-data-dir={tmp_path / 'chrome'}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     d = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    proc, out = start_recording(root, port, steps=30)
+    proc, out = start_recording(root, port, steps=40)
     try:
         # GIVEN a recording running; WHEN the Live page follows its port
         d.get(f"{url}/live?port={port}")
