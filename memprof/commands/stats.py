@@ -159,7 +159,7 @@ def render(d: dict[str, Any]) -> str:
         src = ("torch.cuda.max_memory_allocated" if d.get("device_type", "cuda") == "cuda" else "the recorder's own count")
         lines.append(f"  allocator peak   {fmt_bytes(ap)} ({src} recorded beside the file; "
                      f"the replay as torch counts differs by {diff:+.2f}%)")
-    if d["history"] and d.get("simulated_max_memory_allocated") is not None:
+    if d["history"] and d.get("simulated_max_memory_allocated") is not None and d.get("device_type", "cuda") == "cuda":
         lines.append(f"  simulated peaks  {fmt_bytes(d['simulated_max_memory_allocated'])} allocated, "
                      f"{fmt_bytes(d['simulated_max_memory_reserved'])} reserved (the caching allocator replayed: "
                      "torch.cuda.max_memory_allocated/reserved since the window began"
