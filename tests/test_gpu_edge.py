@@ -18,7 +18,6 @@ import pytest
 
 from memprof.analysis import analyze
 from memprof.cli import main
-from memprof.errors import MemprofError
 from memprof.load import Snapshot, load
 from memprof.replay import pool_totals, replay, trace_begins_mid_run
 from test_corpus import plain_replay, raw_of
@@ -33,13 +32,9 @@ def counters(path: Path) -> dict[str, Any]:
     return json.loads(path.with_name(path.name.replace(".pickle.gz", ".json")).read_text())
 
 
-def load_or_xfail(path: Path) -> Snapshot:
-    try:
-        return load(path)
-    except MemprofError as e:  # frame line 2^64-1 (torch.compile frames): the harden branch reads it
-        if "OverflowError" in str(e):
-            pytest.xfail("needs harden branch (frame line 2^64-1)")
-        raise
+def load_graphs_too(path: Path) -> Snapshot:
+    """The loader; graphs.pickle.gz holds frame line 2^64-1 (torch.compile frames), which must load."""
+    return load(path)
 
 
 def test_edge_cases_are_all_here():
@@ -51,7 +46,7 @@ def test_edge_cases_are_all_here():
 @pytest.mark.parametrize("path", EDGE, ids=lambda p: p.name.split(".")[0])
 def test_edge_peaks_equal_torchs_counters(path: Path):
     c = counters(path)
-    snap = load_or_xfail(path)
+    snap = load_graphs_too(path)
     rep = replay(snap, snap.default_device())
     held, counted = plain_replay(raw_of(path), rep.device)
     assert (rep.peak_bytes, rep.peak_torch_bytes) == (held, counted)
@@ -102,7 +97,7 @@ def test_two_streams_both_semantics(capsys):
 def test_private_pools(name: str):
     path = GPU / "edge" / f"{name}.pickle.gz"
     c = counters(path)
-    snap = load_or_xfail(path)
+    snap = load_graphs_too(path)
     rep = replay(snap, 0)
     pools = pool_totals(snap, rep).set_index("pool")
     assert len(pools) >= 2 and snap.state_totals().loc[0, "pools"] >= 2
