@@ -154,6 +154,7 @@ class Recording:
         self._tracker: Any = None
         self._pre: Any = None
         self._snapshot: dict[str, Any] | None = None
+        self._namer: Any = None
         self.profiler_peak_bytes: int | None = None
         self.started = False
 
@@ -177,6 +178,9 @@ class Recording:
                 self._tracker.__enter__()
             else:
                 raise ValueError(f"unknown backend {self.backend!r}")
+        from memprof.recorder.naming import Namer
+
+        self._namer = Namer(self.device.type).start()
         self.started = True
         _ACTIVE.append(self)
         return self
@@ -187,6 +191,8 @@ class Recording:
             return self._snapshot
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        names = self._namer.stop() if self._namer is not None else None
+        self._namer = None
         if self.backend == "cuda":
             if self.has_metadata:
                 cuda_backend.set_metadata("")
@@ -214,6 +220,10 @@ class Recording:
                 ops, ann, source = self._tracker.ops, self._annotations(), f"dispatch tracker ({self.device.type})"
                 self._tracker = None
             self._snapshot = build_snapshot(ops, self._pre.sizes, self._pre.freed_at, ann, source)
+        if names is not None:
+            from memprof.recorder.naming import KEY
+
+            self._snapshot[KEY] = names
         return self._snapshot
 
     def _annotations(self) -> list[dict[str, Any]]:

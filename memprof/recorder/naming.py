@@ -1,0 +1,296 @@
+"""Naming what a recording holds: parameters, gradients, optimizer state, and the module running.
+
+PyTorch's allocator history knows addresses, sizes and stacks, not *what* a block is. While a
+window is open, memprof watches the user's own objects without any change to their code:
+
+* ``nn.Module.__call__`` through the global forward hooks
+  (``torch.nn.modules.module.register_module_forward_pre_hook`` / ``..._forward_hook``): the
+  first module called with no module running is a root; its ``named_modules()`` names every
+  submodule (``blocks.1.attn.qkv``) and its ``named_parameters()`` / ``named_buffers()`` every
+  parameter. Each call is logged as an enter/exit pair (host clock, µs) with the innermost user
+  frame that made the call;
+* the autograd nodes a module call created (sequence numbers between its pre- and post-hook,
+  ``Node._sequence_nr()``) get a pre-hook and a hook, so every node's execution in backward is
+  logged as an interval with the module whose forward made it and that forward's call site
+  (the "forward stack" of a backward allocation);
+* ``Optimizer.step`` through the global step hooks: each step's interval, and the tensors it
+  holds by name: ``NAME.grad`` before the step, ``NAME (exp_avg)`` etc. after it.
+
+A tensor is logged as an *observation* ``(time_us, storage address, nbytes, name, category)``;
+the analysis (:mod:`memprof.attribution`) matches each to the allocation alive at that address
+at that time. Everything is stored inside the snapshot dict under :data:`KEY` as plain lists
+(PyTorch's viewer ignores the extra key), so the file alone carries the names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+import torch
+from torch.nn.modules import module as _module
+from torch.optim import optimizer as _optimizer
+
+from memprof.schema import ATTRIBUTION_KEY as KEY
+
+VERSION = 1
+_LIB_PARTS = (os.sep + "torch" + os.sep, os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+_MEMPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STDLIB = os.path.dirname(os.__file__)
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
+
+
+def _is_user_file(fn: str) -> bool:
+    if fn.startswith("<") or fn.startswith(_STDLIB):
+        return False
+    if fn.startswith(_MEMPROF_DIR):
+        return fn.startswith(os.path.join(_MEMPROF_DIR, "workloads"))
+    return not any(p in fn for p in _LIB_PARTS)
+
+
+class Namer:
+    """Collects names and module context for one recording window (see the module docstring)."""
+
+    def __init__(self, device_type: str) -> None:
+        self.device_type = device_type
+        self.thread = threading.get_ident()
+        self.paths: list[str] = []
+        self._path_code: dict[str, int] = {}
+        self.sites: list[list[Any]] = []
+        self._site_code: dict[tuple[str, int, str], int] = {}
+        self.roots: list[dict[str, Any]] = []
+        self.fwd: list[list[int]] = []  # [time_us, path code, +1 enter / -1 exit, site code]
+        self.bwd: list[list[int]] = []  # [time_us, path code (-1 at a node's end), site code]
+        self.opt: list[list[int]] = []  # [time_us, +1 / -1]
+        self.obs: list[list[Any]] = []  # [time_us, addr, nbytes, name, category]
+        self._module_path: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+        self._param_name: dict[int, tuple[weakref.ref, str]] = {}
+        self._root_refs: list[weakref.ref] = []
+        self._optims: list[weakref.ref] = []
+        self._stack: list[tuple[int, int, int]] = []  # (path code, sequence nr at entry, site code)
+        self._claimed: set[int] = set()
+        self._handles: list[Any] = []
+        self.active = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> "Namer":
+        self._handles = [
+            _module.register_module_forward_pre_hook(self._pre),
+            _module.register_module_forward_hook(self._post, always_call=True),
+            _optimizer.register_optimizer_step_pre_hook(self._opt_pre),
+            _optimizer.register_optimizer_step_post_hook(self._opt_post),
+        ]
+        self.active = True
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Remove the hooks, name what is alive now, and return the plain-data record (:data:`KEY`)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.active:
+            for ref in self._root_refs:
+                m = ref()
+                if m is not None:
+                    self._observe_module(m)
+            for ref in self._optims:
+                o = ref()
+                if o is not None:
+                    self._observe_optimizer(o, grads=True)
+        self.active = False
+        return self.record()
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "device_type": self.device_type,
+            "modules": list(self.paths),
+            "roots": list(self.roots),
+            "sites": [list(s) for s in self.sites],
+            "forward": [list(r) for r in self.fwd],
+            "backward": [list(r) for r in self.bwd],
+            "optimizer": [list(r) for r in self.opt],
+            "tensors": [list(r) for r in self.obs],
+        }
+
+    # -- codes ---------------------------------------------------------------------------
+    def _code(self, path: str) -> int:
+        c = self._path_code.get(path)
+        if c is None:
+            c = self._path_code[path] = len(self.paths)
+            self.paths.append(path)
+        return c
+
+    def _site(self) -> int:
+        f: Any = sys._getframe(2)
+        while f is not None:
+            fn = f.f_code.co_filename
+            if _is_user_file(fn):
+                key = (fn, int(f.f_lineno or 0), f.f_code.co_name)
+                c = self._site_code.get(key)
+                if c is None:
+                    c = self._site_code[key] = len(self.sites)
+                    self.sites.append(list(key))
+                return c
+            f = f.f_back
+        return -1
+
+    # -- naming --------------------------------------------------------------------------
+    def _path(self, m: torch.nn.Module) -> str:
+        p = self._module_path.get(m)
+        if p is not None:
+            return p
+        if self._stack:
+            parent = self.paths[self._stack[-1][0]]
+            base = f"{parent}.{type(m).__name__}" if parent else type(m).__name__
+        else:
+            base = "" if not self.roots else type(m).__name__
+            taken = {r["path"] for r in self.roots}
+            k = 1
+            while base in taken:
+                k += 1
+                base = f"{type(m).__name__}#{k}"
+            self.roots.append({"path": base, "class": type(m).__name__})
+            self._root_refs.append(weakref.ref(m))
+        for name, sub in m.named_modules(remove_duplicate=False):
+            full = ".".join(x for x in (base, name) if x)
+            if sub not in self._module_path:
+                self._module_path[sub] = full
+        for name, t in list(m.named_parameters(remove_duplicate=False)) + list(m.named_buffers(remove_duplicate=False)):
+            full = ".".join(x for x in (base, name) if x)
+            if id(t) not in self._param_name:
+                self._param_name[id(t)] = (weakref.ref(t), full)
+        return self._module_path.get(m, base)
+
+    def _name_of(self, t: torch.Tensor) -> str | None:
+        hit = self._param_name.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return hit[1]
+        return None
+
+    def _observe(self, t: Any, name: str, category: str) -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        try:
+            if t.device.type != self.device_type or t.is_meta:
+                return
+            st = t.untyped_storage()
+            addr, n = int(st.data_ptr()), int(st.nbytes())
+        except (RuntimeError, NotImplementedError, TypeError):
+            return
+        if addr and n:
+            self.obs.append([_now(), addr, n, name, category])
+
+    def _observe_module(self, m: torch.nn.Module) -> None:
+        base = self._module_path.get(m, "")
+        for name, p in m.named_parameters():
+            full = ".".join(x for x in (base, name) if x)
+            self._observe(p, full, "parameter")
+            if p.grad is not None:
+                self._observe(p.grad, full + ".grad", "gradient")
+        for name, b in m.named_buffers():
+            self._observe(b, ".".join(x for x in (base, name) if x), "parameter")
+
+    def _optimizer_param_name(self, o: Any, p: torch.Tensor, g: int, i: int) -> str:
+        name = self._name_of(p)
+        if name is not None:
+            return name
+        k = next((j for j, r in enumerate(self._optims) if r() is o), 0)
+        return f"optimizer{k}.param_groups[{g}][{i}]"
+
+    def _observe_optimizer(self, o: Any, grads: bool = False, state: bool = True) -> None:
+        for g, group in enumerate(getattr(o, "param_groups", [])):
+            for i, p in enumerate(group.get("params", [])):
+                if not isinstance(p, torch.Tensor):
+                    continue
+                name = self._optimizer_param_name(o, p, g, i)
+                if grads and p.grad is not None:
+                    self._observe(p.grad, name + ".grad", "gradient")
+                st = o.state.get(p) if state else None
+                if isinstance(st, dict):
+                    for k, v in st.items():
+                        if isinstance(v, torch.Tensor) and v.numel() > 1:
+                            self._observe(v, f"{name} ({k})", "optimizer_state")
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _pre(self, m: torch.nn.Module, args: Any) -> None:
+        if not self.active or threading.get_ident() != self.thread:
+            return
+        try:
+            root = not self._stack
+            code = self._code(self._path(m))
+            if root:
+                self._claimed.clear()
+                self._observe_module(m)
+            site = self._site()
+            self._stack.append((code, int(torch._C._autograd._get_sequence_nr()), site))
+            self.fwd.append([_now(), code, 1, site])
+        except Exception:  # noqa: BLE001 - naming must never break the user's run
+            pass
+
+    def _post(self, m: torch.nn.Module, args: Any, out: Any) -> None:
+        if not self.active or threading.get_ident() != self.thread or not self._stack:
+            return
+        try:
+            code, s0, site = self._stack.pop()
+            self.fwd.append([_now(), code, -1, site])
+            if torch.is_grad_enabled():
+                self._claim(out, code, s0, int(torch._C._autograd._get_sequence_nr()), site)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _claim(self, out: Any, code: int, s0: int, s1: int, site: int) -> None:
+        """Hook the autograd nodes this call made (sequence nr in [s0, s1)) that no inner call claimed."""
+        todo = [t.grad_fn for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+        seen: set[int] = set()
+        while todo:
+            node = todo.pop()
+            if node is None:
+                continue
+            nr = int(node._sequence_nr())
+            if not s0 <= nr < s1 or nr in seen:
+                continue
+            seen.add(nr)
+            if nr not in self._claimed:
+                self._claimed.add(nr)
+                node.register_prehook(self._bwd_start(code, site))
+                node.register_hook(self._bwd_end)
+            todo.extend(n for n, _ in node.next_functions)
+
+    def _bwd_start(self, code: int, site: int) -> Any:
+        def hook(grad_outputs: Any) -> None:
+            if self.active:
+                self.bwd.append([_now(), code, site])
+
+        return hook
+
+    def _bwd_end(self, grad_inputs: Any, grad_outputs: Any) -> None:
+        if self.active:
+            self.bwd.append([_now(), -1, -1])
+
+    def _opt_pre(self, o: Any, args: Any, kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            if not any(r() is o for r in self._optims):
+                self._optims.append(weakref.ref(o))
+            self._observe_optimizer(o, grads=True, state=True)
+            self.opt.append([_now(), 1])
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _opt_post(self, o: Any, args: Any, kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            self.opt.append([_now(), -1])
+            self._observe_optimizer(o, grads=True, state=True)
+        except Exception:  # noqa: BLE001
+            pass
