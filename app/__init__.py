@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
-         ("Compare", "/compare"), ("Sweeps", "/sweeps"))
+         ("Modules", "/modules"), ("Compare", "/compare"), ("Sweeps", "/sweeps"))
 
 
 def create_app(root: str | os.PathLike[str]):  # -> dash.Dash

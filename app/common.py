@@ -50,7 +50,7 @@ def summary_line(m: views.TimelineModel) -> str:
 
 def page_links(snap_id: int, device: int | None) -> html.Div:
     q = f"?snap={snap_id}" + ("" if device is None else f"&device={device}")
-    return html.Div([dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain")], className="links")
+    return html.Div([dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Modules")], className="links")
 
 
 # --- Timeline ---------------------------------------------------------------
@@ -76,12 +76,13 @@ def x_range(relayout: dict[str, Any] | None) -> tuple[float | None, float | None
     return (a, b)
 
 
-def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None) -> tuple[list[dict[str, Any]], list[int]]:
-    """Trace data for one (file, device, range), cached per view."""
+def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None, k: int = 80) -> tuple[list[dict[str, Any]], list[int]]:
+    """Trace data for one (file, device, range, detail: allocations drawn one by one), cached per view."""
     lib = library()
     e = lib.get(snap_id)
-    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6))
-    return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1))
+    k = int(min(max(int(k), 1), 2000))
+    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6), k)
+    return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1, k=k))
 
 
 def timeline_figure(snap_id: int, device: int | None, height: int = 540) -> tuple[Any, list[int]]:
@@ -95,9 +96,11 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
     from dash.exceptions import PreventUpdate
 
     r = x_range(relayout)
+    if r is None and key and key.get("keep_range"):
+        r = key.get("range") or (None, None)  # the detail changed: redraw the range in view
     if r is None or not key:
         raise PreventUpdate
-    traces, rows = timeline_view(int(key["snap"]), key.get("device"), *r)
+    traces, rows = timeline_view(int(key["snap"]), key.get("device"), *r, k=int(key.get("k") or 80))
     patch = Patch()
     patch["data"] = traces
     return patch, rows

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from memprof.format import fmt_bytes
-from memprof.views import TimelineModel, stacked_polygons, step_view
+from memprof.views import TimelineModel, category_bands, stacked_polygons, step_view
 
 MIB = float(1 << 20)
 
@@ -44,8 +44,8 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     """Trace dicts for the visible range ``[x0, x1]`` (ms) and, per trace, the allocation row it draws (-1: none).
 
     Order: per-allocation polygons of the ``k`` largest allocations (coloured by category,
-    stacked as memory_viz stacks them), their summed height, the rest of allocated memory
-    above it, the allocated and reserved curves (min/max reduced to ``n_buckets``), the
+    stacked as memory_viz stacks them), their summed height, every smaller allocation as one
+    band per category above them (:func:`memprof.views.category_bands`), the allocated and reserved curves (min/max reduced to ``n_buckets``), the
     per-iteration peaks, the overall peak and any OOM.
     """
     polys, st_x, st_y = stacked_polygons(model, x0, x1, k)
@@ -54,9 +54,12 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces: list[dict[str, Any]] = []
     rows: list[int] = []
     shown: set[str] = set()
+    names = al["name"].astype(str).to_numpy() if "name" in al else np.full(len(al), "", object)
+    mods = al["module"].astype(str).to_numpy() if "module" in al else np.full(len(al), "", object)
     for p in polys:
         label = f"{fmt_bytes(p.size)} {p.category}"
-        site = str(sites[p.row])
+        who = names[p.row] or mods[p.row]
+        site = f"{who} · {sites[p.row]}" if who else str(sites[p.row])
         traces.append({
             "type": "scatter", "x": p.xs, "y": p.ys / MIB, "mode": "lines", "fill": "toself",
             "line": {"width": 0.5, "color": "rgba(255,255,255,0.6)"}, "fillcolor": category_color(p.category),
@@ -77,6 +80,16 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                    "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
     rows.append(-1)
     ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
+    for b in category_bands(model, ax, np.array([p.row for p in polys], dtype=np.int64)):
+        top = ", ".join(b.top_names)
+        traces.append({"type": "scatter", "x": b.x, "y": b.y1 / MIB, "mode": "lines", "fill": "tonexty",
+                       "line": {"width": 0, "shape": "hv"}, "fillcolor": category_color(b.category), "opacity": 0.55,
+                       "name": f"{b.category} (smaller)", "legendgroup": b.category, "showlegend": b.category not in shown,
+                       "customdata": (b.y1 - b.y0) / MIB,
+                       "hovertemplate": f"{b.category}: %{{customdata:.2f}} MiB in {b.count:,} smaller allocations"
+                                        f"<br>largest: {top}<extra></extra>"})
+        shown.add(b.category)
+        rows.append(-1)
     traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
                    "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
                    "name": "allocated", "hovertemplate": "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
@@ -229,4 +242,33 @@ def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
     xaxis: dict[str, Any] = {"type": "log", "title": x} if numeric else {"type": "category", "title": x, "categoryorder": "array", "categoryarray": order}
     fig.update_layout(title="speedup over the baseline (step time; >1 is faster)", template="plotly_white", height=380,
                       margin={"l": 60, "r": 20, "t": 40, "b": 50}, xaxis=xaxis, yaxis_title="×", legend={"font": {"size": 10}})
+    return fig
+
+
+def plot_module_tree(tree: pd.DataFrame, kind: str = "icicle", title: str = "", height: int = 560) -> go.Figure:
+    """An icicle or treemap of :func:`memprof.views.module_tree` (bytes by module path, coloured by category)."""
+    trace = go.Icicle if kind == "icicle" else go.Treemap
+    colors = [category_color(c) if c else "#ddd" for c in tree["category"]]
+    fig = go.Figure(trace(
+        ids=tree["id"], parents=tree["parent"], labels=tree["label"], values=tree["bytes"], branchvalues="total",
+        marker={"colors": colors}, customdata=np.c_[tree["module"].to_numpy(), [fmt_bytes(int(b)) for b in tree["bytes"]],
+                                                      tree["category"].to_numpy()],
+        hovertemplate="%{customdata[0]}<br><b>%{label}</b>: %{customdata[1]} (%{percentRoot:.1%} of the total)"
+                      "<br>mostly %{customdata[2]}<extra></extra>",
+        maxdepth=6 if kind == "icicle" else 4, sort=True,
+    ))
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10}, title=title or None)
+    return fig
+
+
+def plot_module_timeline(df: pd.DataFrame, module: str, height: int = 320) -> go.Figure:
+    """Stacked areas of :func:`memprof.views.module_timeline` (bytes of one module over time, by category)."""
+    fig = go.Figure()
+    for c in [c for c in df.columns if c != "t_ms"]:
+        fig.add_trace(go.Scatter(x=df["t_ms"], y=df[c] / MIB, mode="lines", stackgroup="one", name=c,
+                                 line={"width": 0, "shape": "hv"}, fillcolor=category_color(c),
+                                 hovertemplate=f"{c}: %{{y:.2f}} MiB at %{{x:.3f}} ms<extra></extra>"))
+    fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 36, "b": 40}, template="plotly_white",
+                      title=f"{module or 'everything'}: memory over time", xaxis={"title": "time since trace start (ms)"},
+                      yaxis={"title": "MiB", "rangemode": "tozero"}, legend={"orientation": "h", "y": -0.25})
     return fig

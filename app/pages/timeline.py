@@ -14,6 +14,9 @@ from app.state import library
 
 dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof · timeline")
 
+#: How many of the largest allocations the full view draws one by one (the rest: category bands).
+DETAIL_LEVELS = (20, 80, 200, 500)
+
 
 def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html.Div:
     try:
@@ -26,6 +29,10 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
         html.H2(library().get(sid).rel, id="timeline-title"),
         html.P(common.summary_line(m), className="sub", id="timeline-summary"),
         common.page_links(sid, dev),
+        html.Div([html.Span("detail: the ", className="sub"), dcc.RadioItems(
+            id="timeline-detail", options=[{"label": f" {n} ", "value": n} for n in DETAIL_LEVELS], value=80, inline=True),
+            html.Span(" largest allocations drawn one by one, every smaller one in its category's band", className="sub")],
+            className="row"),
         html.Div([
             html.Div(dcc.Graph(id="timeline-graph", figure=fig, config={"displaylogo": False, "scrollZoom": True}), className="grow"),
             html.Div(html.Div("Click an allocation in the timeline to see its full stack.", id="timeline-stack"), className="side"),
@@ -36,9 +43,15 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
 
 
 @callback(Output("timeline-graph", "figure"), Output("timeline-rows", "data"),
-          Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), prevent_initial_call=True)
-def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
-    return common.zoom_patch(relayout, key)
+          Input("timeline-graph", "relayoutData"), Input("timeline-detail", "value"), State("timeline-key", "data"),
+          State("timeline-graph", "figure"), prevent_initial_call=True)
+def zoom(relayout: dict[str, Any] | None, detail: Any, key: dict[str, Any], fig: dict[str, Any] | None = None) -> Any:
+    k = int(detail) if detail in DETAIL_LEVELS else 80
+    if dash.ctx.triggered_id == "timeline-detail":
+        rng = ((fig or {}).get("layout") or {}).get("xaxis", {}).get("range")
+        rng = rng if isinstance(rng, list) and len(rng) == 2 and not ((fig or {}).get("layout") or {}).get("xaxis", {}).get("autorange") else None
+        return common.zoom_patch(None, {**(key or {}), "k": k, "keep_range": True, "range": common.x_range({"xaxis.range": rng}) if rng else None})
+    return common.zoom_patch(relayout, {**(key or {}), "k": k})
 
 
 @callback(Output("timeline-stack", "children"), Input("timeline-graph", "clickData"),
