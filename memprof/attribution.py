@@ -42,6 +42,7 @@ class Record:
     bwd: np.ndarray  # (n, 3) int64: time_us, module code or -1, site code
     opt: np.ndarray  # (n, 2) int64: time_us, +1/-1
     obs: pd.DataFrame  # t_us, addr, nbytes, name, category
+    compiled: dict[tuple[str, int], tuple[str, int, str]]  # inductor (file, line) -> user (file, line, function)
 
     def module_label(self, path: str) -> str:
         """A display path: the first root's own path is '' and shows as its class name."""
@@ -74,7 +75,9 @@ def parse(raw: Any) -> Record | None:
     fwd = fwd[(fwd[:, 1] >= 0) & (fwd[:, 1] < n_mod)]
     bwd = bwd[(bwd[:, 1] < n_mod) & (bwd[:, 2] < n_site)]
     obs = pd.DataFrame(rows, columns=["t_us", "addr", "nbytes", "name", "category"])
-    return Record(modules, roots, sites, fwd, bwd, opt, obs.astype({"t_us": np.int64, "addr": np.int64, "nbytes": np.int64}))
+    compiled = {(str(r[0]), int(r[1])): (str(r[2]), int(r[3]), str(r[4])) for r in raw.get("compiled_sites") or []
+                if isinstance(r, list) and len(r) == 5 and isinstance(r[1], int) and isinstance(r[3], int)}
+    return Record(modules, roots, sites, fwd, bwd, opt, obs.astype({"t_us": np.int64, "addr": np.int64, "nbytes": np.int64}), compiled)
 
 
 def _step_function(times: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -120,8 +123,9 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
         name_category (str: parameter, gradient, optimizer_state; '' when unnamed),
         module (str: module path that made or owns it, the first root shown by its class name;
         '' when unknown), context (str: 'forward', 'backward', 'optimizer' or ''),
-        fwd_site (str: 'file.py:line:function' of the module's forward call for backward
-        allocations; '' otherwise), fwd_site_file (str: that frame's full filename; '').
+        fwd_site (str: 'file.py:line:function': the model's source line behind an inductor-generated
+        frame, or the module's forward call for a backward allocation; '' otherwise),
+        fwd_site_file (str: that frame's full filename; '').
     """
     n = len(allocations)
     out = pd.DataFrame({"name": np.full(n, "", object), "name_category": np.full(n, "", object),
@@ -181,8 +185,22 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
         owners = {s: rec.module_label(owner_of_name(s)) for s in set(name[named])}
         module[named] = [owners[s] for s in name[named]]
 
-    # 3. the forward call site of backward allocations
-    has_site = in_b & (site_code >= 0)
+    # 3. compiled code: the model's source line behind inductor's generated line
+    if rec.compiled and len(getattr(snap, "stack_offsets", [])) > 1:
+        uf = snap.user_frame_ids()
+        fr = snap.frames
+        sid = allocations["stack_id"].to_numpy().astype(np.int64)
+        fid = np.where(sid >= 0, uf[np.maximum(sid, 0)] if len(uf) else -1, -1)
+        keys = list(zip(fr["filename"].to_numpy(dtype=object), fr["line"].to_numpy()))
+        hit = np.array([k in rec.compiled for k in keys] + [False], dtype=bool)
+        ok = hit[np.where(fid >= 0, fid, len(keys))]
+        if ok.any():
+            mapped = [rec.compiled[keys[f]] for f in fid[ok]]
+            out.loc[ok, "fwd_site"] = [f"{os.path.basename(f)}:{ln}:{fn}" for f, ln, fn in mapped]
+            out.loc[ok, "fwd_site_file"] = [f for f, _, _ in mapped]
+
+    # 4. the forward call site of backward allocations (that no compiled line already names)
+    has_site = in_b & (site_code >= 0) & (out["fwd_site"].to_numpy() == "")
     if has_site.any():
         slab = np.array([f"{os.path.basename(f)}:{ln}:{fn}" for f, ln, fn in rec.sites], dtype=object)
         sfile = np.array([f for f, _, _ in rec.sites], dtype=object)

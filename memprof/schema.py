@@ -99,6 +99,7 @@ class Attribution(TypedDict):
     backward: list[list[int]]  # [time_us, module code or -1 (node end), site code]
     optimizer: list[list[int]]  # [time_us, +1 step start / -1 step end]
     tensors: list[list[object]]  # [time_us, storage addr, nbytes, name, category]
+    compiled_sites: NotRequired[list[list[object]]]  # [generated file, line, user file, line, function]
 
 
 class RawSnapshot(TypedDict):

@@ -185,18 +185,22 @@ def test_corpus_training_step_structure() -> None:
 torch = pytest.importorskip("torch")
 
 
-def _record_script(tmp_path: Path, script: Path, *args: str) -> Path:
+def _record_script(tmp_path: Path, script: Path, *args: str, device: str = "cpu") -> Path:
     from memprof.cli import main
 
     out = tmp_path / "snap.pickle"
-    assert main(["record", "-o", str(out), "--device", "cpu", "--", "python", str(script), *args]) == 0
+    assert main(["record", "-o", str(out), "--device", device, "--", "python", str(script), *args]) == 0
     return out
 
 
-def test_gpt_user_script_is_named(tmp_path: Path) -> None:
+GPT_SMALL = ("--steps", "3", "--d", "64", "--layers", "2", "--heads", "4", "--block", "64", "--batch", "8")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_gpt_user_script_is_named(tmp_path: Path, device: str) -> None:
     # GIVEN a user's GPT script (own modules, AdamW, a DataLoader) recorded without changes
     script = ROOT / "examples" / "gpt_user.py"
-    out = _record_script(tmp_path, script, "--steps", "3", "--d", "64", "--layers", "2", "--heads", "4", "--block", "64", "--batch", "8")
+    out = _record_script(tmp_path, script, *GPT_SMALL, device=device)
     an = analyze(out)
     alive = _alive_at_peak(an)
     total = int(alive["size"].sum())
@@ -220,12 +224,14 @@ def test_gpt_user_script_is_named(tmp_path: Path) -> None:
     assert set(an.phases["source"]) == {"attribution"} and {"forward", "backward", "optimizer"} <= set(an.phases["phase"])
 
 
-def test_builtin_transformer_cpu_is_attributed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device,extra", [("cpu", ()), pytest.param("cuda", ("--dtype", "bf16"), marks=pytest.mark.cuda),
+                                          pytest.param("cuda", ("--dtype", "bf16", "--compile"), marks=pytest.mark.cuda)])
+def test_builtin_transformer_is_attributed(tmp_path: Path, device: str, extra: tuple[str, ...]) -> None:
     from memprof.cli import main
 
     out = tmp_path / "t.pickle"
-    assert main(["record", "transformer", "--size", "tiny", "--context", "64", "--batch", "2", "--vocab", "512", "--device", "cpu",
-                 "-o", str(out), "--no-progress", "--steps", "2", "--warmup", "1", "--profile-steps", "0"]) == 0
+    assert main(["record", "transformer", "--size", "tiny", "--context", "64", "--batch", "2", "--vocab", "512", "--device", device,
+                 *extra, "-o", str(out), "--no-progress", "--steps", "2", "--warmup", "1", "--profile-steps", "0"]) == 0
     an = analyze(out)
     alive = _alive_at_peak(an)
     total = int(alive["size"].sum())
@@ -268,3 +274,56 @@ def test_record_api_three_steps_is_not_a_leak(tmp_path: Path) -> None:
     state = first_step_state(an.allocations, an.iterations)
     assert state[0] == 0 and state[1] == state[2]
     assert abs(int(state[1]) - int(tr[1] - tr[0])) <= 64  # ...by AdamW's state (and the 4-byte loss kept from the last step)
+
+
+# --- compiled code: inductor's generated lines mapped to the model's source ------------------
+
+GENERATED = '''
+# kernel path: /tmp/torchinductor_u/xy/cxy.py
+# Topologically Sorted Source Nodes: [h, relu], Original ATen: [aten.relu]
+triton_poi_fused_relu_0 = async_compile.triton('triton_poi_fused_relu_0', r"""
+""")
+
+
+class Runner:
+    def call(self, args):
+        buf0 = empty_strided_cpu((32, 256), (256, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear], Original ATen: [aten.t, aten.addmm]
+        extern_kernels.addmm(a, b, c, out=buf0)
+        buf1 = empty_strided_cpu((32, 256), (256, 1), torch.float32)
+        triton_poi_fused_relu_0.run(buf0, buf1, 8192, stream=stream0)
+        return (buf1, )
+'''
+
+
+def test_inductor_frames_map_to_source_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memprof.recorder import naming
+
+    # GIVEN an inductor output file and the source lines its pre-grad pass noted by node name
+    gen = tmp_path / "torchinductor_u" / "ab" / ("c" + "a" * 51 + ".py")
+    gen.parent.mkdir(parents=True)
+    gen.write_text(GENERATED)
+    lines = GENERATED.splitlines()
+    l0 = next(i for i, t in enumerate(lines) if "buf0 = " in t) + 1
+    l1 = next(i for i, t in enumerate(lines) if "buf1 = " in t) + 1
+    monkeypatch.setattr(naming, "_NODE_SITES", {"linear": ("/u/model.py", 12, "forward"), "relu": ("/u/model.py", 13, "forward")})
+    # a fake graph: the pass reads node.meta['stack_trace'] and keeps the innermost user frame
+    node = type("N", (), {"name": "h", "meta": {"stack_trace": '  File "/u/model.py", line 13, in forward\n    h = x.relu()\n'}})()
+    naming._note_graph(type("G", (), {"nodes": [node]})())
+    assert naming._NODE_SITES["h"] == ("/u/model.py", 13, "forward")
+    frames = lambda ln: [{"filename": str(gen), "line": ln, "name": "call"}]  # noqa: E731
+    snap = {"device_traces": [[{"action": "alloc", "frames": frames(l0)}, {"action": "alloc", "frames": frames(l1)}]], "segments": []}
+    # WHEN mapped: buf0 by the comment after it, buf1 by the fused kernel its next line calls
+    got = {(r[1]): (r[2], r[3]) for r in naming.map_compiled_frames(snap)}
+    assert got == {l0: ("/u/model.py", 12), l1: ("/u/model.py", 13)}
+
+    # THEN the analysis puts the model's line where the generated one was (Compare then matches eager)
+    g = SnapGen()
+    raw = g.raw()
+    raw["device_traces"] = [[{"action": "alloc", "addr": 4096, "size": 512, "stream": 0, "time_us": 10, "frames": frames(l0)},
+                             {"action": "alloc", "addr": 8192, "size": 512, "stream": 0, "time_us": 11, "frames": frames(l1)}]]
+    raw[ATTRIBUTION_KEY] = {"version": 1, "modules": [], "roots": [], "sites": [], "forward": [], "backward": [], "optimizer": [],
+                            "tensors": [], "compiled_sites": naming.map_compiled_frames(snap)}
+    a = analyze(columns_from_raw(raw)).allocations.set_index("addr")
+    assert a.loc[4096, "site"] == "model.py:12:forward" and a.loc[8192, "site"] == "model.py:13:forward"
+    assert a.loc[4096, "site_file"] == "/u/model.py"

@@ -178,8 +178,9 @@ class Recording:
                 self._tracker.__enter__()
             else:
                 raise ValueError(f"unknown backend {self.backend!r}")
-        from memprof.recorder.naming import Namer
+        from memprof.recorder.naming import Namer, install_compile_map
 
+        install_compile_map()
         self._namer = Namer(self.device.type).start()
         self.started = True
         _ACTIVE.append(self)
@@ -221,8 +222,9 @@ class Recording:
                 self._tracker = None
             self._snapshot = build_snapshot(ops, self._pre.sizes, self._pre.freed_at, ann, source)
         if names is not None:
-            from memprof.recorder.naming import KEY
+            from memprof.recorder.naming import KEY, map_compiled_frames
 
+            names["compiled_sites"] = map_compiled_frames(self._snapshot)
             self._snapshot[KEY] = names
         return self._snapshot
 

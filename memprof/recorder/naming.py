@@ -16,6 +16,14 @@ window is open, memprof watches the user's own objects without any change to the
 * ``Optimizer.step`` through the global step hooks: each step's interval, and the tensors it
   holds by name: ``NAME.grad`` before the step, ``NAME (exp_avg)`` etc. after it.
 
+Compiled code (``torch.compile``): the module hooks do nothing while dynamo traces, and the
+frames of inductor's generated code (``/tmp/torchinductor_*/…/c….py:123:call``) are mapped back
+to the model's source: inductor writes ``# Topologically Sorted Source Nodes: [linear, …]`` next
+to each buffer it allocates (or above the fused kernel that fills it), and an inductor pre-grad
+pass installed by :func:`install_compile_map` notes the innermost user frame of each node's
+``stack_trace`` by node name. :func:`map_compiled_frames` stores ``compiled_sites``
+``[generated file, line, user file, line, function]`` with the names.
+
 A tensor is logged as an *observation* ``(time_us, storage address, nbytes, name, category)``;
 the analysis (:mod:`memprof.attribution`) matches each to the allocation alive at that address
 at that time. Everything is stored inside the snapshot dict under :data:`KEY` as plain lists
@@ -25,6 +33,7 @@ at that time. Everything is stored inside the snapshot dict under :data:`KEY` as
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -43,8 +52,120 @@ _MEMPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STDLIB = os.path.dirname(os.__file__)
 
 
+_NODE_SITES: dict[str, tuple[str, int, str]] = {}
+_SOURCE_NODES = re.compile(r"#\s*Topologically Sorted Source Nodes: \[([^\]]*)\]")
+_TRACE_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+_CALL = re.compile(r"^\s*(\w+)(?:\.run)?\(")
+_KERNEL_DEF = re.compile(r"^(\w+)\s*=\s*async_compile\.")
+
+
+def _note_graph(graph: Any) -> None:
+    """inductor pre-grad pass: remember each node's innermost user frame by node name (changes nothing)."""
+    try:
+        for node in graph.nodes:
+            st = node.meta.get("stack_trace") if hasattr(node, "meta") else None
+            if not st:
+                continue
+            user = [(f, int(ln), fn) for f, ln, fn in _TRACE_FRAME.findall(st) if _is_user_file(f)]
+            if user:
+                _NODE_SITES[str(node.name)] = user[-1]
+    except Exception:  # noqa: BLE001 - never break a compile
+        pass
+
+
+def install_compile_map() -> None:
+    """Install :func:`_note_graph` as inductor's pre-grad pass unless the user has one."""
+    try:
+        from torch._inductor import config
+    except Exception:  # noqa: BLE001 - no inductor in this build
+        return
+    if getattr(config, "pre_grad_custom_pass", None) is None:
+        config.pre_grad_custom_pass = _note_graph
+
+
+def _generated_site(lines: list[str], line: int, kernels: dict[str, list[str]]) -> tuple[str, int, str] | None:
+    """The user site of the buffer allocated at ``line`` (1-based) of an inductor output file."""
+    for k in range(line, min(line + 16, len(lines))):  # the comment or the kernel call after the allocation
+        text = lines[k]
+        m = _SOURCE_NODES.search(text)
+        names = m.group(1).split(", ") if m else None
+        if names is None:
+            c = _CALL.match(text)
+            names = kernels.get(c.group(1)) if c else None
+        if names:
+            for n in names:
+                if n.strip() in _NODE_SITES:
+                    return _NODE_SITES[n.strip()]
+            return None
+    return None
+
+
+_GENERATED_NAME = re.compile(r"(^|/)c[a-z0-9]{40,}\.py$")
+
+
+def is_generated(filename: str) -> bool:
+    """An inductor output-code file (``/tmp/torchinductor_USER/ab/cab….py`` or under ``TORCHINDUCTOR_CACHE_DIR``)."""
+    f = filename.replace("\\", "/")
+    return "/_inductor/" not in f and ("torchinductor" in f or bool(_GENERATED_NAME.search(f)))
+
+
+def map_compiled_frames(snapshot: dict[str, Any]) -> list[list[Any]]:
+    """[generated file, line, user file, line, function] for each inductor frame in ``snapshot``."""
+    if not _NODE_SITES:
+        return []
+    wanted: set[tuple[str, int]] = set()
+
+    def scan(frames: Any) -> None:
+        for f in frames or []:
+            fn = f.get("filename", "") if isinstance(f, dict) else ""
+            if is_generated(fn):
+                wanted.add((fn, int(f.get("line", 0))))
+
+    for trace in snapshot.get("device_traces") or []:
+        for e in trace:
+            scan(e.get("frames"))
+    for seg in snapshot.get("segments") or []:
+        for b in seg.get("blocks") or []:
+            scan(b.get("frames"))
+    out: list[list[Any]] = []
+    files: dict[str, tuple[list[str], dict[str, list[str]]]] = {}
+    for fn, line in sorted(wanted):
+        if fn not in files:
+            try:
+                with open(fn, encoding="utf-8", errors="replace") as fh:
+                    lines = fh.read().splitlines()
+            except OSError:
+                lines = []
+            kernels: dict[str, list[str]] = {}
+            last: list[str] | None = None
+            for text in lines:
+                m = _SOURCE_NODES.search(text)
+                if m:
+                    last = m.group(1).split(", ")
+                d = _KERNEL_DEF.match(text)
+                if d and last:
+                    kernels[d.group(1)] = last
+                    last = None
+            files[fn] = (lines, kernels)
+        site = _generated_site(files[fn][0], line, files[fn][1])
+        if site is not None:
+            out.append([fn, line, site[0], site[1], site[2]])
+    return out
+
+
+def _seq() -> int:
+    """The autograd engine's next sequence number on this thread (0 where this torch cannot say)."""
+    fn = getattr(torch._C._autograd, "_get_sequence_nr", None)
+    return int(fn()) if fn is not None else 0
+
+
 def _now() -> int:
     return time.time_ns() // 1000
+
+
+def _plain(name: str) -> str:
+    """A name without torch.compile's wrapper: '_orig_mod.blocks.0' -> 'blocks.0' (eager and compiled runs match)."""
+    return ".".join(p for p in name.split(".") if p != "_orig_mod")
 
 
 def _is_user_file(fn: str) -> bool:
@@ -157,14 +278,14 @@ class Namer:
             while base in taken:
                 k += 1
                 base = f"{type(m).__name__}#{k}"
-            self.roots.append({"path": base, "class": type(m).__name__})
+            self.roots.append({"path": base, "class": type(getattr(m, "_orig_mod", m)).__name__})
             self._root_refs.append(weakref.ref(m))
         for name, sub in m.named_modules(remove_duplicate=False):
-            full = ".".join(x for x in (base, name) if x)
+            full = ".".join(x for x in (base, _plain(name)) if x)
             if sub not in self._module_path:
                 self._module_path[sub] = full
         for name, t in list(m.named_parameters(remove_duplicate=False)) + list(m.named_buffers(remove_duplicate=False)):
-            full = ".".join(x for x in (base, name) if x)
+            full = ".".join(x for x in (base, _plain(name)) if x)
             if id(t) not in self._param_name:
                 self._param_name[id(t)] = (weakref.ref(t), full)
         return self._module_path.get(m, base)
@@ -191,12 +312,12 @@ class Namer:
     def _observe_module(self, m: torch.nn.Module) -> None:
         base = self._module_path.get(m, "")
         for name, p in m.named_parameters():
-            full = ".".join(x for x in (base, name) if x)
+            full = ".".join(x for x in (base, _plain(name)) if x)
             self._observe(p, full, "parameter")
             if p.grad is not None:
                 self._observe(p.grad, full + ".grad", "gradient")
         for name, b in m.named_buffers():
-            self._observe(b, ".".join(x for x in (base, name) if x), "parameter")
+            self._observe(b, ".".join(x for x in (base, _plain(name)) if x), "parameter")
 
     def _optimizer_param_name(self, o: Any, p: torch.Tensor, g: int, i: int) -> str:
         name = self._name_of(p)
@@ -221,7 +342,7 @@ class Namer:
 
     # -- hooks ---------------------------------------------------------------------------
     def _pre(self, m: torch.nn.Module, args: Any) -> None:
-        if not self.active or threading.get_ident() != self.thread:
+        if torch.compiler.is_compiling() or not self.active or threading.get_ident() != self.thread:
             return
         try:
             root = not self._stack
@@ -230,19 +351,19 @@ class Namer:
                 self._claimed.clear()
                 self._observe_module(m)
             site = self._site()
-            self._stack.append((code, int(torch._C._autograd._get_sequence_nr()), site))
+            self._stack.append((code, _seq(), site))
             self.fwd.append([_now(), code, 1, site])
         except Exception:  # noqa: BLE001 - naming must never break the user's run
             pass
 
     def _post(self, m: torch.nn.Module, args: Any, out: Any) -> None:
-        if not self.active or threading.get_ident() != self.thread or not self._stack:
+        if torch.compiler.is_compiling() or not self.active or threading.get_ident() != self.thread or not self._stack:
             return
         try:
             code, s0, site = self._stack.pop()
             self.fwd.append([_now(), code, -1, site])
             if torch.is_grad_enabled():
-                self._claim(out, code, s0, int(torch._C._autograd._get_sequence_nr()), site)
+                self._claim(out, code, s0, _seq() or 1 << 62, site)
         except Exception:  # noqa: BLE001
             pass
 
@@ -276,7 +397,7 @@ class Namer:
             self.bwd.append([_now(), -1, -1])
 
     def _opt_pre(self, o: Any, args: Any, kwargs: Any) -> None:
-        if not self.active:
+        if torch.compiler.is_compiling() or not self.active:
             return
         try:
             if not any(r() is o for r in self._optims):
@@ -287,7 +408,7 @@ class Namer:
             pass
 
     def _opt_post(self, o: Any, args: Any, kwargs: Any) -> None:
-        if not self.active:
+        if torch.compiler.is_compiling() or not self.active:
             return
         try:
             self.opt.append([_now(), -1])

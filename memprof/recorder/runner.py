@@ -115,6 +115,9 @@ def record_workload(
     bar = _progress(warmup + n_profiled + (2 * steps if path else steps), workload.slug(), progress)
     stage = "setup"
     try:
+        from memprof.recorder.naming import install_compile_map
+
+        install_compile_map()  # torch.compile happens in warm-up: note the model's source lines then
         workload.setup(device)
         stage = "warm-up"
         for i in range(warmup):
