@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-NAMED_CATEGORIES = ("parameter", "gradient", "optimizer_state")
+NAMED_CATEGORIES = ("parameter", "gradient", "optimizer_state", "input", "workspace")
+WORKSPACE_NAME = "<cuBLAS workspace>"
 NO_MODULE = "<no module>"
 
 
@@ -43,6 +44,7 @@ class Record:
     opt: np.ndarray  # (n, 2) int64: time_us, +1/-1
     obs: pd.DataFrame  # t_us, addr, nbytes, name, category
     compiled: dict[tuple[str, int], tuple[str, int, str]]  # inductor (file, line) -> user (file, line, function)
+    workspaces: list[int]  # cuBLAS / cuBLASLt workspace sizes in bytes (CUDA recordings)
 
     def module_label(self, path: str) -> str:
         """A display path: the first root's own path is '' and shows as its class name."""
@@ -77,7 +79,9 @@ def parse(raw: Any) -> Record | None:
     obs = pd.DataFrame(rows, columns=["t_us", "addr", "nbytes", "name", "category"])
     compiled = {(str(r[0]), int(r[1])): (str(r[2]), int(r[3]), str(r[4])) for r in raw.get("compiled_sites") or []
                 if isinstance(r, list) and len(r) == 5 and isinstance(r[1], int) and isinstance(r[3], int)}
-    return Record(modules, roots, sites, fwd, bwd, opt, obs.astype({"t_us": np.int64, "addr": np.int64, "nbytes": np.int64}), compiled)
+    ws = [int(w) for w in raw.get("workspaces") or [] if isinstance(w, int) and w > 0]
+    return Record(modules, roots, sites, fwd, bwd, opt, obs.astype({"t_us": np.int64, "addr": np.int64, "nbytes": np.int64}),
+                  compiled, ws)
 
 
 def _step_function(times: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -119,8 +123,9 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
     """Names, modules and user sites for ``allocations`` (a replay's allocations table).
 
     Returns a DataFrame on the same index:
-        name (str: parameter/buffer name, 'NAME.grad', 'NAME (state key)'; '' when unnamed),
-        name_category (str: parameter, gradient, optimizer_state; '' when unnamed),
+        name (str: parameter/buffer name, 'NAME.grad', 'NAME (state key)', 'input[i]' (the i-th
+        tensor argument of a root module's call), '<cuBLAS workspace>'; '' when unnamed),
+        name_category (str: parameter, gradient, optimizer_state, input, workspace; '' when unnamed),
         module (str: module path that made or owns it, the first root shown by its class name;
         '' when unknown), context (str: 'forward', 'backward', 'optimizer' or ''),
         fwd_site (str: 'file.py:line:function': the model's source line behind an inductor-generated
@@ -156,6 +161,13 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
         name[rows] = m["name"].to_numpy(dtype=object)
         ncat[rows] = m["category"].to_numpy(dtype=object)
 
+    # 1b. cuBLAS workspaces: made once by the first matmul on a stream (often before the window),
+    # kept by torch for the process's life; unnamed blocks alive at the end of exactly that size
+    if rec.workspaces:
+        m = (name == "") & allocations["alive_at_end"].to_numpy() & np.isin(allocations["size"].to_numpy(), rec.workspaces)
+        name[m] = WORKSPACE_NAME
+        ncat[m] = "workspace"
+
     # 2. module context at allocation time: a backward node's module, else the innermost forward call
     t_alloc = np.where(np.isfinite(start), start, -1).astype(np.int64)
     made = np.isfinite(start)
@@ -180,7 +192,7 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
         ctx[in_o] = "optimizer"
     labels = np.array([rec.module_label(p) for p in rec.modules] + [""], dtype=object)
     module[:] = labels[np.where(code >= 0, code, len(labels) - 1)]
-    named = name != ""
+    named = (name != "") & (ncat != "workspace")
     if named.any():
         owners = {s: rec.module_label(owner_of_name(s)) for s in set(name[named])}
         module[named] = [owners[s] for s in name[named]]

@@ -100,6 +100,7 @@ class Attribution(TypedDict):
     optimizer: list[list[int]]  # [time_us, +1 step start / -1 step end]
     tensors: list[list[object]]  # [time_us, storage addr, nbytes, name, category]
     compiled_sites: NotRequired[list[list[object]]]  # [generated file, line, user file, line, function]
+    workspaces: NotRequired[list[int]]  # cuBLAS / cuBLASLt workspace sizes (CUDA)
 
 
 class RawSnapshot(TypedDict):

@@ -75,6 +75,19 @@ def test_names_and_modules_from_the_record() -> None:
     assert set(a["category_source"][a["name"] != ""]) == {"name"}
 
 
+def test_cublas_workspaces_are_named() -> None:
+    # GIVEN two blocks alive all along of the cuBLAS and cuBLASLt workspace sizes the recorder noted
+    raw, ids = _named_snapshot()
+    g = SnapGen(base_addr=0x100000000)
+    ws = [g.preexisting(32 << 20), g.preexisting(1 << 20)]
+    raw["segments"] += g.segments
+    raw[ATTRIBUTION_KEY]["workspaces"] = [32 << 20, 1 << 20]
+    a = analyze(columns_from_raw(raw)).allocations.set_index("addr")
+    # THEN they are named as such, in their own category, apart from the model's parameters
+    assert set(a.loc[ws, "name"]) == {"<cuBLAS workspace>"} and set(a.loc[ws, "category"]) == {"workspace"}
+    assert a.loc[ids["w"], "category"] == "parameter"
+
+
 def test_peak_by_module_matches_a_plain_computation(tmp_path: Path) -> None:
     raw, ids = _named_snapshot()
     p = tmp_path / "s.pickle"
@@ -219,19 +232,25 @@ def test_gpt_user_script_is_named(tmp_path: Path, device: str) -> None:
     assert {"blocks.1.attn.qkv.weight.grad", "blocks.1.attn.qkv.weight (exp_avg)", "blocks.1.attn.qkv.weight (exp_avg_sq)"} <= set(named["name"])
     st = named[named["name"] == "head.weight (exp_avg_sq)"]
     assert set(st["category"]) == {"optimizer_state"} and set(st["size"]) == {256 * 64 * 4}
+    inputs = named[named["category"] == "input"]
+    assert {"input[0]", "input[1]"} <= set(inputs["name"]) and set(inputs["size"]) == {8 * 64 * 8}  # x, y: 8 x 64 int64
     # the module tree reaches the leaves; the forward of a Linear runs inside it
     assert {"blocks.0.attn.qkv", "blocks.1.mlp.fc", "head"} <= set(a["module"])
     assert set(an.phases["source"]) == {"attribution"} and {"forward", "backward", "optimizer"} <= set(an.phases["phase"])
 
 
-@pytest.mark.parametrize("device,extra", [("cpu", ()), pytest.param("cuda", ("--dtype", "bf16"), marks=pytest.mark.cuda),
-                                          pytest.param("cuda", ("--dtype", "bf16", "--compile"), marks=pytest.mark.cuda)])
-def test_builtin_transformer_is_attributed(tmp_path: Path, device: str, extra: tuple[str, ...]) -> None:
+TINY = ("--size", "tiny", "--context", "64", "--batch", "2", "--vocab", "512")
+SMALL_BF16 = ("--size", "small", "--dtype", "bf16")  # as benchmarks/results/attribution_h100.md
+
+
+@pytest.mark.parametrize("device,opts", [("cpu", TINY), pytest.param("cuda", SMALL_BF16, marks=pytest.mark.cuda),
+                                         pytest.param("cuda", (*SMALL_BF16, "--compile"), marks=pytest.mark.cuda)])
+def test_builtin_transformer_is_attributed(tmp_path: Path, device: str, opts: tuple[str, ...]) -> None:
     from memprof.cli import main
 
     out = tmp_path / "t.pickle"
-    assert main(["record", "transformer", "--size", "tiny", "--context", "64", "--batch", "2", "--vocab", "512", "--device", device,
-                 *extra, "-o", str(out), "--no-progress", "--steps", "2", "--warmup", "1", "--profile-steps", "0"]) == 0
+    assert main(["record", "transformer", *opts, "--device", device,
+                 "-o", str(out), "--no-progress", "--steps", "2", "--warmup", "1", "--profile-steps", "0"]) == 0
     an = analyze(out)
     alive = _alive_at_peak(an)
     total = int(alive["size"].sum())
@@ -327,3 +346,47 @@ def test_inductor_frames_map_to_source_lines(tmp_path: Path, monkeypatch: pytest
     a = analyze(columns_from_raw(raw)).allocations.set_index("addr")
     assert a.loc[4096, "site"] == "model.py:12:forward" and a.loc[8192, "site"] == "model.py:13:forward"
     assert a.loc[4096, "site_file"] == "/u/model.py"
+
+
+# --- memprof's own H100 recordings (tests/data/gpu/attr/, benchmarks/results/attribution_h100.md) ---
+
+GPU = ROOT / "tests" / "data" / "gpu" / "attr"
+
+
+@pytest.mark.parametrize("name", ["transformer-small-train-eager-bf16", "transformer-small-train-compiled-bf16"])
+def test_h100_transformer_recordings_are_attributed(name: str) -> None:
+    an = analyze(GPU / f"{name}.pickle.gz")
+    alive = _alive_at_peak(an)
+    total = int(alive["size"].sum())
+    assert total == an.rep.peak_bytes
+    unattributed = alive.loc[(alive["module"] == "") & (alive["name"] == ""), "size"].sum()
+    assert unattributed < 0.02 * total  # recorded before workspaces were noted: the two 32 MiB cuBLAS workspaces are in it
+    assert alive.loc[alive["category"] == "unknown", "size"].sum() == 0
+    # parameters by name: the bf16 autocast model keeps fp32 weights; AdamW holds two fp32 tensors per weight
+    by = an.peak.by_category.set_index("category")["bytes"]
+    assert by["optimizer_state"] == pytest.approx(2 * by["parameter"], rel=0.15)  # (parameters include buffers)
+
+
+def test_h100_gpt_user_script() -> None:
+    an = analyze(GPU / "gpt-user-cuda.pickle.gz")
+    alive = _alive_at_peak(an)
+    total = int(alive["size"].sum())
+    in_file = alive.loc[alive["site_file"].map(lambda f: os.path.basename(f) == "gpt_user.py"), "size"].sum()
+    owned = alive.loc[(alive["module"] != "") | (alive["name"] != ""), "size"].sum()
+    assert in_file >= 0.9 * total and owned >= 0.9 * total
+    assert alive.loc[alive["category"] == "unknown", "size"].sum() <= 0.05 * total
+    # on CUDA the backward runs on the autograd thread (no Python frames): its bytes still have a module and a user line
+    bw = an.allocations[an.allocations["context"] == "backward"]
+    assert len(bw) and (bw["module"] != "").all() and bw["site_file"].map(lambda f: f.endswith("gpt_user.py")).all()
+
+
+def test_h100_eager_and_compiled_sites_match() -> None:
+    # inductor's generated lines are mapped to the model's own: the diff by site pairs eager and compiled lines
+    a = analyze(GPU / "transformer-small-train-eager-bf16.pickle.gz")
+    b = analyze(GPU / "transformer-small-train-compiled-bf16.pickle.gz")
+    alive_b = _alive_at_peak(b)
+    generated = alive_b["site"].str.contains(r"^c[a-z0-9]{40,}\.py:", regex=True)
+    assert alive_b.loc[generated, "size"].sum() == 0
+    d = a.diff(b).by_site
+    changed = d[d["status"] == "changed"]
+    assert len(changed) >= 5 and changed["site"].str.startswith("transformer.py:").all()

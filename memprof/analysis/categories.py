@@ -32,7 +32,7 @@ from memprof.attribution import attribute
 from memprof.load import Snapshot
 from memprof.replay import Replay
 
-CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "temporary", "input", "unknown")
+CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "temporary", "input", "workspace", "unknown")
 META_KEYS = {"parameter": "parameter_addrs", "optimizer_state": "optimizer_state_addrs",
              "gradient": "gradient_addrs", "input": "input_addrs"}
 BEFORE, AFTER, OUTSIDE = "before_window", "after_window", "outside"

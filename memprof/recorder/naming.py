@@ -153,6 +153,19 @@ def map_compiled_frames(snapshot: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
+def _workspace_sizes() -> list[int]:
+    """cuBLAS and cuBLASLt workspace sizes: torch allocates them through the caching allocator."""
+    out = []
+    for fn in ("_cuda_getCublasWorkspaceSize", "_cuda_getCublasLtWorkspaceSize"):
+        f = getattr(torch._C, fn, None)
+        try:
+            if f is not None and int(f()) > 0:
+                out.append(int(f()))
+        except (RuntimeError, TypeError):
+            continue
+    return out
+
+
 def _seq() -> int:
     """The autograd engine's next sequence number on this thread (0 where this torch cannot say)."""
     fn = getattr(torch._C._autograd, "_get_sequence_nr", None)
@@ -239,6 +252,7 @@ class Namer:
             "backward": [list(r) for r in self.bwd],
             "optimizer": [list(r) for r in self.opt],
             "tensors": [list(r) for r in self.obs],
+            "workspaces": _workspace_sizes() if self.device_type == "cuda" else [],
         }
 
     # -- codes ---------------------------------------------------------------------------
@@ -337,7 +351,7 @@ class Namer:
                 st = o.state.get(p) if state else None
                 if isinstance(st, dict):
                     for k, v in st.items():
-                        if isinstance(v, torch.Tensor) and v.numel() > 1:
+                        if isinstance(v, torch.Tensor) and v.numel() >= 1:
                             self._observe(v, f"{name} ({k})", "optimizer_state")
 
     # -- hooks ---------------------------------------------------------------------------
@@ -350,6 +364,10 @@ class Namer:
             if root:
                 self._claimed.clear()
                 self._observe_module(m)
+                tensors = [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)
+                           and a.grad_fn is None and not a.requires_grad]  # data, not another module's output
+                for i, a in enumerate(tensors):
+                    self._observe(a, f"{self.paths[code] + '.' if self.paths[code] else ''}input[{i}]", "input")
             site = self._site()
             self._stack.append((code, _seq(), site))
             self.fwd.append([_now(), code, 1, site])
