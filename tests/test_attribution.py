@@ -232,6 +232,11 @@ def test_gpt_user_script_is_named(tmp_path: Path, device: str) -> None:
     assert {"blocks.1.attn.qkv.weight.grad", "blocks.1.attn.qkv.weight (exp_avg)", "blocks.1.attn.qkv.weight (exp_avg_sq)"} <= set(named["name"])
     st = named[named["name"] == "head.weight (exp_avg_sq)"]
     assert set(st["category"]) == {"optimizer_state"} and set(st["size"]) == {256 * 64 * 4}
+    # backward allocations carry the module whose forward made their autograd node, and its forward line
+    bw = a[(a["context"] == "backward") & (a["name"] == "")]
+    assert len(bw) and (bw["module"] != "").mean() >= 0.95
+    assert bw["site_file"].map(lambda f: os.path.basename(f) == "gpt_user.py").all()
+    assert {"blocks.1.attn.qkv", "blocks.0.mlp.fc", "head"} <= set(bw["module"])
     inputs = named[named["category"] == "input"]
     assert {"input[0]", "input[1]"} <= set(inputs["name"]) and set(inputs["size"]) == {8 * 64 * 8}  # x, y: 8 x 64 int64
     # the module tree reaches the leaves; the forward of a Linear runs inside it

@@ -43,15 +43,22 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
 
 
 @callback(Output("timeline-graph", "figure"), Output("timeline-rows", "data"),
-          Input("timeline-graph", "relayoutData"), Input("timeline-detail", "value"), State("timeline-key", "data"),
+          Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), prevent_initial_call=True)
+def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
+    return common.zoom_patch(relayout, key)
+
+
+@callback(Output("timeline-graph", "figure", allow_duplicate=True), Output("timeline-rows", "data", allow_duplicate=True),
+          Output("timeline-key", "data"), Input("timeline-detail", "value"), State("timeline-key", "data"),
           State("timeline-graph", "figure"), prevent_initial_call=True)
-def zoom(relayout: dict[str, Any] | None, detail: Any, key: dict[str, Any], fig: dict[str, Any] | None = None) -> Any:
-    k = int(detail) if detail in DETAIL_LEVELS else 80
-    if dash.ctx.triggered_id == "timeline-detail":
-        rng = ((fig or {}).get("layout") or {}).get("xaxis", {}).get("range")
-        rng = rng if isinstance(rng, list) and len(rng) == 2 and not ((fig or {}).get("layout") or {}).get("xaxis", {}).get("autorange") else None
-        return common.zoom_patch(None, {**(key or {}), "k": k, "keep_range": True, "range": common.x_range({"xaxis.range": rng}) if rng else None})
-    return common.zoom_patch(relayout, {**(key or {}), "k": k})
+def detail(level: Any, key: dict[str, Any], fig: dict[str, Any] | None) -> Any:
+    """Redraw the range in view with ``level`` allocations drawn one by one (the rest: category bands)."""
+    key = {**(key or {}), "k": int(level) if level in DETAIL_LEVELS else 80}
+    xaxis = ((fig or {}).get("layout") or {}).get("xaxis") or {}
+    rng = xaxis.get("range") if not xaxis.get("autorange") else None
+    r = common.x_range({"xaxis.range": rng}) if isinstance(rng, list) else None
+    patch, rows = common.zoom_patch(None, {**key, "keep_range": True, "range": r})
+    return patch, rows, key
 
 
 @callback(Output("timeline-stack", "children"), Input("timeline-graph", "clickData"),

@@ -208,7 +208,7 @@ class Namer:
         self._param_name: dict[int, tuple[weakref.ref, str]] = {}
         self._root_refs: list[weakref.ref] = []
         self._optims: list[weakref.ref] = []
-        self._stack: list[tuple[int, int, int]] = []  # (path code, sequence nr at entry, site code)
+        self._stack: list[tuple[int, int, int, list[Any]]] = []  # (path code, sequence nr at entry, site code, frontier)
         self._claimed: set[int] = set()
         self._handles: list[Any] = []
         self.active = False
@@ -369,7 +369,7 @@ class Namer:
                 for i, a in enumerate(tensors):
                     self._observe(a, f"{self.paths[code] + '.' if self.paths[code] else ''}input[{i}]", "input")
             site = self._site()
-            self._stack.append((code, _seq(), site))
+            self._stack.append((code, _seq(), site, []))
             self.fwd.append([_now(), code, 1, site])
         except Exception:  # noqa: BLE001 - naming must never break the user's run
             pass
@@ -378,29 +378,41 @@ class Namer:
         if torch.compiler.is_compiling() or not self.active or threading.get_ident() != self.thread or not self._stack:
             return
         try:
-            code, s0, site = self._stack.pop()
+            code, s0, site, frontier = self._stack.pop()
             self.fwd.append([_now(), code, -1, site])
             if torch.is_grad_enabled():
-                self._claim(out, code, s0, _seq() or 1 << 62, site)
+                self._claim(out, code, s0, _seq() or 1 << 62, site, frontier)
         except Exception:  # noqa: BLE001
             pass
 
-    def _claim(self, out: Any, code: int, s0: int, s1: int, site: int) -> None:
-        """Hook the autograd nodes this call made (sequence nr in [s0, s1)) that no inner call claimed."""
+    def _claim(self, out: Any, code: int, s0: int, s1: int, site: int, frontier: list[Any]) -> None:
+        """Hook the autograd nodes this call made (sequence nr in [s0, s1)) that no inner call claimed.
+
+        Walks back from the outputs' nodes and from the nodes inner calls handed up (``frontier``);
+        stops at nodes an inner call claimed (it walked past them already) and hands nodes older
+        than this call to the caller's frontier, so each node is walked about once per step.
+        """
         todo = [t.grad_fn for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+        todo += frontier
+        up = self._stack[-1][3] if self._stack else None
         seen: set[int] = set()
         while todo:
             node = todo.pop()
             if node is None:
                 continue
             nr = int(node._sequence_nr())
-            if not s0 <= nr < s1 or nr in seen:
-                continue
+            if nr >= s1 or nr in seen:
+                continue  # AccumulateGrad (no sequence number), a later call's node, or walked already
             seen.add(nr)
-            if nr not in self._claimed:
-                self._claimed.add(nr)
-                node.register_prehook(self._bwd_start(code, site))
-                node.register_hook(self._bwd_end)
+            if nr < s0:
+                if up is not None:
+                    up.append(node)  # made before this call: the caller's, or older
+                continue
+            if nr in self._claimed:
+                continue
+            self._claimed.add(nr)
+            node.register_prehook(self._bwd_start(code, site))
+            node.register_hook(self._bwd_end)
             todo.extend(n for n, _ in node.next_functions)
 
     def _bwd_start(self, code: int, site: int) -> Any:
