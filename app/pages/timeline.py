@@ -43,22 +43,21 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
 
 
 @callback(Output("timeline-graph", "figure"), Output("timeline-rows", "data"),
-          Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), prevent_initial_call=True)
-def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
+          Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), Input("timeline-detail", "value"),
+          prevent_initial_call=True)
+def zoom(relayout: dict[str, Any] | None, key: dict[str, Any], detail: Any = None) -> Any:
+    """A zoom re-aggregates the new range; a new detail level redraws the range in view (the last relayout's)."""
+    key = {**(key or {}), "k": int(detail) if detail in DETAIL_LEVELS else 80}
+    if _triggered() == "timeline-detail":
+        key["keep_range"] = True
     return common.zoom_patch(relayout, key)
 
 
-@callback(Output("timeline-graph", "figure", allow_duplicate=True), Output("timeline-rows", "data", allow_duplicate=True),
-          Output("timeline-key", "data"), Input("timeline-detail", "value"), State("timeline-key", "data"),
-          State("timeline-graph", "figure"), prevent_initial_call=True)
-def detail(level: Any, key: dict[str, Any], fig: dict[str, Any] | None) -> Any:
-    """Redraw the range in view with ``level`` allocations drawn one by one (the rest: category bands)."""
-    key = {**(key or {}), "k": int(level) if level in DETAIL_LEVELS else 80}
-    xaxis = ((fig or {}).get("layout") or {}).get("xaxis") or {}
-    rng = xaxis.get("range") if not xaxis.get("autorange") else None
-    r = common.x_range({"xaxis.range": rng}) if isinstance(rng, list) else None
-    patch, rows = common.zoom_patch(None, {**key, "keep_range": True, "range": r})
-    return patch, rows, key
+def _triggered() -> Any:
+    try:
+        return dash.ctx.triggered_id
+    except Exception:  # noqa: BLE001 - called outside a callback (tests)
+        return None
 
 
 @callback(Output("timeline-stack", "children"), Input("timeline-graph", "clickData"),
