@@ -74,7 +74,8 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
     frames = m.snap.stack(int(a["stack_id"]))
     stack = "\n".join(f"{name}  {fn}:{line}" for fn, line, name in frames) or "(no stack recorded)"
     return html.Div([
-        html.B(f"{fmt_bytes(int(a['size']))} · {a['category']}"),
+        html.B(f"{fmt_bytes(int(a['size']))} · {a['category']}"
+               + "".join(f" · {a[c]}" for c in ("name", "module") if c in a and a[c])),
         html.P(f"allocated at {a['t0_ms']:.3f} ms in {a['phase'] or '-'}; freed at "
                + ("end (alive)" if a["alive_at_end"] else f"{a['t1_ms']:.3f} ms")
                + (f"; lived {fmt_us(a['lifetime_us'])}" if a["lifetime_us"] == a["lifetime_us"] else "")),
