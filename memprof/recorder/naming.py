@@ -215,6 +215,7 @@ class Namer:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Namer":
+        self._patch_dataloader()
         self._handles = [
             _module.register_module_forward_pre_hook(self._pre),
             _module.register_module_forward_hook(self._post, always_call=True),
@@ -229,6 +230,7 @@ class Namer:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._unpatch_dataloader()
         if self.active:
             for ref in self._root_refs:
                 m = ref()
@@ -254,6 +256,46 @@ class Namer:
             "tensors": [list(r) for r in self.obs],
             "workspaces": _workspace_sizes() if self.device_type == "cuda" else [],
         }
+
+    # -- data ----------------------------------------------------------------------------
+    def _patch_dataloader(self) -> None:
+        """Name the tensors a DataLoader's dataset holds (``dataset.data``) when iteration starts."""
+        from torch.utils.data import DataLoader
+
+        self._dl_iter = DataLoader.__iter__
+        namer = self
+        orig = self._dl_iter
+
+        def __iter__(dl: Any) -> Any:
+            if namer.active:
+                namer._observe_dataset(getattr(dl, "dataset", None))
+            return orig(dl)
+
+        __iter__.__memprof_orig__ = orig  # type: ignore[attr-defined]
+        DataLoader.__iter__ = __iter__  # type: ignore[method-assign]
+
+    def _unpatch_dataloader(self) -> None:
+        from torch.utils.data import DataLoader
+
+        orig = getattr(self, "_dl_iter", None)
+        if orig is not None and getattr(DataLoader.__iter__, "__memprof_orig__", None) is orig:
+            DataLoader.__iter__ = orig  # type: ignore[method-assign]
+        self._dl_iter = None
+
+    def _observe_dataset(self, ds: Any, prefix: str = "dataset", depth: int = 0) -> None:
+        try:
+            items = list(vars(ds).items())[:64] if hasattr(ds, "__dict__") else []
+        except TypeError:
+            return
+        for k, v in items:
+            if isinstance(v, torch.Tensor):
+                self._observe(v, f"{prefix}.{k}", "input")
+            elif isinstance(v, (tuple, list)) and len(v) <= 16:
+                for i, t in enumerate(v):
+                    if isinstance(t, torch.Tensor):
+                        self._observe(t, f"{prefix}.{k}[{i}]", "input")
+            elif depth < 2 and k == "dataset":  # Subset, ConcatDataset-like wrappers
+                self._observe_dataset(v, f"{prefix}.dataset", depth + 1)
 
     # -- codes ---------------------------------------------------------------------------
     def _code(self, path: str) -> int:
