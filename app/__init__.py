@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
-         ("Modules", "/modules"), ("Compare", "/compare"), ("Sweeps", "/sweeps"))
+         ("Modules", "/modules"), ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"))
 
 
 def create_app(root: str | os.PathLike[str]):  # -> dash.Dash

@@ -162,7 +162,7 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     a["free_iteration"] = fit.astype(np.int64)
     a["category"] = pd.Categorical(cat, categories=CATEGORIES)
     a["category_source"] = src
-    a["site"] = snap.site_labels(a["stack_id"].to_numpy())
+    a["site"] = snap.site_labels(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
     a["site_file"] = snap.site_files(a["stack_id"].to_numpy())
     bw = (names["fwd_site"] != "").to_numpy()
     if bw.any():  # backward: the user's forward line that made the node
