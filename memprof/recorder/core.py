@@ -163,6 +163,10 @@ class Recording:
 
     # -- window --------------------------------------------------------------------------
     def start(self) -> "Recording":
+        from memprof.recorder.naming import Namer, install_compile_map
+
+        install_compile_map()  # before the window: only when inductor is loaded already
+        self._namer = Namer(self.device.type).start()
         if self.backend == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -181,10 +185,6 @@ class Recording:
                 self._tracker.__enter__()
             else:
                 raise ValueError(f"unknown backend {self.backend!r}")
-        from memprof.recorder.naming import Namer, install_compile_map
-
-        install_compile_map()
-        self._namer = Namer(self.device.type).start()
         self.started = True
         _ACTIVE.append(self)
         return self

@@ -73,8 +73,14 @@ def _note_graph(graph: Any) -> None:
         pass
 
 
-def install_compile_map() -> None:
-    """Install :func:`_note_graph` as inductor's pre-grad pass unless the user has one."""
+def install_compile_map(force_import: bool = False) -> None:
+    """Install :func:`_note_graph` as inductor's pre-grad pass unless the user has one.
+
+    Importing inductor takes seconds: without ``force_import`` this only acts when it is loaded
+    already (:meth:`Namer.start` also wraps ``torch.compile`` to install it when a compile begins).
+    """
+    if not force_import and "torch._inductor.config" not in sys.modules:
+        return
     try:
         from torch._inductor import config
     except Exception:  # noqa: BLE001 - no inductor in this build
@@ -216,6 +222,7 @@ class Namer:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Namer":
         self._patch_dataloader()
+        self._patch_compile()
         self._handles = [
             _module.register_module_forward_pre_hook(self._pre),
             _module.register_module_forward_hook(self._post, always_call=True),
@@ -231,6 +238,7 @@ class Namer:
             h.remove()
         self._handles = []
         self._unpatch_dataloader()
+        self._unpatch_compile()
         if self.active:
             for ref in self._root_refs:
                 m = ref()
@@ -256,6 +264,25 @@ class Namer:
             "tensors": [list(r) for r in self.obs],
             "workspaces": _workspace_sizes() if self.device_type == "cuda" else [],
         }
+
+    # -- torch.compile -------------------------------------------------------------------
+    def _patch_compile(self) -> None:
+        orig = torch.compile
+
+        def compile(*args: Any, **kwargs: Any) -> Any:  # noqa: A001 - stands in for torch.compile
+            install_compile_map(force_import=True)
+            return orig(*args, **kwargs)
+
+        compile.__memprof_orig__ = orig  # type: ignore[attr-defined]
+        compile.__doc__ = orig.__doc__
+        self._compile_orig = orig
+        torch.compile = compile  # type: ignore[assignment]
+
+    def _unpatch_compile(self) -> None:
+        orig = getattr(self, "_compile_orig", None)
+        if orig is not None and getattr(torch.compile, "__memprof_orig__", None) is orig:
+            torch.compile = orig  # type: ignore[assignment]
+        self._compile_orig = None
 
     # -- data ----------------------------------------------------------------------------
     def _patch_dataloader(self) -> None:

@@ -135,7 +135,8 @@ def record_workload(
     try:
         from memprof.recorder.naming import install_compile_map
 
-        install_compile_map()  # torch.compile happens in warm-up: note the model's source lines then
+        if workload.options.get("compile"):
+            install_compile_map(force_import=True)  # torch.compile runs in warm-up: note the model's source lines then
         workload.setup(device)
         stage = "warm-up"
         for i in range(warmup):
