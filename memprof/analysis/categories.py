@@ -150,7 +150,8 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
         m = _meta_match(a, meta.get(META_KEYS[name]))
         cat[m], src[m] = name, "meta"
 
-    lifetime_rules(snap, a, ph, fph, cat, src, it, fit)  # what phases and meta left unknown
+    knows = any(meta.get(k) for k in META_KEYS.values()) or bool((snap.info or {}).get("attribution"))
+    lifetime_rules(snap, a, ph, fph, cat, src, it, fit, recorder_knows=knows)  # what phases and meta left unknown
     names = attribute(snap, a)
     named = (names["name_category"] != "").to_numpy()
     cat[named] = names["name_category"].to_numpy()[named]

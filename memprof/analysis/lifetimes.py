@@ -49,8 +49,13 @@ def _stack_has(snap: Snapshot, pattern: re.Pattern[str]) -> np.ndarray:
 
 def lifetime_rules(snap: Snapshot, a: pd.DataFrame, ph: np.ndarray, fph: np.ndarray,
                    cat: np.ndarray, src: np.ndarray, iteration: np.ndarray | None = None,
-                   free_iteration: np.ndarray | None = None) -> None:
-    """Fill ``cat``/``src`` (in place) where ``cat`` is still 'unknown' (see the module docstring)."""
+                   free_iteration: np.ndarray | None = None, recorder_knows: bool = False) -> None:
+    """Fill ``cat``/``src`` (in place) where ``cat`` is still 'unknown' (see the module docstring).
+
+    ``recorder_knows``: the recorder listed the parameters, gradients and optimizer state
+    (metadata addresses or names): what it left out and was alive before the window is none of
+    them (a DDP bucket, a library workspace), so rule 1 does not guess.
+    """
     unk = cat == "unknown"
     if not unk.any():
         return
@@ -69,12 +74,14 @@ def lifetime_rules(snap: Snapshot, a: pd.DataFrame, ph: np.ndarray, fph: np.ndar
         src[m] = "lifetime"
 
     # 1. alive before the window (the stack is the free's, when there was one)
+    if recorder_knows:
+        before = np.zeros(len(a), dtype=bool)
     put(before & ((fph == "optimizer") | (~at_end & (k == O) & ~zero_grad)), "optimizer_state")
     put(before & zero_grad, "gradient")
     put(before & at_end, "parameter")
     put(before & (fph == "backward"), "activation")
     put(before, "temporary")
-    made = ~before
+    made = ~a["alive_at_start"].to_numpy()
     # 2.-4. what the allocating stack says
     put(made & param_frame & at_end, "parameter")
     its = iteration if iteration is not None else np.full(len(a), -1)
