@@ -3,7 +3,8 @@
 Snapshots recorded by others carry no names. What the trace still shows, applied in order to the
 allocations still ``unknown`` (``category_source`` 'lifetime'):
 
-1. alive before the window (``alive_at_start``):
+1. alive before the window (``alive_at_start``), only when the recorder listed nothing (no names,
+   no metadata addresses; otherwise what it left out is none of these and stays ``unknown``):
    freed in an optimizer phase or by an optimizer frame -> optimizer_state (state replaced by an
    out-of-place update); freed by ``zero_grad`` -> gradient; alive to the end -> parameter
    (model state that outlives the window: parameters and buffers, or optimizer state a step did
