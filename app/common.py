@@ -54,7 +54,7 @@ def summary_line(m: views.TimelineModel) -> str:
 
 def page_links(snap_id: int, device: int | None) -> html.Div:
     q = f"?snap={snap_id}" + ("" if device is None else f"&device={device}")
-    links: list[Any] = [dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Flame", "Allocator")]
+    links: list[Any] = [dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Modules", "Flame", "Allocator")]
     return html.Div(links + device_links(snap_id, device), className="links")
 
 
@@ -77,7 +77,7 @@ def device_links(snap_id: int, device: int | None) -> list[Any]:
 
 
 #: Pages that show one snapshot (``?snap=&device=``): the header's links and the top navigation lead to these.
-SNAPSHOT_PAGES = ("/timeline", "/allocations", "/explain", "/flame", "/allocator")
+SNAPSHOT_PAGES = ("/timeline", "/allocations", "/explain", "/modules", "/flame", "/allocator")
 
 
 def nav_hrefs(search: str | None) -> list[str]:
@@ -105,14 +105,15 @@ def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_ta
 
 
 #: How many of the largest allocations the timeline draws as blocks (the Timeline's detail control).
-DETAIL_LEVELS = (80, 300, 1000)
+DETAIL_LEVELS = (20, 80, 300, 1000)
+DEFAULT_DETAIL = 80
 
 
-def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None, k: int = DETAIL_LEVELS[0]) -> tuple[list[dict[str, Any]], list[int]]:
+def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None, k: int = DEFAULT_DETAIL) -> tuple[list[dict[str, Any]], list[int]]:
     """Trace data for one (file, device, range, detail), cached per view."""
     lib = library()
     e = lib.get(snap_id)
-    k = int(k) if k in DETAIL_LEVELS else DETAIL_LEVELS[0]
+    k = int(k) if k in DETAIL_LEVELS else DEFAULT_DETAIL
     key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6), k)
     return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1, k=k))
 

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from memprof.format import fmt_bytes
-from memprof.views import TimelineModel, stacked_polygons, step_view
+from memprof.views import TimelineModel, category_bands, stacked_polygons, step_view
 
 MIB = float(1 << 20)
 
@@ -44,8 +44,8 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     """Trace dicts for the visible range ``[x0, x1]`` (ms) and, per trace, the allocation row it draws (-1: none).
 
     Order: per-allocation polygons of the ``k`` largest allocations (coloured by category,
-    stacked as memory_viz stacks them), their summed height, the rest of allocated memory
-    above it, the allocated and reserved curves (min/max reduced to ``n_buckets``), the
+    stacked as memory_viz stacks them), their summed height, every smaller allocation as one
+    band per category above them (:func:`memprof.views.category_bands`), the allocated and reserved curves (min/max reduced to ``n_buckets``), the
     per-iteration peaks, the overall peak and any OOM.
     """
     polys, st_x, st_y = stacked_polygons(model, x0, x1, k)
@@ -54,9 +54,12 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces: list[dict[str, Any]] = []
     rows: list[int] = []
     shown: set[str] = set()
+    names = al["name"].astype(str).to_numpy() if "name" in al else np.full(len(al), "", object)
+    mods = al["module"].astype(str).to_numpy() if "module" in al else np.full(len(al), "", object)
     for p in polys:
         label = f"{fmt_bytes(p.size)} {p.category}"
-        site = str(sites[p.row])
+        who = names[p.row] or mods[p.row]
+        site = f"{who} · {sites[p.row]}" if who else str(sites[p.row])
         traces.append({
             "type": "scatter", "x": p.xs, "y": p.ys / MIB, "mode": "lines", "fill": "toself",
             "line": {"width": 0.5, "color": "rgba(255,255,255,0.6)"}, "fillcolor": category_color(p.category),
@@ -77,6 +80,16 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                    "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
     rows.append(-1)
     ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
+    for b in category_bands(model, ax, np.array([p.row for p in polys], dtype=np.int64)):
+        top = ", ".join(b.top_names)
+        traces.append({"type": "scatter", "x": b.x, "y": b.y1 / MIB, "mode": "lines", "fill": "tonexty",
+                       "line": {"width": 0, "shape": "hv"}, "fillcolor": category_color(b.category), "opacity": 0.55,
+                       "name": f"{b.category} (smaller)", "legendgroup": b.category, "showlegend": b.category not in shown,
+                       "customdata": (b.y1 - b.y0) / MIB,
+                       "hovertemplate": f"{b.category}: %{{customdata:.2f}} MiB in {b.count:,} smaller allocations"
+                                        f"<br>largest: {top}<extra></extra>"})
+        shown.add(b.category)
+        rows.append(-1)
     traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
                    "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
                    "name": "allocated", "hovertemplate": "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
@@ -366,69 +379,5 @@ def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
     return fig
 
 
-def plot_icicle(tree: pd.DataFrame, title: str = "", height: int = 640) -> go.Figure:
-    """The call tree of :func:`memprof.flame.call_tree` as an icicle: the root on top, callees below,
-    each box as wide as the bytes alive under it (``branchvalues='total'``); click a box to zoom in."""
-    from memprof.flame import hover_text
-
-    total = int(tree["bytes"].iloc[0]) if len(tree) else 0
-    fig = go.Figure(go.Icicle(
-        ids=tree["id"], labels=tree["label"], parents=tree["parent"], values=tree["bytes"], branchvalues="total",
-        text=hover_text(tree, total), hovertemplate="%{text}<extra></extra>", textinfo="label",
-        tiling={"orientation": "v"}, root={"color": "#e5e7eb"}, marker={"colorscale": "YlOrRd", "colors": tree["depth"]},
-        maxdepth=16,
-    ))
-    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, template="plotly_white")
-    return fig
-
-
-def plot_segments(segments: pd.DataFrame, blocks: pd.DataFrame, free_ranges: pd.DataFrame, title: str = "",
-                  max_segments: int = 200) -> go.Figure:
-    """The allocator's segments (one row each, by address) and their blocks at one event.
-
-    ``blocks`` needs seg, offset, size, category, label (hover), awaiting_free; every row is drawn
-    as a share of its own segment (so a 2 MiB and a 20 GiB segment are equally readable; the row's
-    label gives its size). Free ranges (cached, reusable) in light grey; blocks awaiting a free on
-    another stream hatched."""
-    seg = segments.sort_values("addr").head(max_segments)
-    ylab = {int(s): f"0x{int(a):x} · {fmt_bytes(int(z))}" for s, a, z in zip(seg["seg"], seg["addr"], seg["size"])}
-    size = dict(zip(seg["seg"].astype(int), seg["size"].astype(float)))
-    fig = go.Figure()
-    b = blocks[blocks["seg"].isin(list(ylab))]
-    for cat, g in b.groupby("category", sort=True):
-        sz = g["seg"].map(size).to_numpy(float)
-        fig.add_trace(go.Bar(y=g["seg"].map(ylab), x=g["size"] / sz, base=g["offset"] / sz, orientation="h", name=str(cat),
-                             marker={"color": category_color(str(cat)), "line": {"width": 0.5, "color": "#fff"},
-                                     "pattern": {"shape": ["/" if w else "" for w in g["awaiting_free"]]}},
-                             text=g["label"], hovertemplate="%{text}<extra></extra>", textposition="none"))
-    f = free_ranges[free_ranges["seg"].isin(list(ylab))]
-    if len(f):
-        sz = f["seg"].map(size).to_numpy(float)
-        fig.add_trace(go.Bar(y=f["seg"].map(ylab), x=f["size"] / sz, base=f["offset"] / sz, orientation="h", name="free (cached)",
-                             marker={"color": "rgba(200,200,200,0.45)", "line": {"width": 0.5, "color": "#bbb"}},
-                             text=[f"free {fmt_bytes(int(s))} at +{fmt_bytes(int(o))}" for s, o in zip(f["size"], f["offset"])],
-                             hovertemplate="%{text}<extra></extra>", textposition="none"))
-    fig.update_layout(title=title, barmode="overlay", template="plotly_white", height=140 + 22 * len(seg),
-                      margin={"l": 200, "r": 20, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.08 if len(seg) > 10 else -0.3},
-                      xaxis={"title": "offset within the segment (share of its size)", "range": [0, 1], "tickformat": ".0%"},
-                      yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 10}}, bargap=0.25)
-    return fig
-
-
-def plot_segment_timeline(lt: pd.DataFrame, t_now_ms: float | None = None, max_segments: int = 300) -> go.Figure:
-    """Each cached segment's life (``lt``: addr, size, t0_ms, t1_ms, from
-    :func:`memprof.allocator_state.segment_lifetimes` with times added) as a bar on its own row, by
-    address; a vertical line at ``t_now_ms``. Click a time to see the allocator state then."""
-    d = lt.sort_values("addr").head(max_segments)
-    labels = [f"0x{int(a):x} · {fmt_bytes(int(s))}" for a, s in zip(d["addr"], d["size"])]
-    fig = go.Figure(go.Bar(y=labels, x=(d["t1_ms"] - d["t0_ms"]).to_numpy(), base=d["t0_ms"].to_numpy(), orientation="h",
-                           marker={"color": "#7F3C8D", "opacity": 0.55}, name="segment",
-                           customdata=np.c_[d["t0_ms"].to_numpy(), d["t1_ms"].to_numpy()],
-                           hovertemplate="%{y}<br>cached from %{customdata[0]:.3f} to %{customdata[1]:.3f} ms<extra></extra>"))
-    if t_now_ms is not None:
-        fig.add_vline(x=t_now_ms, line_color="#D62728", line_width=1.5)
-    fig.update_layout(title="cached segments over time (click a time to see the state then)", template="plotly_white",
-                      height=120 + 14 * len(d), margin={"l": 200, "r": 20, "t": 40, "b": 40}, bargap=0.3,
-                      xaxis_title="time since trace start (ms)", yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 9}},
-                      showlegend=False, clickmode="event")
+from memprof.views import TimelineModel, category_bands, stacked_polygons, step_view
     return fig

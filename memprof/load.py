@@ -20,7 +20,9 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -35,6 +37,7 @@ from memprof.errors import MemprofError, UnsafePickleError
 from memprof.escape import printable
 from memprof.meta import snapshot_beside
 from memprof.safe_pickle import safe_load, scan
+from memprof.schema import ATTRIBUTION_KEY
 
 CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
 
@@ -231,17 +234,49 @@ class Snapshot:
             none = np.where(np.asarray(alloc_idx) < 0, len(labels) - 1, len(labels) - 2)
         return labels[np.where(fid >= 0, fid, none)]
 
+    def site_files(self, stack_ids: np.ndarray) -> np.ndarray:
+        """Full filename of the innermost user frame for each stack id ('' when it has no user frame)."""
+        uf = self.user_frame_ids()
+        fn = self.frames["filename"].to_numpy(dtype=object)
+        lib = np.array([_is_library_file(f) or not f.endswith(".py") for f in fn] + [True], dtype=bool)
+        names = np.append(fn, "").astype(object)
+        sid = np.asarray(stack_ids, dtype=np.int64)
+        fid = np.full(len(sid), -1, dtype=np.int64)
+        if len(uf):
+            ok = sid >= 0
+            fid[ok] = uf[sid[ok]]
+        k = np.where(fid >= 0, fid, len(names) - 1)
+        return np.where(lib[k], "", names[k])
+
 
 NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
 BEFORE_RECORDING_LABEL = "<allocated before recording started>"
 
+_MEMPROF_OWN = re.compile(r"/memprof/(recorder/|commands/|analysis/|[a-z_]+\.py$)")
+_STDLIB_NAMES = frozenset(getattr(sys, "stdlib_module_names", ()))
 _LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
 
 
+_LIB_HEADS = frozenset({"torch", "memprof", "numpy", "transformers", "accelerate", "triton", "tqdm", "runpy", "<frozen"})
+
 def _is_library_file(filename: str) -> bool:
-    if "/_inductor/" not in filename and "torchinductor" in filename:
+    """Frames of torch, memprof's own machinery, installed packages and the standard library.
+
+    torch.profiler writes paths relative to their ``sys.path`` entry (``torch/nn/modules/linear.py``);
+    allocator history writes absolute ones; Windows paths use backslashes. memprof's built-in
+    workloads (``memprof/workloads/``) are the user's model, not library code.
+    """
+    f = filename.replace("\\", "/")
+    if "/_inductor/" not in f and "torchinductor" in f:
         return False  # generated code from torch.compile: the user's model, compiled
-    return any(m in filename for m in _LIB_MARKERS)
+    if "memprof/workloads/" in f:
+        return False
+    if any(m in f for m in _LIB_MARKERS) or _MEMPROF_OWN.search(f):
+        return True
+    if f.startswith("/") or f[1:3] == ":/":
+        return False
+    head = f.split("/", 1)[0]
+    return head in _LIB_HEADS or head.removesuffix(".py") in _STDLIB_NAMES or head.startswith("<")
 
 
 # ---------------------------------------------------------------------------
@@ -667,6 +702,7 @@ def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int]
         "legacy_segment_list": legacy,
         "allocator_settings": snap.get("allocator_settings") or {},
         "user_metadata": snap.get("user_metadata") or {},
+        "attribution": snap.get(ATTRIBUTION_KEY) if isinstance(snap.get(ATTRIBUTION_KEY), dict) else None,
         "has_time": True,
         "unknown_actions": [],
         "entries_per_device": list(entries_per_device),

@@ -84,8 +84,28 @@ class Annotation(TypedDict):
     time_us: int
 
 
+#: Top-level key of the names memprof's recorder stores inside the snapshot dict
+#: (:mod:`memprof.recorder.naming` writes it, :mod:`memprof.attribution` reads it).
+ATTRIBUTION_KEY = "memprof_attribution"
+
+
+class Attribution(TypedDict):
+    version: int
+    device_type: str
+    modules: list[str]  # module paths; codes below index this list
+    roots: list[dict[str, str]]  # {path, class}
+    sites: list[list[object]]  # [filename, line, function]
+    forward: list[list[int]]  # [time_us, module code, +1 enter / -1 exit, site code]
+    backward: list[list[int]]  # [time_us, module code or -1 (node end), site code]
+    optimizer: list[list[int]]  # [time_us, +1 step start / -1 step end]
+    tensors: list[list[object]]  # [time_us, storage addr, nbytes, name, category]
+    compiled_sites: NotRequired[list[list[object]]]  # [generated file, line, user file, line, function]
+    workspaces: NotRequired[list[int]]  # cuBLAS / cuBLASLt workspace sizes (CUDA)
+
+
 class RawSnapshot(TypedDict):
     segments: list[Segment]
     device_traces: NotRequired[list[list[TraceEntry]]]
     allocator_settings: NotRequired[dict[str, object]]
     external_annotations: NotRequired[list[Annotation]]
+    memprof_attribution: NotRequired[Attribution]

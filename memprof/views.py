@@ -117,7 +117,8 @@ class TimelineModel:
     ``allocs`` — one row per allocation, in replay order: size, t0_ms, t1_ms (alloc/free in
         ms since start; the window's ends when unknown), lifetime_us, category, phase (of the
         alloc), site (innermost user frame), stack_id, alloc_idx, free_idx, alive_at_end, addr
-        (the block's address, -1 when unknown), stream (the CUDA stream it was allocated on).
+        (the block's address, -1 when unknown), stream (the CUDA stream it was allocated on),
+        name (tensor name, '' when unnamed), module (module path, '' when unknown).
     ``phases`` — phase, iteration, start_ms, end_ms.
     ``iterations`` — iteration, peak_bytes, peak_ms, start_ms, end_ms.
     """
@@ -153,7 +154,9 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
         cat = al["category"].astype(str).to_numpy()
         phase = al["phase"].astype(str).to_numpy() if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
         site = al["site"].astype(str).to_numpy() if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
+        names = {c: al[c].astype(str).to_numpy() for c in ("name", "module") if c in al}
     else:
+        names = {}
         ph = phases_table(snap, meta, rep.device)
         cat = categorize(rep, meta, ph)
         phase = phase_of(a["alloc_us"].to_numpy(), ph)
@@ -176,6 +179,8 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
             "alive_at_end": a["alive_at_end"].to_numpy(),
             "addr": a["addr"].to_numpy() if "addr" in a else np.full(len(a), -1, np.int64),
             "stream": a["stream"].to_numpy() if "stream" in a else np.zeros(len(a), np.int64),
+            "name": names.get("name", np.full(len(a), "", dtype=object)),
+            "module": names.get("module", np.full(len(a), "", dtype=object)),
         }
     )
     phases = pd.DataFrame(
@@ -321,6 +326,141 @@ def stacked_polygons(model: TimelineModel, x0: float | None = None, x1: float | 
         total_t.append(hi)  # hold the last height to the right edge, so the fill above it closes there
         total_y.append(cur)
     return polys, np.array(total_t), np.array(total_y)
+
+
+def alive_bytes_at(t0: np.ndarray, t1: np.ndarray, size: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Sum of ``size`` over the intervals ``[t0, t1)`` that contain each time in ``at`` (vectorised)."""
+    if not len(size):
+        return np.zeros(len(at), dtype=np.int64)
+    o0, o1 = np.argsort(t0, kind="stable"), np.argsort(t1, kind="stable")
+    c0 = np.concatenate([[0], np.cumsum(size[o0])])
+    c1 = np.concatenate([[0], np.cumsum(size[o1])])
+    return c0[np.searchsorted(t0[o0], at, side="right")] - c1[np.searchsorted(t1[o1], at, side="right")]
+
+
+@dataclass
+class Band:
+    """The bytes of one category below the detail limit, stacked: ``y0`` (bottom) to ``y1`` (top) at ``x``."""
+
+    category: str
+    x: np.ndarray
+    y0: np.ndarray
+    y1: np.ndarray
+    count: int
+    top_names: list[str]
+
+
+def category_bands(model: TimelineModel, x: np.ndarray, drawn: np.ndarray) -> list[Band]:
+    """Per-category bands of every allocation not drawn on its own (``drawn``: rows of ``allocs``).
+
+    At each time in ``x`` (ms) the bands sit on top of the drawn allocations and of each other in
+    :data:`CATEGORIES` order; with the drawn ones they add up to the allocated bytes (up to
+    allocations made and freed in the same microsecond). ``top_names`` are the largest names,
+    modules or sites in the band, for its hover text.
+    """
+    al = model.allocs
+    t0 = al["t0_ms"].to_numpy(dtype=np.float64)
+    t1 = np.where(al["alive_at_end"].to_numpy(), np.inf, al["t1_ms"].to_numpy(dtype=np.float64))
+    size = al["size"].to_numpy().astype(np.int64)
+    rest = np.ones(len(al), dtype=bool)
+    rest[np.asarray(drawn, dtype=np.int64)] = False
+    rest &= (t0 <= (x[-1] if len(x) else 0)) & (t1 > (x[0] if len(x) else 0)) & (size > 0)
+    base = alive_bytes_at(t0[~rest], t1[~rest], size[~rest], x)
+    cats = al["category"].astype(str).to_numpy()
+    order = [c for c in CATEGORIES if c in set(cats[rest])] + sorted(set(cats[rest]) - set(CATEGORIES))
+    label = np.where(al["name"].astype(str).to_numpy() != "", al["name"].astype(str).to_numpy(),
+                     np.where(al["module"].astype(str).to_numpy() != "", al["module"].astype(str).to_numpy(), al["site"].astype(str).to_numpy()))
+    out: list[Band] = []
+    y = base.astype(np.int64)
+    for c in order:
+        m = rest & (cats == c)
+        h = alive_bytes_at(t0[m], t1[m], size[m], x)
+        if not h.any():
+            continue
+        g = pd.Series(size[m]).groupby(label[m]).sum().sort_values(ascending=False)
+        out.append(Band(category=c, x=x, y0=y.copy(), y1=y + h, count=int(m.sum()), top_names=[str(i) for i in g.index[:3]]))
+        y = y + h
+    return out
+
+
+def module_tree(alive: pd.DataFrame, root: str = "all") -> pd.DataFrame:
+    """The bytes of ``alive`` (an ``allocs`` slice) as a tree by module path, for a treemap or icicle.
+
+    Leaves are named tensors (a parameter under its module: 'blocks.0.qkv' > 'weight') and, per
+    module, its unnamed bytes by category; allocations with no module hang under '<no module>'.
+    Columns: id (full path, unique), parent ('' for the root), label, bytes (the subtree's),
+    category (the leaf's, or the largest category in the subtree), module (the module path the
+    node stands for).
+    """
+    from memprof.attribution import NO_MODULE
+
+    rows: dict[str, dict[str, Any]] = {root: {"id": root, "parent": "", "label": root, "bytes": 0, "cats": {}, "module": ""}}
+
+    def node(path: str) -> str:
+        if path in ("", NO_MODULE):
+            key = f"{root}/{NO_MODULE}" if path == NO_MODULE else root
+            if key not in rows:
+                rows[key] = {"id": key, "parent": root, "label": NO_MODULE, "bytes": 0, "cats": {}, "module": NO_MODULE}
+            return key
+        key = f"{root}/{path}"
+        if key not in rows:
+            parent = node(path.rsplit(".", 1)[0]) if "." in path else root
+            rows[key] = {"id": key, "parent": parent, "label": path.rsplit(".", 1)[-1], "bytes": 0, "cats": {}, "module": path}
+        return key
+
+    mod = alive["module"].astype(str).to_numpy() if "module" in alive else np.full(len(alive), "", object)
+    name = alive["name"].astype(str).to_numpy() if "name" in alive else np.full(len(alive), "", object)
+    cat = alive["category"].astype(str).to_numpy()
+    size = alive["size"].to_numpy()
+    g = pd.DataFrame({"m": np.where(mod == "", NO_MODULE, mod), "n": name, "c": cat, "s": size}).groupby(["m", "n", "c"], sort=False)["s"].sum()
+    for (m, n, c), b in g.items():
+        parent = node(m)
+        leaf = f"{parent}#{n or c}"
+        label = (n[len(m) + 1:] if m and n.startswith(m + ".") else n) if n else c
+        if leaf not in rows:
+            rows[leaf] = {"id": leaf, "parent": parent, "label": label, "bytes": 0, "cats": {}, "module": m}
+        k: str | None = leaf
+        while k:
+            r = rows[k]
+            r["bytes"] += int(b)
+            r["cats"][c] = r["cats"].get(c, 0) + int(b)
+            k = r["parent"] or None
+    out = pd.DataFrame([{"id": r["id"], "parent": r["parent"], "label": r["label"], "bytes": r["bytes"],
+                         "category": max(r["cats"], key=r["cats"].get) if r["cats"] else "", "module": r["module"]} for r in rows.values()])
+    return out
+
+
+def module_mask(allocs: pd.DataFrame, module: str) -> np.ndarray:
+    """Rows of ``allocs`` in ``module`` or below it ('<no module>': those without one)."""
+    from memprof.attribution import NO_MODULE
+
+    mod = allocs["module"].astype(str)
+    if module == NO_MODULE:
+        return (mod == "").to_numpy()
+    return ((mod == module) | mod.str.startswith(module + ".")).to_numpy() if module else np.ones(len(allocs), bool)
+
+
+def module_timeline(model: TimelineModel, module: str, n: int = 800) -> pd.DataFrame:
+    """Bytes alive over time of the allocations in ``module`` (and below), one column per category.
+
+    Sampled at the allocated curve's min/max-reduced times (``n`` buckets) plus every
+    allocation or free of the module's own allocations when there are few. Columns: t_ms, then
+    one int column per category present.
+    """
+    al = model.allocs
+    m = module_mask(al, module)
+    x, _ = step_view(model.t_alloc, model.allocated, None, None, n)
+    t0 = al["t0_ms"].to_numpy(dtype=np.float64)[m]
+    t1 = np.where(al["alive_at_end"].to_numpy()[m], np.inf, al["t1_ms"].to_numpy(dtype=np.float64)[m])
+    if m.sum() <= 4 * n:
+        x = np.unique(np.concatenate([x, t0, t1[np.isfinite(t1)]]))
+    size = al["size"].to_numpy().astype(np.int64)[m]
+    cats = al["category"].astype(str).to_numpy()[m]
+    out = {"t_ms": x}
+    for c in [c for c in CATEGORIES if c in set(cats)] + sorted(set(cats) - set(CATEGORIES)):
+        k = cats == c
+        out[c] = alive_bytes_at(t0[k], t1[k], size[k], x)
+    return pd.DataFrame(out)
 
 
 def alive_at(model: TimelineModel, t_ms: float) -> pd.DataFrame:

@@ -139,7 +139,8 @@ def test_categories_from_phases_and_meta() -> None:
     assert by_site["adamw.py:31:step"] == {"temporary"}
     assert by_site["train.py:5:load"] == {"input"}
     pre = a[a["alloc_idx"] < 0]
-    assert set(pre["category"].astype(str)) == {"unknown"}  # alive all along: the trace alone cannot tell
+    # alive all along: model state by lifetime (the trace alone cannot tell a parameter from an input)
+    assert set(pre["category"].astype(str)) == {"parameter"} and set(pre["category_source"]) == {"lifetime"}
     assert set(a.loc[a["site"] == "model.py:10:forward", "phase"]) == {"forward"}
     assert (a.loc[a["site"] == "model.py:10:forward", "lifetime_us"] > 0).all()
 

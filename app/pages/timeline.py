@@ -59,9 +59,11 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
     from dash.exceptions import PreventUpdate
 
     r = x_range(relayout)
+    if r is None and key and key.get("keep_range"):
+        r = (None, None)  # the detail changed before any zoom: redraw the whole range
     if r is None or not key:
         raise PreventUpdate
-    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key.get("k", common.DETAIL_LEVELS[0]))
+    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key.get("k", common.DEFAULT_DETAIL))
     patch = Patch()
     patch["data"] = traces
     return patch, rows
@@ -113,7 +115,8 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
     frames = m.snap.stack(int(a["stack_id"]))
     stack = folded_stack(frames) or "(no stack recorded)"
     return html.Div([
-        html.B(f"{fmt_bytes(int(a['size']))} · {a['category']}"),
+        html.B(f"{fmt_bytes(int(a['size']))} · {a['category']}"
+               + "".join(f" · {a[c]}" for c in ("name", "module") if c in a and a[c])),
         html.P(f"allocated at {a['t0_ms']:.3f} ms in {a['phase'] or '-'}; freed at "
                + ("end (alive)" if a["alive_at_end"] else f"{a['t1_ms']:.3f} ms")
                + (f"; lived {fmt_us(a['lifetime_us'])}" if a["lifetime_us"] == a["lifetime_us"] else "")),
@@ -152,14 +155,14 @@ def detail_control(m: Any) -> html.Div:
         if k >= n:
             break
     return html.Div([html.Label("allocations drawn as blocks"),
-                     dcc.Dropdown(id="timeline-detail", options=opts, value=common.DETAIL_LEVELS[0], clearable=False, style={"width": "200px"}),
-                     html.Span(f"of {n:,}; the rest is the grey band", className="sub")], className="toolbar")
+                     dcc.RadioItems(id="timeline-detail", options=opts, value=min(common.DEFAULT_DETAIL, opts[-1]["value"]), inline=True),
+                     html.Span(f"of {n:,}; every smaller one is drawn in its category's band", className="sub")], className="toolbar")
 
 
 def detail_patch(k: Any, relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Patch, list[int], dict[str, Any]]:
     """Redraw the visible range with ``k`` blocks: a Patch of the trace data, the rows, and the key remembering ``k``."""
     r = x_range(relayout) or (None, None)
-    key = {**key, "k": int(k) if k in common.DETAIL_LEVELS else common.DETAIL_LEVELS[0]}
+    key = {**key, "k": int(k) if k in common.DETAIL_LEVELS else common.DEFAULT_DETAIL}
     traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key["k"])
     patch = Patch()
     patch["data"] = traces
@@ -194,6 +197,13 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
           Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), prevent_initial_call=True)
 def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
     return zoom_patch(relayout, key)
+
+
+def _triggered() -> Any:
+    try:
+        return dash.ctx.triggered_id
+    except Exception:  # noqa: BLE001 - called outside a callback (tests)
+        return None
 
 
 @callback(Output("timeline-stack", "children"), Input("timeline-graph", "clickData"),

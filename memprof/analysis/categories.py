@@ -26,14 +26,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memprof.analysis.lifetimes import lifetime_rules
 from memprof.analysis.phases import FINE_PHASES, iteration_ranges
+from memprof.attribution import attribute
 from memprof.load import Snapshot
 from memprof.replay import Replay
 
-CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "temporary", "input", "unknown")
+CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "temporary", "input", "workspace", "unknown")
 META_KEYS = {"parameter": "parameter_addrs", "optimizer_state": "optimizer_state_addrs",
              "gradient": "gradient_addrs", "input": "input_addrs"}
 BEFORE, AFTER, OUTSIDE = "before_window", "after_window", "outside"
+#: Phase sources that split iterations into forward / backward / optimizer.
+PHASE_SOURCES = ("annotations", "user_metadata", "meta", "attribution", "frames")
 
 
 def phase_of(idx: np.ndarray, phases: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +114,7 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     cat = np.full(n, "unknown", dtype=object)
     src = np.full(n, "none", dtype=object)
 
-    fine = phases["phase"].isin(FINE_PHASES).any() and phases["source"].isin(["annotations", "user_metadata", "meta"]).any()
+    fine = phases["phase"].isin(FINE_PHASES).any() and phases["source"].isin(PHASE_SOURCES).any()
     if fine:
         same = (ph == fph) & (it == fit) & (ai >= 0) & (fi >= 0) & (ph != OUTSIDE)
         rules = [
@@ -146,13 +150,28 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
         m = _meta_match(a, meta.get(META_KEYS[name]))
         cat[m], src[m] = name, "meta"
 
+    knows = any(meta.get(k) for k in META_KEYS.values()) or bool((snap.info or {}).get("attribution"))
+    lifetime_rules(snap, a, ph, fph, cat, src, it, fit, recorder_knows=knows)  # what phases and meta left unknown
+    names = attribute(snap, a)
+    named = (names["name_category"] != "").to_numpy()
+    cat[named] = names["name_category"].to_numpy()[named]
+    src[named] = "name"
+
     a["phase"] = ph
     a["iteration"] = it.astype(np.int64)
     a["free_phase"] = fph
     a["free_iteration"] = fit.astype(np.int64)
     a["category"] = pd.Categorical(cat, categories=CATEGORIES)
     a["category_source"] = src
-    a["site"] = snap.site_labels(a["stack_id"].to_numpy())
+    a["site"] = snap.site_labels(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
+    a["site_file"] = snap.site_files(a["stack_id"].to_numpy())
+    bw = (names["fwd_site"] != "").to_numpy()
+    if bw.any():  # backward: the user's forward line that made the node
+        a.loc[bw, "site"] = names["fwd_site"].to_numpy()[bw]
+        a.loc[bw, "site_file"] = names["fwd_site_file"].to_numpy()[bw]
+    a["name"] = names["name"].to_numpy()
+    a["module"] = names["module"].to_numpy()
+    a["context"] = names["context"].to_numpy()
     a["lifetime_us"] = a["free_us"] - a["alloc_us"]
     from memprof.load import BEFORE_RECORDING_LABEL
 

@@ -27,6 +27,8 @@ class PeakExplanation:
     by_category — category, bytes, share (of the measured peak).
     by_site     — site ('file.py:line:function'), bytes, count, share, stack_id (of its largest allocation); largest first.
     by_phase    — phase (when the live bytes were allocated), bytes.
+    by_module   — module (the module path that made or owns the bytes, :mod:`memprof.attribution`;
+                  '<no module>' when none), bytes, share, and one bytes column per category; largest first.
     analytic    — item, expected_bytes (empty when the workload is not a built-in one).
     """
 
@@ -37,6 +39,7 @@ class PeakExplanation:
     by_site: pd.DataFrame
     by_phase: pd.DataFrame
     analytic: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"item": [], "expected_bytes": []}))
+    by_module: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"module": [], "bytes": [], "share": []}))
     expected_bytes: int | None = None
     difference_bytes: int | None = None
     formula: str = ""
@@ -49,6 +52,7 @@ class PeakExplanation:
             "by_site": [{"site": str(s), "bytes": int(b), "count": int(c), "share": float(sh), "stack_id": int(k)}
                         for s, b, c, sh, k in self.by_site.head(top)[["site", "bytes", "count", "share", "stack_id"]].itertuples(index=False)],
             "by_phase": {str(p): int(b) for p, b in zip(self.by_phase["phase"], self.by_phase["bytes"])},
+            "by_module": module_records(self.by_module),
             "analytic": {str(i): int(b) for i, b in zip(self.analytic["item"], self.analytic["expected_bytes"])},
             "expected_bytes": self.expected_bytes, "difference_bytes": self.difference_bytes,
             "formula": self.formula, "predicted_oom": self.predicted_oom,
@@ -214,6 +218,28 @@ def _group(alive: pd.DataFrame, key: str, total: int) -> pd.DataFrame:
                          "share": g.to_numpy() / total if total else 0.0})
 
 
+def group_by_module(alive: pd.DataFrame, total: int) -> pd.DataFrame:
+    """Bytes per module (see :attr:`PeakExplanation.by_module`) of a set of live allocations."""
+    if not len(alive) or "module" not in alive:
+        return pd.DataFrame({"module": [], "bytes": [], "share": []})
+    from memprof.attribution import NO_MODULE
+
+    mod = alive["module"].astype(str).replace("", NO_MODULE)
+    t = pd.crosstab(mod, alive["category"].astype(str), values=alive["size"], aggfunc="sum").fillna(0).astype(np.int64)
+    t.insert(0, "bytes", t.sum(axis=1))
+    t = t.sort_values("bytes", ascending=False, kind="stable")
+    t.insert(1, "share", t["bytes"] / total if total else 0.0)
+    t.columns.name = None
+    return t.rename_axis("module").reset_index()
+
+
+def module_records(by_module: pd.DataFrame) -> list[dict[str, Any]]:
+    """``peak_by_module`` for JSON: [{module, bytes, by_category: {category: bytes}}]."""
+    cats = [c for c in by_module.columns if c not in ("module", "bytes", "share")]
+    return [{"module": str(r["module"]), "bytes": int(r["bytes"]),
+             "by_category": {c: int(r[c]) for c in cats if int(r[c])}} for r in by_module.to_dict("records")]
+
+
 def explain_peak(analysis: "Analysis") -> PeakExplanation:
     """Break the peak down and compare it with the workload's analytic account."""
     rep, meta = analysis.rep, analysis.meta
@@ -233,7 +259,7 @@ def explain_peak(analysis: "Analysis") -> PeakExplanation:
     else:
         by_site = pd.DataFrame({"site": [], "bytes": [], "count": [], "share": [], "stack_id": []})
     out = PeakExplanation(measured_bytes=int(rep.peak_bytes), peak_idx=int(pi), peak_us=float(rep.peak_time_us),
-                          by_category=by_cat, by_site=by_site, by_phase=by_phase)
+                          by_category=by_cat, by_site=by_site, by_phase=by_phase, by_module=group_by_module(alive, total))
     w = meta.get("workload") or {}
     kind = str(w.get("kind", "")) if isinstance(w, dict) else ""
     if kind in ("attention", "transformer"):

@@ -6,6 +6,10 @@ Sources, in order of trust:
    (START/END pairs by name, per device), as ``memprof record`` writes them;
 2. ``user_metadata`` — runs of trace entries carrying such a label (newer torch);
 3. ``meta`` — ``meta['phases']`` written beside the snapshot;
+3b. ``attribution`` — module calls, backward node executions and optimizer steps that
+   memprof's recorder logged inside the snapshot (:func:`memprof.attribution.phases`);
+3c. ``frames`` — for snapshots from anyone else: runs of forward / backward / optimizer
+   allocations told apart by their stacks (:mod:`memprof.analysis.stackphases`);
 4. ``sawtooth`` — detected from the allocated-bytes signal: iterations are the spans
    between troughs of the repeating sawtooth, the period estimated by autocorrelation;
 5. ``whole-window`` — one 'step' covering everything when nothing repeats.
@@ -222,10 +226,21 @@ def find_phases(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None)
     """
     times = snap.device_events(rep.device)["time_us"].to_numpy()
     for df in (from_annotations(snap, rep.device, times), from_user_metadata(snap, rep.device, times),
-               from_meta(meta or {}, times)):
+               from_meta(meta or {}, times), from_attribution(snap, times)):
         if len(df):
             return df
-    return detect_iterations(rep)
+    from memprof.analysis.stackphases import from_frames
+
+    df = from_frames(snap, rep)
+    return df if len(df) else detect_iterations(rep)
+
+
+def from_attribution(snap: Snapshot, times: np.ndarray) -> pd.DataFrame:
+    """Phases from memprof's attribution record (forward calls, backward nodes, optimizer steps)."""
+    from memprof.attribution import phases as attribution_phases
+
+    df = attribution_phases(snap)
+    return _finish(df, times, "attribution") if len(df) else _empty()
 
 
 def iteration_ranges(phases: pd.DataFrame) -> pd.DataFrame:

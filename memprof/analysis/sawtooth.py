@@ -110,11 +110,34 @@ def _theil_sen(y: np.ndarray) -> float:
     return float(np.median((y[j] - y[i]) / (xs[j] - xs[i])))
 
 
+def first_step_state(allocations: pd.DataFrame, iters: pd.DataFrame) -> np.ndarray:
+    """Bytes of optimizer state made in the first iteration and still alive at each iteration's start.
+
+    AdamW and friends create their state lazily in the first ``step()``: the trough after it is
+    higher by that much once, which is not a leak. ``allocations`` is the categorized table
+    (:func:`memprof.analysis.categories.categorize`); one value per row of ``iters``.
+    """
+    if not len(iters) or not len(allocations) or "category" not in allocations:
+        return np.zeros(len(iters), dtype=np.int64)
+    a = allocations
+    first = int(iters["iteration"].min())
+    st = a[(a["category"].astype(str) == "optimizer_state") & (a["iteration"].to_numpy() == first)]
+    if not len(st):
+        return np.zeros(len(iters), dtype=np.int64)
+    t0 = st["alloc_us"].to_numpy(dtype=np.float64)
+    t1 = np.where(np.isnan(st["free_us"].to_numpy(dtype=np.float64)), np.inf, st["free_us"].to_numpy(dtype=np.float64))
+    size = st["size"].to_numpy()
+    s = iters["start_us"].to_numpy(dtype=np.float64)
+    alive = (t0[None, :] <= s[:, None]) & (t1[None, :] > s[:, None])
+    return (alive * size[None, :]).sum(axis=1).astype(np.int64)
+
+
 def leak_check(iters: pd.DataFrame, min_growth_bytes: int = 1 << 20, min_growth_share: float = 0.01) -> dict[str, Any]:
     """Does the trough (memory left between iterations) grow from iteration to iteration?
 
     The first iteration is left out when there are four or more (optimizer state and cached
-    buffers are created once in it). Flagged when the robust (Theil-Sen) slope is positive, the
+    buffers are created once in it); with fewer, pass troughs without the first step's optimizer
+    state (:func:`first_step_state`). Flagged when the robust (Theil-Sen) slope is positive, the
     total growth exceeds ``min_growth_bytes`` and ``min_growth_share`` of the peak, and most
     steps go up.
 

@@ -58,6 +58,7 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
         "peak_by_category": pd_["by_category"],
         "peak_by_site": pd_["by_site"],
         "peak_by_phase": pd_["by_phase"],
+        "peak_by_module": pd_["by_module"],
         "analytic": {"items": pd_["analytic"], "expected_bytes": pd_["expected_bytes"],
                      "difference_bytes": pd_["difference_bytes"], "formula": pd_["formula"]},
         "predicted_oom": pd_["predicted_oom"],
@@ -101,6 +102,12 @@ def render(d: dict[str, Any], start_us: float) -> str:
         lines.append("  largest source lines:")
         for s in d["peak_by_site"]:
             lines.append(f"    {fmt_bytes(s['bytes']):>10}  {s['share']:6.1%}  x{s['count']:<4} {s['site']}")
+    mods = [m for m in d.get("peak_by_module") or [] if m["module"] != "<no module>"]
+    if mods:
+        lines.append("  largest modules:")
+        for m in mods[:5]:
+            cats = ", ".join(f"{c} {fmt_bytes(b)}" for c, b in sorted(m["by_category"].items(), key=lambda kv: -kv[1])[:3])
+            lines.append(f"    {fmt_bytes(m['bytes']):>10}  {m['bytes'] / total:6.1%}  {m['module']}  ({cats})")
     a = d["analytic"]
     if a["expected_bytes"]:
         lines.append(f"  expected from the shapes: {fmt_bytes(a['expected_bytes'])} ({a['formula']}); "

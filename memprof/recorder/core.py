@@ -163,11 +163,16 @@ class Recording:
         self._tracker: Any = None
         self._pre: Any = None
         self._snapshot: dict[str, Any] | None = None
+        self._namer: Any = None
         self.profiler_peak_bytes: int | None = None
         self.started = False
 
     # -- window --------------------------------------------------------------------------
     def start(self) -> "Recording":
+        from memprof.recorder.naming import Namer, install_compile_map
+
+        install_compile_map()  # before the window: only when inductor is loaded already
+        self._namer = Namer(self.device.type).start()
         if self.backend == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -199,6 +204,8 @@ class Recording:
             return self._snapshot
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        names = self._namer.stop() if self._namer is not None else None
+        self._namer = None
         if self.backend == "cuda":
             if self.has_metadata:
                 cuda_backend.set_metadata("")
@@ -227,6 +234,11 @@ class Recording:
                 ops, ann, source = self._tracker.ops, self._annotations(), f"dispatch tracker ({self.device.type})"
                 self._tracker = None
             self._snapshot = build_snapshot(ops, self._pre.sizes, self._pre.freed_at, ann, source)
+        if names is not None:
+            from memprof.recorder.naming import KEY, map_compiled_frames
+
+            names["compiled_sites"] = map_compiled_frames(self._snapshot)
+            self._snapshot[KEY] = names
         return self._snapshot
 
     def _annotations(self) -> list[dict[str, Any]]:

@@ -133,6 +133,10 @@ def record_workload(
 
     term = TermDump(on_sigterm) if meta.get("dist") and path is not None else None
     try:
+        from memprof.recorder.naming import install_compile_map
+
+        if workload.options.get("compile"):
+            install_compile_map(force_import=True)  # torch.compile runs in warm-up: note the model's source lines then
         workload.setup(device)
         stage = "warm-up"
         for i in range(warmup):
