@@ -379,5 +379,98 @@ def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
     return fig
 
 
-from memprof.views import TimelineModel, category_bands, stacked_polygons, step_view
+def plot_icicle(tree: pd.DataFrame, title: str = "", height: int = 640) -> go.Figure:
+    """The call tree of :func:`memprof.flame.call_tree` as an icicle: the root on top, callees below,
+    each box as wide as the bytes alive under it (``branchvalues='total'``); click a box to zoom in."""
+    from memprof.flame import hover_text
+
+    total = int(tree["bytes"].iloc[0]) if len(tree) else 0
+    fig = go.Figure(go.Icicle(
+        ids=tree["id"], labels=tree["label"], parents=tree["parent"], values=tree["bytes"], branchvalues="total",
+        text=hover_text(tree, total), hovertemplate="%{text}<extra></extra>", textinfo="label",
+        tiling={"orientation": "v"}, root={"color": "#e5e7eb"}, marker={"colorscale": "YlOrRd", "colors": tree["depth"]},
+        maxdepth=16,
+    ))
+    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, template="plotly_white")
+    return fig
+
+
+def plot_segments(segments: pd.DataFrame, blocks: pd.DataFrame, free_ranges: pd.DataFrame, title: str = "",
+                  max_segments: int = 200) -> go.Figure:
+    """The allocator's segments (one row each, by address) and their blocks at one event.
+
+    ``blocks`` needs seg, offset, size, category, label (hover), awaiting_free; every row is drawn
+    as a share of its own segment (so a 2 MiB and a 20 GiB segment are equally readable; the row's
+    label gives its size). Free ranges (cached, reusable) in light grey; blocks awaiting a free on
+    another stream hatched."""
+    seg = segments.sort_values("addr").head(max_segments)
+    ylab = {int(s): f"0x{int(a):x} · {fmt_bytes(int(z))}" for s, a, z in zip(seg["seg"], seg["addr"], seg["size"])}
+    size = dict(zip(seg["seg"].astype(int), seg["size"].astype(float)))
+    fig = go.Figure()
+    b = blocks[blocks["seg"].isin(list(ylab))]
+    for cat, g in b.groupby("category", sort=True):
+        sz = g["seg"].map(size).to_numpy(float)
+        fig.add_trace(go.Bar(y=g["seg"].map(ylab), x=g["size"] / sz, base=g["offset"] / sz, orientation="h", name=str(cat),
+                             marker={"color": category_color(str(cat)), "line": {"width": 0.5, "color": "#fff"},
+                                     "pattern": {"shape": ["/" if w else "" for w in g["awaiting_free"]]}},
+                             text=g["label"], hovertemplate="%{text}<extra></extra>", textposition="none"))
+    f = free_ranges[free_ranges["seg"].isin(list(ylab))]
+    if len(f):
+        sz = f["seg"].map(size).to_numpy(float)
+        fig.add_trace(go.Bar(y=f["seg"].map(ylab), x=f["size"] / sz, base=f["offset"] / sz, orientation="h", name="free (cached)",
+                             marker={"color": "rgba(200,200,200,0.45)", "line": {"width": 0.5, "color": "#bbb"}},
+                             text=[f"free {fmt_bytes(int(s))} at +{fmt_bytes(int(o))}" for s, o in zip(f["size"], f["offset"])],
+                             hovertemplate="%{text}<extra></extra>", textposition="none"))
+    fig.update_layout(title=title, barmode="overlay", template="plotly_white", height=140 + 22 * len(seg),
+                      margin={"l": 200, "r": 20, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.08 if len(seg) > 10 else -0.3},
+                      xaxis={"title": "offset within the segment (share of its size)", "range": [0, 1], "tickformat": ".0%"},
+                      yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 10}}, bargap=0.25)
+    return fig
+
+
+def plot_segment_timeline(lt: pd.DataFrame, t_now_ms: float | None = None, max_segments: int = 300) -> go.Figure:
+    """Each cached segment's life (``lt``: addr, size, t0_ms, t1_ms, from
+    :func:`memprof.allocator_state.segment_lifetimes` with times added) as a bar on its own row, by
+    address; a vertical line at ``t_now_ms``. Click a time to see the allocator state then."""
+    d = lt.sort_values("addr").head(max_segments)
+    labels = [f"0x{int(a):x} · {fmt_bytes(int(s))}" for a, s in zip(d["addr"], d["size"])]
+    fig = go.Figure(go.Bar(y=labels, x=(d["t1_ms"] - d["t0_ms"]).to_numpy(), base=d["t0_ms"].to_numpy(), orientation="h",
+                           marker={"color": "#7F3C8D", "opacity": 0.55}, name="segment",
+                           customdata=np.c_[d["t0_ms"].to_numpy(), d["t1_ms"].to_numpy()],
+                           hovertemplate="%{y}<br>cached from %{customdata[0]:.3f} to %{customdata[1]:.3f} ms<extra></extra>"))
+    if t_now_ms is not None:
+        fig.add_vline(x=t_now_ms, line_color="#D62728", line_width=1.5)
+    fig.update_layout(title="cached segments over time (click a time to see the state then)", template="plotly_white",
+                      height=120 + 14 * len(d), margin={"l": 200, "r": 20, "t": 40, "b": 40}, bargap=0.3,
+                      xaxis_title="time since trace start (ms)", yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 9}},
+                      showlegend=False, clickmode="event")
+    return fig
+
+
+def plot_module_tree(tree: pd.DataFrame, kind: str = "icicle", title: str = "", height: int = 560) -> go.Figure:
+    """An icicle or treemap of :func:`memprof.views.module_tree` (bytes by module path, coloured by category)."""
+    trace = go.Icicle if kind == "icicle" else go.Treemap
+    colors = [category_color(c) if c else "#ddd" for c in tree["category"]]
+    fig = go.Figure(trace(
+        ids=tree["id"], parents=tree["parent"], labels=tree["label"], values=tree["bytes"], branchvalues="total",
+        marker={"colors": colors}, customdata=np.c_[tree["module"].to_numpy(), [fmt_bytes(int(b)) for b in tree["bytes"]],
+                                                      tree["category"].to_numpy()],
+        hovertemplate="%{customdata[0]}<br><b>%{label}</b>: %{customdata[1]} (%{percentRoot:.1%} of the total)"
+                      "<br>mostly %{customdata[2]}<extra></extra>",
+        maxdepth=6 if kind == "icicle" else 4, sort=True,
+    ))
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10}, title=title or None)
+    return fig
+
+
+def plot_module_timeline(df: pd.DataFrame, module: str, height: int = 320) -> go.Figure:
+    """Stacked areas of :func:`memprof.views.module_timeline` (bytes of one module over time, by category)."""
+    fig = go.Figure()
+    for c in [c for c in df.columns if c != "t_ms"]:
+        fig.add_trace(go.Scatter(x=df["t_ms"], y=df[c] / MIB, mode="lines", stackgroup="one", name=c,
+                                 line={"width": 0, "shape": "hv"}, fillcolor=category_color(c),
+                                 hovertemplate=f"{c}: %{{y:.2f}} MiB at %{{x:.3f}} ms<extra></extra>"))
+    fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 36, "b": 40}, template="plotly_white",
+                      title=f"{module or 'everything'}: memory over time", xaxis={"title": "time since trace start (ms)"},
+                      yaxis={"title": "MiB", "rangemode": "tozero"}, legend={"orientation": "h", "y": -0.25})
     return fig
