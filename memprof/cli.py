@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-bytes",
         metavar="SIZE",
-        help="largest snapshot to read, decompressed, and memory to build it (default 2G; also MEMPROF_MAX_BYTES); "
+        help="largest snapshot to read, decompressed, and memory to build it (default: 2G, or 8x the file's size on disk "
+        "when more, 256x for a compressed file; also MEMPROF_MAX_BYTES); "
         "accepted anywhere before `--`",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

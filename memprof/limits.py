@@ -90,9 +90,23 @@ def _env_int(name: str, default: int, parse: Any = int) -> int:
     return int(v)
 
 
-def max_bytes() -> int:
-    """Most decompressed bytes (and estimated bytes of memory) one file may take."""
-    return _env_int("MEMPROF_MAX_BYTES", DEFAULT_MAX_BYTES, parse_size)
+#: What a real file may need, as a multiple of its size on disk: an uncompressed pickle builds about
+#: 3.4x its size (a 70.8 MiB 1M-entry file: 240 MiB of estimate), and gzip'd real snapshots inflate
+#: 20-36x (the corpus), so about 120x. Both with room to spare; a bomb inflates 1000x.
+RAW_FACTOR = 8
+COMPRESSED_FACTOR = 256
+
+
+def max_bytes(size_on_disk: int = 0, compressed: bool = False) -> int:
+    """Most decompressed bytes (and estimated bytes of memory) one file may take.
+
+    ``MEMPROF_MAX_BYTES`` (or ``memprof --max-bytes``) when set; otherwise 2 GiB, or what a real
+    snapshot of this size on disk could need when that is more (a 10M-entry, 730 MB pickle loads
+    without a flag; a 10 MB gzip bomb still stops at 2.5 GiB).
+    """
+    if os.environ.get("MEMPROF_MAX_BYTES"):
+        return _env_int("MEMPROF_MAX_BYTES", DEFAULT_MAX_BYTES, parse_size)
+    return max(DEFAULT_MAX_BYTES, int(size_on_disk) * (COMPRESSED_FACTOR if compressed else RAW_FACTOR))
 
 
 def max_depth() -> int:
@@ -111,12 +125,12 @@ _HOW = {
 }
 
 
-def limit_error(kind: str, detail: str, source: str = "") -> LimitError:
-    """One line: what was exceeded, the limit, and how to raise it."""
+def limit_error(kind: str, detail: str, source: str = "", limit: int | None = None) -> LimitError:
+    """One line: what was exceeded, the limit (``limit``: the file's byte limit), and how to raise it."""
     if kind == "bytes":
-        msg = f"{detail}, more than the {_fmt(max_bytes())} limit on decompressed data ({_HOW['bytes']})"
+        msg = f"{detail}, more than the {_fmt(limit or max_bytes())} limit on decompressed data ({_HOW['bytes']})"
     elif kind == "memory":
-        msg = f"{detail}, more than the {_fmt(max_bytes())} memory limit ({_HOW['memory']})"
+        msg = f"{detail}, more than the {_fmt(limit or max_bytes())} memory limit ({_HOW['memory']})"
     elif kind == "depth":
         msg = f"{detail}: nested more than {max_depth()} levels deep ({_HOW['depth']})"
     elif kind == "rows":
@@ -149,7 +163,7 @@ class BoundedReader:
         self.count += len(data)
         if self.count > self.limit:
             what = "decompresses to" if self.compressed else "holds"
-            raise limit_error("bytes", f"the file {what} more than {_fmt(self.limit)}", self.source)
+            raise limit_error("bytes", f"the file {what} more than {_fmt(self.limit)}", self.source, self.limit)
         return data
 
     def read(self, n: int = -1) -> bytes:
@@ -205,7 +219,6 @@ class BoundedReader:
 
 def open_snapshot(path: Path, limit: int | None = None) -> tuple[BoundedReader, str]:
     """Open ``path`` by its bytes: returns (bounded decompressed stream, compression suffix '' / '.gz' / '.xz' / '.bz2')."""
-    limit = max_bytes() if limit is None else limit
     f = open(path, "rb")
     try:
         magic = f.read(6)
@@ -226,6 +239,12 @@ def open_snapshot(path: Path, limit: int | None = None) -> tuple[BoundedReader, 
     except BaseException:
         f.close()
         raise
+    if limit is None:
+        try:
+            limit = max_bytes(os.fstat(f.fileno()).st_size, bool(comp))
+        except BaseException:
+            f.close()
+            raise
     reader = BoundedReader(raw, limit, str(path), bool(comp))
     if comp:
         inner_close = reader.close

@@ -311,13 +311,14 @@ def _decode_error(p: Path, e: BaseException) -> MemprofError:
     return MemprofError(f"{p}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})")
 
 
-def _json_bytes(data: bytes, source: str) -> Any:
+def _json_bytes(data: bytes, source: str, limit: int | None = None) -> Any:
     """Decode JSON after bounding what it can build (containers and items, as the pickle scan does)."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     est = len(data) + 64 * (data.count(b"[") + data.count(b"{")) + 16 * (data.count(b",") + data.count(b":"))
-    if est > limits.max_bytes():
-        raise limits.limit_error("memory", f"{source}: building it needs more than {est:,} bytes")
+    limit = limits.max_bytes() if limit is None else limit
+    if est > limit:
+        raise limits.limit_error("memory", f"{source}: building it needs more than {est:,} bytes", limit=limit)
     return json.loads(data)
 
 
@@ -328,12 +329,12 @@ def _scan_pickle(p: Path) -> None:
         try:
             fp = _fastpickle_module()
         except ImportError:
-            scan(reader, str(p))
+            scan(reader, str(p), reader.limit)
             return
         try:
-            fp.scan(reader, limits.max_bytes(), limits.max_depth())
+            fp.scan(reader, reader.limit, limits.max_depth())
         except fp.Limit as e:
-            raise limits.limit_error(e.args[0], f"{p}: {e.args[1]}") from None
+            raise limits.limit_error(e.args[0], f"{p}: {e.args[1]}", limit=reader.limit) from None
         except fp.Unsupported as e:
             raise UnsafePickleError(str(e)) from None
         except fp.Malformed as e:
@@ -356,7 +357,7 @@ def _read_raw(p: Path) -> tuple[Any, str, int]:
     try:
         with reader:
             if is_json:
-                raw = _json_bytes(reader.read(), str(p))
+                raw = _json_bytes(reader.read(), str(p), reader.limit)
                 reader.drain()
                 return raw, fmt, reader.count
         _scan_pickle(p)
@@ -841,12 +842,12 @@ def load_fast(path: Path, file_format: str | None = None) -> Snapshot | None:
     gc.disable()
     try:
         with reader:
-            root, fast, stacks, um_values = fp.load(reader, ACTIONS, limits.max_bytes(), limits.max_depth())
+            root, fast, stacks, um_values = fp.load(reader, ACTIONS, reader.limit, limits.max_depth())
             reader.drain()
     except fp.Unsupported:
         return None
     except fp.Limit as e:
-        raise limits.limit_error(e.args[0], f"{path}: {e.args[1]}") from None
+        raise limits.limit_error(e.args[0], f"{path}: {e.args[1]}", limit=reader.limit) from None
     except fp.Malformed as e:
         raise MemprofError(f"{path}: truncated or corrupt snapshot ({e})") from None
     except MemprofError:

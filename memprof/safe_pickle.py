@@ -221,11 +221,11 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
     def over_memory() -> None:
         est = cost + C_SLOT * len(stack) + C_MEMO * len(memo)
         if est > max_bytes:
-            raise _limits.limit_error("memory", _at(source, f"building it needs more than {est} bytes"))
+            raise _limits.limit_error("memory", _at(source, f"building it needs more than {est} bytes"), limit=max_bytes)
 
     def length_ok(n: int, what: str) -> None:
         if n > max_bytes - inp.offset:
-            raise _limits.limit_error("bytes", _at(source, f"a {what} of {n} bytes"))
+            raise _limits.limit_error("bytes", _at(source, f"a {what} of {n} bytes"), limit=max_bytes)
 
     while True:
         ops += 1
