@@ -17,7 +17,6 @@ import pickle
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ def test_real_snapshots_load_identically_on_every_path(path: Path) -> None:
 
 def test_fuzz_harness_on_both_loaders(tmp_path: Path) -> None:
     """Bounded: ~45 s of mutations plus truncation at every offset of the three smallest seeds."""
-    seed = int(os.environ.get("MEMPROF_FUZZ_SEED", time.time()))
+    seed = int(os.environ.get("MEMPROF_FUZZ_SEED", 20261122))  # fixed in CI (a red run must reproduce); set it to explore
     seconds = float(os.environ.get("MEMPROF_FUZZ_SECONDS", 45))
     env = dict(os.environ, PYTHONPATH=str(ROOT), MEMPROF_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.run(
