@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
-         ("Flame", "/flame"), ("Allocator", "/allocator"), ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"))
+         ("Flame", "/flame"), ("Allocator", "/allocator"), ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"), ("Live", "/live"))
 
 
 def create_app(root: str | os.PathLike[str]):  # -> dash.Dash

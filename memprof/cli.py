@@ -19,7 +19,7 @@ from memprof.escape import EscapingWriter, printable
 #: Subcommand modules under memprof.commands, in help order. Each has
 #: ``register(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``;
 #: heavy imports (torch, plotly, dash) happen inside ``run`` only.
-COMMANDS = ("record", "sweep", "stats", "explain", "diff", "serve", "report", "export")
+COMMANDS = ("record", "sweep", "stats", "explain", "diff", "check", "whatif", "predict", "serve", "report", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from memprof.format import fmt_bytes
-from memprof.replay import private_pool_allocated
 from memprof.views import TimelineModel, stacked_polygons, step_view
 
 MIB = float(1 << 20)
@@ -77,36 +76,12 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces.append({"type": "scatter", "x": sx, "y": sy / MIB, "mode": "lines", "line": {"width": 0, "shape": "hv"},
                    "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
     rows.append(-1)
-    counted = torch_counted(model)
     ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
     traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
                    "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
-                   "name": "held (incl. awaiting free on another stream)" if counted is not None else "allocated",
-                   "hovertemplate": ("held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
-                                     if counted is not None else "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>")})
+                   "name": "allocated", "hovertemplate": "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
     rows.append(-1)
-    if counted is not None:
-        # Two streams: torch's counter (freed at free_requested) as a line, and the memory still held
-        # until free_completed above it as its own band (a copy of the held curve filled down to it).
-        cx, cy = step_view(model.t_alloc, counted, x0, x1, n_buckets)
-        traces.append({"type": "scatter", "x": cx, "y": cy / MIB, "mode": "lines",
-                       "line": {"width": 1.2, "color": "#555", "shape": "hv", "dash": "dot"},
-                       "name": "allocated as torch counts it",
-                       "hovertemplate": "allocated as torch counts it (max_memory_allocated) %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
-        rows.append(-1)
-        bx, by = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
-        traces.append({"type": "scatter", "x": bx, "y": by / MIB, "mode": "lines", "fill": "tonexty",
-                       "fillcolor": AWAITING_FREE_COLOR, "line": {"width": 0, "shape": "hv"},
-                       "name": "awaiting free on another stream", "hoverinfo": "skip"})
-        rows.append(-1)
-    priv = private_pool_allocated(model.rep) if len(model.rep.timeline) == len(model.t_alloc) else None
-    if priv is not None and priv.any():
-        px, py = step_view(model.t_alloc, priv, x0, x1, n_buckets)
-        traces.append({"type": "scatter", "x": px, "y": py / MIB, "mode": "lines",
-                       "line": {"width": 1.5, "color": "#2CA02C", "dash": "dot", "shape": "hv"},
-                       "name": "in private pools (CUDA graphs / MemPool)",
-                       "hovertemplate": "in private pools %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
-        rows.append(-1)
+    _stream_and_pool_traces(model, x0, x1, n_buckets, traces, rows)
     rx, ry = step_view(model.t_res, model.reserved, x0, x1, n_buckets)
     if len(rx) and rx[-1] < (model.end_ms if x1 is None else x1):
         rx = np.append(rx, model.end_ms if x1 is None else min(x1, model.end_ms))
@@ -135,6 +110,42 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
 
 
 AWAITING_FREE_COLOR = "rgba(245,133,24,0.45)"
+
+
+def _stream_and_pool_traces(model: TimelineModel, x0: float | None, x1: float | None, n_buckets: int,
+                            traces: list[dict[str, Any]], rows: list[int]) -> None:
+    """Append to ``traces`` (whose last trace is the allocated curve) and ``rows``.
+
+    Two streams: the allocated curve is the memory held (incl. blocks awaiting free); torch's count
+    (freed at free_requested) follows as a dotted line, and the awaiting-free part as its own band
+    between them (a copy of the held curve filled down to it). Private pools: their held bytes as
+    a line. Nothing when neither occurs.
+    """
+    from memprof.replay import private_pool_allocated
+
+    counted = torch_counted(model)
+    if counted is not None:
+        traces[-1]["name"] = "held (incl. awaiting free on another stream)"
+        traces[-1]["hovertemplate"] = "held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
+        cx, cy = step_view(model.t_alloc, counted, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": cx, "y": cy / MIB, "mode": "lines",
+                       "line": {"width": 1.2, "color": "#555", "shape": "hv", "dash": "dot"},
+                       "name": "allocated as torch counts it",
+                       "hovertemplate": "allocated as torch counts it (max_memory_allocated) %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
+        bx, by = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": bx, "y": by / MIB, "mode": "lines", "fill": "tonexty",
+                       "fillcolor": AWAITING_FREE_COLOR, "line": {"width": 0, "shape": "hv"},
+                       "name": "awaiting free on another stream", "hoverinfo": "skip"})
+        rows.append(-1)
+    priv = private_pool_allocated(model.rep) if len(model.rep.timeline) == len(model.t_alloc) else None
+    if priv is not None and priv.any():
+        px, py = step_view(model.t_alloc, priv, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": px, "y": py / MIB, "mode": "lines",
+                       "line": {"width": 1.5, "color": "#2CA02C", "dash": "dot", "shape": "hv"},
+                       "name": "in private pools (CUDA graphs / MemPool)",
+                       "hovertemplate": "in private pools %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
 
 
 def torch_counted(model: TimelineModel) -> np.ndarray | None:

@@ -8,7 +8,7 @@ import dash
 import pandas as pd
 from dash import dcc, html
 
-from app import common
+from app import common, whatif
 from app.state import library
 from memprof import figures, views
 from memprof.format import fmt_bytes
@@ -163,6 +163,7 @@ def explain_content(snap_id: int, device: int | None) -> list[Any]:
         common.table("explain-sites", site_table(at_peak)),
         html.H4("analytic account"),
         *analytic_part(m),
+        whatif.panel(snap_id, device),
     ]
     return out
 

@@ -87,6 +87,8 @@ def layout(**_: Any) -> html.Div:
     lib = library()
     df = collapse_runs(lib, lib.table())  # a run of many ranks is one row, opening the Ranks page
     df.insert(1, "open", [f"[ranks](/ranks?run={quote(r)})" if r else f"[timeline](/timeline?snap={i})" for i, r in zip(df["id"], df["run"])])
+    # the run's folder is in the name and the link; a column of it (or of rank counts when there is no run) only widens the table
+    df = df.drop(columns=["run"] + (["ranks"] if df["ranks"].isna().all() else []))
     tbl = common.table("library-table", df, page_size=20, row_selectable="multi", filter_action="native", selected_rows=[],
                        filter_options={"placeholder_text": "filter…", "case": "insensitive"})
     tbl.columns = [{"name": c, "id": c, "presentation": "markdown"} if c == "open" else {"name": header(c), "id": c} for c in df.columns]

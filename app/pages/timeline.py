@@ -12,10 +12,25 @@ from dash import Input, Output, Patch, State, callback, dcc, html
 
 from app import common
 from app.state import library
-from memprof import figures
 from memprof.format import fmt_bytes, fmt_us
 
 dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof · timeline")
+
+
+def state_layout(sid: int, dev: int | None, m: Any) -> html.Div:
+    """An empty trace: no time axis to draw, only what the segments held at dump time (bars of the
+    live blocks by source line). Its graph has its own id, so zoom and click callbacks never fire."""
+    from memprof import figures
+
+    return html.Div([
+        html.H2(library().get(sid).rel, id="timeline-title"),
+        html.P(common.summary_line(m), className="sub", id="timeline-summary"),
+        html.P("No allocation history was recorded in this snapshot (its trace is empty): shown is the state when it "
+               "was taken. Record with torch.cuda.memory._record_memory_history() to see memory over time.",
+               className="sub", id="timeline-no-history"),
+        common.page_links(sid, dev),
+        dcc.Graph(id="timeline-state-graph", figure=figures.plot_state(m), config={"displaylogo": False}),
+    ])
 
 
 def x_range(relayout: dict[str, Any] | None) -> tuple[float | None, float | None] | None:
@@ -155,26 +170,21 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
     try:
         sid, dev = common.resolve_key(snap), common.parse_device(device)
         m = library().model(sid, dev)
-        state_only = not m.rep.has_trace
-        if state_only:  # an empty trace: no time axis to draw, only what the segments hold
-            fig, rows = figures.plot_state(m), []
-        else:
-            fig, rows = common.timeline_figure(sid, dev)
+        if not m.rep.has_trace:
+            return state_layout(sid, dev, m)
+        fig, rows = common.timeline_figure(sid, dev)
     except Exception as e:
         return html.Div([html.H2("Timeline"), common.error_box(e)])
     return html.Div([
         html.H2(library().get(sid).rel, id="timeline-title"),
         html.P(common.summary_line(m), className="sub", id="timeline-summary"),
-        html.P("No allocation history was recorded in this snapshot (its trace is empty): shown is the state when it "
-               "was taken. Record with torch.cuda.memory._record_memory_history() to see memory over time.",
-               className="sub", id="timeline-no-history") if state_only else html.Div(id="timeline-no-history"),
         common.page_links(sid, dev),
         detail_control(m),
         html.Div([
             html.Div(dcc.Graph(id="timeline-graph", figure=fig, config={"displaylogo": False, "scrollZoom": True}), className="grow"),
             html.Div(html.Div("Click an allocation in the timeline to see its full stack.", id="timeline-stack"), className="side"),
         ], className="row"),
-        dcc.Store(id="timeline-key", data={"snap": sid, "device": dev, "state_only": state_only}),
+        dcc.Store(id="timeline-key", data={"snap": sid, "device": dev}),
         dcc.Store(id="timeline-rows", data=rows),
         dcc.Store(id="timeline-highlight", data=None),
     ])
@@ -183,8 +193,6 @@ def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html
 @callback(Output("timeline-graph", "figure"), Output("timeline-rows", "data"),
           Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), prevent_initial_call=True)
 def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
-    if key and key.get("state_only"):
-        raise dash.exceptions.PreventUpdate  # the state bars have no time axis to re-aggregate
     return zoom_patch(relayout, key)
 
 

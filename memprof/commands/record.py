@@ -41,6 +41,9 @@ def add_common(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     p.add_argument("--stacks", choices=("python", "all"), default=argparse.SUPPRESS if suppress else "python", help="stack frames to record (CUDA)")
     p.add_argument("--gzip", action="store_true", default=argparse.SUPPRESS if suppress else False, help="write .pickle.gz")
     p.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS if suppress else False, help="no progress bar")
+    p.add_argument("--live", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                   help="publish allocated/reserved bytes, phase and iteration on 127.0.0.1 while running (memprof serve: page Live)")
+    p.add_argument("--live-port", type=int, default=argparse.SUPPRESS if suppress else 8765, help="port of --live (default 8765; 0: any free port)")
 
 
 def attention_parser() -> argparse.ArgumentParser:
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _opts(args: argparse.Namespace, sub: argparse.Namespace) -> dict[str, Any]:
-    o = {k: getattr(args, k) for k in ("output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress")}
+    o = {k: getattr(args, k) for k in ("output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress",
+                                       "live", "live_port")}
     o.update({k: v for k, v in vars(sub).items() if k in o})
     if o["steps"] < 1 or o["warmup"] < 0 or o["profile_steps"] < 0:
         raise MemprofError("--steps must be >= 1, --warmup >= 0 and --profile-steps >= 0")
@@ -127,10 +131,11 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     o = _opts(args, sub)
     if kind == "attention" and sub.impl not in ATTN_IMPLS:
         raise MemprofError(f"unknown attention implementation {sub.impl!r} (use {', '.join(ATTN_IMPLS)})")
-    common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress"}
+    common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress", "live", "live_port"}
     wopts = {k: v for k, v in vars(sub).items() if k not in common}
 
     from memprof.recorder import dist
+    from memprof.recorder.api import live_view
     from memprof.recorder.runner import record_workload
     from memprof.workloads import build, resolve_device
 
@@ -139,11 +144,14 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     workload = build(kind, **wopts)
     path = o["output"] or default_path(workload.slug(), device.type, o["gzip"])
     path = dist.output_path(path, True if info is not None and o["gzip"] else None)  # torchrun: RUN/rank{R}...
+    pub = live_view(o["live_port"] if o["live"] else False, device, None)
     meta = record_workload(
         workload, path, device, steps=o["steps"], warmup=o["warmup"], max_entries=o["max_entries"], stacks=o["stacks"],
         compress=o["gzip"] or str(path).endswith(".gz"), command=_command(args, ["record", *target]),
         progress=not o["no_progress"], profile_steps=o["profile_steps"],
     )  # fmt: skip
+    if pub is not None:  # the Live page links to the snapshot from this last message
+        pub.stop(status=meta["status"], snapshot=meta.get("snapshot_path"))
     print(summary(meta))
     if meta["status"] == "oom":
         print(f"memprof: OUT OF MEMORY: {workload.slug()} on {meta['device'].get('name')}: {meta.get('error')}; snapshot {path}", file=sys.stderr)
@@ -213,7 +221,8 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
     try:
         with record(path, device=device, max_entries=args.max_entries, stacks=args.stacks,
                     compress=args.gzip or str(path).endswith(".gz"), workload={"kind": "script", "argv": list(argv)},
-                    command=_command(args, ["record", "--", "python", *argv])):  # fmt: skip
+                    command=_command(args, ["record", "--", "python", *argv]),
+                    live=args.live_port if args.live else False):  # fmt: skip
             if module is not None:
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
             else:
