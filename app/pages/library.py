@@ -30,7 +30,7 @@ def library_target(trigger: Any, rows: list[dict[str, Any]] | None, selected: li
 
 
 #: Long text columns wrap inside these widths instead of widening the table past the screen.
-WRAP_WIDTHS = {"name": "280px", "options": "220px", "device": "120px"}
+WRAP_WIDTHS = {"name": "200px", "options": "180px", "device": "100px", "run": "80px"}
 
 
 def header(col: str) -> str:
@@ -48,7 +48,7 @@ def fit_to_screen(tbl: Any) -> None:
     text stays in a tooltip."""
     tbl.style_table = {"overflowX": "auto", "maxWidth": "100%"}
     tbl.style_cell = {"fontFamily": "monospace", "fontSize": 12, "padding": "3px 6px", "textAlign": "left",
-                      "whiteSpace": "normal", "height": "auto", "maxWidth": "160px"}
+                      "whiteSpace": "normal", "height": "auto", "maxWidth": "110px"}
     tbl.style_cell_conditional = [{"if": {"column_id": c}, "minWidth": w, "maxWidth": w, "width": w, "wordBreak": "break-all"}
                                   for c, w in WRAP_WIDTHS.items()]
     tbl.style_header = {"fontWeight": "bold", "backgroundColor": "#f3f4f6", "whiteSpace": "normal", "height": "auto"}
