@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
          ("Compare", "/compare"), ("Sweeps", "/sweeps"))
 
 
-def create_app(root: str | os.PathLike[str]):  # -> dash.Dash
-    """Build the app serving the snapshots under ``root`` (only those)."""
+def create_app(root: str | os.PathLike[str], cache_bytes: int | None = None):  # -> dash.Dash
+    """Build the app serving the snapshots under ``root`` (only those).
+
+    ``cache_bytes`` bounds the model and view caches (default ``$MEMPROF_SERVE_CACHE_MB``)."""
     import dash
     from dash import Dash, dcc, html
 
     from app import state
 
-    state.configure(root)
+    state.configure(root, cache_bytes)
     app = Dash(
         __name__,
         use_pages=True,
@@ -30,11 +33,40 @@ def create_app(root: str | os.PathLike[str]):  # -> dash.Dash
         title="memprof",
         suppress_callback_exceptions=True,
         serve_locally=True,
+        on_error=_on_error,
     )
     nav = html.Nav(
         [html.Span("memprof", className="brand")]
         + [dcc.Link(name, href=href, id=f"nav-{name.lower()}", className="nav-link") for name, href in PAGES],
         className="navbar",
     )
-    app.layout = html.Div([nav, html.Main(dash.page_container, className="page")])
+    app.layout = html.Div([nav, html.Main([html.Div(id="app-error"), dash.page_container], className="page")])
+    app.callback(dash.Output("app-error", "children"), dash.Input("_pages_location", "pathname"),
+                 prevent_initial_call=True)(_clear_error)
     return app
+
+
+def _on_error(err: Exception) -> Any:
+    """Every callback's failure (wrong-typed input, bad id, unreadable file) becomes the page's error box and
+    an HTTP 200: in the callback's ``children`` outputs when it has any, else in the box above the page."""
+    import logging
+
+    from dash import ctx, no_update, set_props
+
+    from app.common import error_box
+    from memprof.errors import MemprofError
+
+    if not isinstance(err, MemprofError):
+        logging.getLogger("memprof.app").warning("callback failed", exc_info=err)
+    box = error_box(err)
+    outs = ctx.outputs_list
+    flat = outs if isinstance(outs, list) else [outs]
+    if all(isinstance(o, dict) for o in flat) and any(o.get("property") == "children" for o in flat):
+        vals = [box if o.get("property") == "children" else no_update for o in flat]
+        return vals if isinstance(outs, list) else vals[0]
+    set_props("app-error", {"children": box})
+    return None
+
+
+def _clear_error(_pathname: Any) -> None:
+    return None

@@ -4,13 +4,13 @@ table queries) and returns figures, patches or components; the callbacks only ca
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from dash import Patch, dash_table, dcc, html
 
+from app import state
 from app.state import library
 from memprof import figures, views
 from memprof.errors import MemprofError
@@ -20,14 +20,11 @@ ALLOC_COLUMNS = ("row", "size", "size_h", "alloc_ms", "free_ms", "lifetime_ms", 
 
 
 def error_box(e: Exception) -> html.Div:
-    return html.Div(f"memprof: {e}", className="error")
+    return html.Div(f"memprof: {state.error_message(e)}", className="error")
 
 
 def parse_device(device: Any) -> int | None:
-    try:
-        return None if device in (None, "") else int(device)
-    except (TypeError, ValueError):
-        raise MemprofError("device must be an integer") from None
+    return state.parse_device(device)
 
 
 def resolve_key(snap: Any) -> Any:
@@ -149,54 +146,6 @@ def alloc_frame(m: views.TimelineModel, df: pd.DataFrame | None = None) -> pd.Da
     })
 
 
-_FILTER = re.compile(r"^\{(\w+)\}\s*(s?(?:<=|>=|!=|=|<|>)|contains|eq|ne|lt|le|gt|ge|datestartswith)\s*(.+)$")
-
-
-def apply_query(df: pd.DataFrame, filter_query: str | None, sort_by: list[dict[str, str]] | None) -> pd.DataFrame:
-    """DataTable's custom filter (``{col} op value && ...``) and sort, on the server."""
-    for part in (filter_query or "").split(" && "):
-        mt = _FILTER.match(part.strip())
-        if not mt:
-            continue
-        col, op, val = mt.group(1), mt.group(2).lstrip("s"), mt.group(3).strip().strip("'\"`")
-        if col not in df.columns:
-            continue
-        s = df[col]
-        if op in ("contains", "datestartswith"):
-            df = df[s.astype(str).str.contains(val, case=False, regex=False)]
-            continue
-        num = pd.to_numeric(pd.Series([val]), errors="coerce").iloc[0]
-        v: Any = num if pd.api.types.is_numeric_dtype(s) and num == num else val
-        if v is val and op in ("=", "eq"):
-            df = df[s.astype(str).str.contains(val, case=False, regex=False)] if not pd.api.types.is_numeric_dtype(s) else df[s.astype(str) == val]
-            continue
-        ops = {"=": "eq", "eq": "eq", "!=": "ne", "ne": "ne", "<": "lt", "lt": "lt", "<=": "le", "le": "le", ">": "gt", "gt": "gt", ">=": "ge", "ge": "ge"}
-        try:
-            df = df[getattr(s, ops[op])(v)]
-        except TypeError:
-            df = df.iloc[0:0]
-    if sort_by:
-        cols = [s["column_id"] for s in sort_by if s.get("column_id") in df.columns]
-        asc = [s.get("direction", "asc") == "asc" for s in sort_by if s.get("column_id") in df.columns]
-        if cols:
-            df = df.sort_values(cols, ascending=asc, kind="stable")
-    return df
-
-
-def alloc_page(key: dict[str, Any], page: int, size: int, sort_by: list[dict[str, str]] | None, filter_query: str | None) -> tuple[list[dict[str, Any]], int, str]:
-    """One page of the per-allocation table, filtered and sorted on the server."""
-    m = library().model(int(key["snap"]), key.get("device"))
-    al = m.allocs.assign(row=np.arange(len(m.allocs)), lifetime_ms=m.allocs["lifetime_us"] / 1000,
-                         alloc_ms=m.allocs["t0_ms"], free_ms=np.where(m.allocs["alive_at_end"], np.nan, m.allocs["t1_ms"]))
-    al = apply_query(al, filter_query, sort_by)
-    size = max(1, min(int(size or 25), 500))
-    n_pages = max(1, math.ceil(len(al) / size))
-    page = max(0, min(int(page or 0), n_pages - 1))
-    chunk = al.iloc[page * size:(page + 1) * size]
-    out = alloc_frame(m, chunk.set_index("row"))
-    return out.to_dict("records"), n_pages, f"{len(al):,} of {len(m.allocs):,} allocations"
-
-
 def alive_table(key: dict[str, Any], t_ms: Any) -> tuple[list[dict[str, Any]], str, Any]:
     """Allocations alive at ``t_ms`` (the peak when empty), their total, and a category chart."""
     m = library().model(int(key["snap"]), key.get("device"))
@@ -305,11 +254,7 @@ def read_sweep(i: int) -> pd.DataFrame:
     found = library().sweeps()
     if not isinstance(i, int) or not 0 <= i < len(found):
         raise MemprofError(f"no sweep with id {i}")
-    path = found[i][2]
-    try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError) as e:
-        raise MemprofError(f"{found[i][1]}/results.csv: unreadable ({e})") from None
+    df = library().read_csv(found[i][2])
     missing = [c for c in SWEEP_REQUIRED if c not in df.columns]
     if missing:
         raise MemprofError(f"{found[i][1]}/results.csv: missing column(s) {', '.join(missing)}")

@@ -1,16 +1,33 @@
-"""Allocations: the per-tensor table (paged, sorted and filtered on the server) and what is alive at a time."""
+"""Allocations: the per-tensor table (paged, sorted and filtered on the server, exported as CSV) and what is alive at a time.
+
+The table's ``filter_query`` is parsed by :mod:`memprof.filters` (the whole dash-table grammar,
+with units on byte columns: ``{size} > 50 MiB``); a query it cannot apply is shown, with
+where and why, in place of the row count."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dash
+import numpy as np
+import pandas as pd
 from dash import Input, Output, State, callback, dash_table, dcc, html
 
 from app import common
-from app.state import library
+from app.state import library, parse_key
+from memprof import filters, views
+from memprof.format import fmt_bytes
 
 dash.register_page(__name__, path="/allocations", name="Allocations", title="memprof · allocations")
+
+NUMERIC_COLUMNS = ("row", "size", "alloc_ms", "free_ms", "lifetime_ms")
+BYTE_COLUMNS = ("size",)
+ALIASES = {"size_h": "size"}  # the human-readable size filters as the byte count when given a number
+MAX_PAGE_SIZE = 500
+MAX_EXPORT_ROWS = 250_000
+FILTER_HELP = ("filter: text matches anywhere (category: activation; site: transformer.py:77); numbers take "
+               "= != < <= > >= and sizes take units (size: > 50 MiB, <= 1.5GB, = 512 B)")
 
 
 def layout(snap: str | None = None, device: str | None = None, t: str | None = None, **_: Any) -> html.Div:
@@ -18,15 +35,20 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
         sid, dev = common.resolve_key(snap), common.parse_device(device)
         m = library().model(sid, dev)
         t_ms = float(t) if t not in (None, "") else m.peak_ms
+        if not math.isfinite(t_ms):
+            t_ms = m.peak_ms
     except Exception as e:
         return html.Div([html.H2("Allocations"), common.error_box(e)])
-    cols = [{"name": c, "id": c} for c in common.ALLOC_COLUMNS]
+    cols = [{"name": c, "id": c, "type": "numeric" if c in NUMERIC_COLUMNS else "text"} for c in common.ALLOC_COLUMNS]
     return html.Div([
         html.H2(f"Allocations · {library().get(sid).rel}"),
         html.P(common.summary_line(m), className="sub"),
         common.page_links(sid, dev),
         dcc.Store(id="allocations-key", data={"snap": sid, "device": dev}),
-        html.Div(id="allocations-count", className="sub"),
+        html.Div([html.Span(id="allocations-count", className="sub"),
+                  html.Button("Export CSV", id="allocations-export", title="the filtered, sorted table as CSV"),
+                  dcc.Download(id="allocations-download")], className="toolbar"),
+        html.P(FILTER_HELP, className="sub"),
         dash_table.DataTable(
             id="allocations-table", columns=cols, page_current=0, page_size=20, page_action="custom",
             sort_action="custom", sort_mode="multi", sort_by=[{"column_id": "size", "direction": "desc"}],
@@ -51,15 +73,102 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
           Input("allocations-table", "page_current"), Input("allocations-table", "page_size"),
           Input("allocations-table", "sort_by"), Input("allocations-table", "filter_query"), State("allocations-key", "data"))
 def page(page: int, size: int, sort_by: list[dict[str, str]], filter_query: str, key: dict[str, Any]) -> Any:
-    return common.alloc_page(key, page, size, sort_by, filter_query)
+    return alloc_page(key, page, size, sort_by, filter_query)
+
+
+@callback(Output("allocations-download", "data"), Input("allocations-export", "n_clicks"),
+          State("allocations-table", "sort_by"), State("allocations-table", "filter_query"), State("allocations-key", "data"),
+          prevent_initial_call=True)
+def export(_clicks: Any, sort_by: list[dict[str, str]], filter_query: str, key: dict[str, Any]) -> Any:
+    return export_csv(key, sort_by, filter_query)
 
 
 @callback(Output("allocations-time", "value"), Input("allocations-slider", "value"), prevent_initial_call=True)
 def slide(v: float) -> float:
-    return round(float(v), 6)
+    return round(_float(v), 6)
 
 
 @callback(Output("allocations-alive", "data"), Output("allocations-alive-summary", "children"), Output("allocations-alive-chart", "figure"),
           Input("allocations-time", "value"), State("allocations-key", "data"))
 def alive(t_ms: Any, key: dict[str, Any]) -> Any:
-    return common.alive_table(key, t_ms)
+    sid, dev = parse_key(key)
+    return common.alive_table({"snap": sid, "device": dev}, t_ms if _finite(t_ms) else None)
+
+
+# --- what the callbacks return ------------------------------------------------
+
+def table_frame(m: views.TimelineModel, with_size_h: bool = False) -> pd.DataFrame:
+    """The whole table before paging, in replay order, with the values the table shows.
+
+    Columns: row, size, size_h (only with ``with_size_h``: formatting a million sizes costs a
+    second), alloc_ms, free_ms (NaN while alive at the end), lifetime_ms, phase, category, site."""
+    a = m.allocs
+    df = pd.DataFrame({
+        "row": np.arange(len(a)),
+        "size": a["size"].to_numpy(),
+        "alloc_ms": a["t0_ms"].round(4).to_numpy(),
+        "free_ms": np.where(a["alive_at_end"].to_numpy(), np.nan, a["t1_ms"].round(4).to_numpy()),
+        "lifetime_ms": (a["lifetime_us"] / 1000).round(4).to_numpy(),
+        "phase": a["phase"].to_numpy(),
+        "category": a["category"].to_numpy(),
+        "site": a["site"].to_numpy(),
+    })
+    if with_size_h:
+        df.insert(2, "size_h", [fmt_bytes(int(s)) for s in df["size"].to_numpy()])
+    return df
+
+
+def query(key: Any, sort_by: Any, filter_query: Any) -> tuple[views.TimelineModel, pd.DataFrame]:
+    """The model and its table filtered and sorted as the DataTable asks (errors: :class:`filters.FilterError`)."""
+    sid, dev = parse_key(key)
+    m = library().model(sid, dev)
+    node = filters.parse(filter_query or "")
+    sort_cols = {s.get("column_id") for s in sort_by if isinstance(s, dict)} if isinstance(sort_by, list) else set()
+    df = table_frame(m, with_size_h="size_h" in filters.referenced_columns(node) | sort_cols)
+    df = filters.apply_filter(df, node, byte_columns=BYTE_COLUMNS, aliases=ALIASES)
+    return m, filters.sort_frame(df, sort_by)
+
+
+def alloc_page(key: Any, page: Any, size: Any, sort_by: Any, filter_query: Any) -> tuple[list[dict[str, Any]], int, Any]:
+    """One page of the per-allocation table, filtered and sorted on the server.
+
+    A filter the table cannot apply leaves the table empty and says why in the count line."""
+    try:
+        m, df = query(key, sort_by, filter_query)
+    except filters.FilterError as e:
+        return [], 1, html.Span(str(e), className="error", id="allocations-filter-error")
+    size = _int(size, 20, 1, MAX_PAGE_SIZE)
+    n_pages = max(1, math.ceil(len(df) / size))
+    page = _int(page, 0, 0, n_pages - 1)
+    chunk = df.iloc[page * size:(page + 1) * size]
+    out = common.alloc_frame(m, m.allocs.iloc[chunk["row"].to_numpy()])
+    return out.to_dict("records"), n_pages, f"{len(df):,} of {len(m.allocs):,} allocations"
+
+
+def export_csv(key: Any, sort_by: Any, filter_query: Any) -> dict[str, Any]:
+    """The filtered, sorted table as a CSV download (``dcc.Download`` data), at most :data:`MAX_EXPORT_ROWS` rows.
+
+    Text cells that a spreadsheet would evaluate as a formula are prefixed with ``'`` (the
+    frames come from an untrusted file)."""
+    _, df = query(key, sort_by, filter_query)
+    out = df.head(MAX_EXPORT_ROWS).copy()
+    if "size_h" not in out.columns:
+        out.insert(2, "size_h", [fmt_bytes(int(s)) for s in out["size"].to_numpy()])
+    for c in ("phase", "category", "site"):
+        out[c] = filters.csv_safe(out[c].tolist())
+    name = library().get(parse_key(key)[0]).rel.replace("/", "_").split(".")[0]
+    return {"content": out.to_csv(index=False), "filename": f"{name}-allocations.csv", "type": "text/csv", "base64": False}
+
+
+def _int(v: Any, default: int, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return max(lo, min(default, hi))
+    return max(lo, min(int(v), hi))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _float(v: Any) -> float:
+    return float(v) if _finite(v) else 0.0
