@@ -94,7 +94,7 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
     r = x_range(relayout)
     if r is None or not key:
         raise PreventUpdate
-    traces, rows = timeline_view(int(key["snap"]), key.get("device"), *r)
+    traces, rows = timeline_view(*state.parse_key(key), *r)
     patch = Patch()
     patch["data"] = traces
     return patch, rows
@@ -109,7 +109,7 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
     if not isinstance(row, (int, float)):
         cn = pt.get("curveNumber")
         row = rows[cn] if rows and isinstance(cn, int) and 0 <= cn < len(rows) else -1
-    m = library().model(int(key["snap"]), key.get("device"))
+    m = library().model(*state.parse_key(key))
     t = pt.get("x")
     alive = dcc.Link(f"What is alive at {t:.3f} ms", href=f"/allocations?snap={key['snap']}&t={t:.6f}") if isinstance(t, (int, float)) else ""
     if not isinstance(row, (int, float)) or row < 0 or row >= len(m.allocs):
@@ -148,7 +148,7 @@ def alloc_frame(m: views.TimelineModel, df: pd.DataFrame | None = None) -> pd.Da
 
 def alive_table(key: dict[str, Any], t_ms: Any) -> tuple[list[dict[str, Any]], str, Any]:
     """Allocations alive at ``t_ms`` (the peak when empty), their total, and a category chart."""
-    m = library().model(int(key["snap"]), key.get("device"))
+    m = library().model(*state.parse_key(key))
     try:
         t = float(t_ms)
     except (TypeError, ValueError):

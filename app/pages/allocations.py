@@ -123,8 +123,8 @@ def query(key: Any, sort_by: Any, filter_query: Any) -> tuple[views.TimelineMode
     sid, dev = parse_key(key)
     m = library().model(sid, dev)
     node = filters.parse(filter_query or "")
-    sort_cols = {s.get("column_id") for s in sort_by if isinstance(s, dict)} if isinstance(sort_by, list) else set()
-    df = table_frame(m, with_size_h="size_h" in filters.referenced_columns(node) | sort_cols)
+    sorts_size_h = isinstance(sort_by, list) and any(isinstance(s, dict) and s.get("column_id") == "size_h" for s in sort_by)
+    df = table_frame(m, with_size_h=sorts_size_h or "size_h" in filters.referenced_columns(node))
     df = filters.apply_filter(df, node, byte_columns=BYTE_COLUMNS, aliases=ALIASES)
     return m, filters.sort_frame(df, sort_by)
 

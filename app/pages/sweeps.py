@@ -17,7 +17,7 @@ def layout(sweep: str | None = None, **_: Any) -> html.Div:
     found = library().sweeps()
     if not found:
         return html.Div([html.H2("Sweeps"), html.P("No sweep results (results.csv) under the served folder.", id="sweeps-empty")])
-    value = int(sweep) if sweep and sweep.isdigit() and int(sweep) < len(found) else 0
+    value = int(sweep) if isinstance(sweep, str) and sweep.isascii() and sweep.isdigit() and len(sweep) < 9 and int(sweep) < len(found) else 0
     return html.Div([
         html.H2("Sweeps"),
         dcc.Dropdown(id="sweeps-select", options=[{"label": rel, "value": i} for i, rel, _ in found], value=value, clearable=False),
