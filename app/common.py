@@ -82,9 +82,16 @@ def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float 
 
 
 def timeline_figure(snap_id: int, device: int | None, height: int = 540) -> tuple[Any, list[int]]:
-    m = library().model(snap_id, device)
-    traces, rows = timeline_view(snap_id, device, None, None)
-    return figures.plot_timeline(m, height=height, traces=traces), rows
+    """The full-range figure, cached with the views: many clients opening one page share one figure (never mutated)."""
+    lib = library()
+    e = lib.get(snap_id)
+
+    def make() -> tuple[Any, list[int]]:
+        m = lib.model(snap_id, device)
+        traces, rows = timeline_view(snap_id, device, None, None)
+        return figures.plot_timeline(m, height=height, traces=traces), rows
+
+    return lib.views.get_or_make(("figure", str(e.path), e.mtime_ns, device, height), make)
 
 
 def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Patch, list[int]]:

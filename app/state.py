@@ -15,6 +15,7 @@ making its own. There is no global figure shared by all users.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -65,14 +66,16 @@ def approx_nbytes(obj: Any, _depth: int = 0) -> int:
         if len(obj) > 256 and all(isinstance(x, (int, float, bool)) for x in list(obj)[:64]):
             return 56 + 32 * len(obj)  # a list of numbers: pointer + boxed number each
         return 56 + sum(approx_nbytes(x, _depth + 1) for x in obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    if isinstance(obj, type):
+        return 64
+    to_json = getattr(obj, "to_plotly_json", None)
+    if callable(to_json):  # a plotly figure or a Dash component: what it serialises to
+        return approx_nbytes(to_json(), _depth + 1)
+    if dataclasses.is_dataclass(obj):
         return 64 + sum(approx_nbytes(getattr(obj, f.name), _depth + 1) for f in dataclasses.fields(obj))
     d = getattr(obj, "__dict__", None)
     if isinstance(d, dict):
         return 64 + sum(approx_nbytes(v, _depth + 1) for v in d.values())
-    to_json = getattr(obj, "to_plotly_json", None)
-    if callable(to_json):
-        return approx_nbytes(to_json(), _depth + 1)
     return 64
 
 
@@ -90,17 +93,18 @@ class ByteLRU:
 
     ``get_or_make(key, make)``: a hit returns the cached value; on a miss the first caller runs
     ``make()`` while later callers for the same key wait for its result (or its error) instead
-    of building their own. At most ``max_builds`` different keys build at once. The newest
+    of building their own. At most ``max_builds`` different keys build at once (None: no limit;
+    keep None where a build may itself ask this cache for another key). The newest
     value is kept even when it alone exceeds ``max_bytes`` (the page asking for it needs it);
     older ones are evicted until the total fits."""
 
-    def __init__(self, max_bytes: int, sizeof: Callable[[Any], int] = approx_nbytes, max_builds: int = 2) -> None:
+    def __init__(self, max_bytes: int, sizeof: Callable[[Any], int] = approx_nbytes, max_builds: int | None = None) -> None:
         self.max_bytes = int(max_bytes)
         self.sizeof = sizeof
         self._d: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self._flights: dict[Any, _Flight] = {}
         self._lock = threading.Lock()
-        self._builds = threading.BoundedSemaphore(max(1, max_builds))
+        self._builds: Any = threading.BoundedSemaphore(max(1, max_builds)) if max_builds else contextlib.nullcontext()
         self.total = 0
         self.n_builds = 0  # how many times make() ran (for tests and benchmarks)
 
@@ -122,7 +126,8 @@ class ByteLRU:
             return flight.value
         try:
             with self._builds:
-                self.n_builds += 1
+                with self._lock:
+                    self.n_builds += 1
                 value = make()
             size = self.sizeof(value)
         except BaseException as e:
@@ -188,7 +193,7 @@ class Library:
         self._entries: list[Entry] | None = None
         budget = cache_budget_bytes() if cache_bytes is None else int(cache_bytes)
         self.models = ByteLRU(budget * 7 // 8, max_builds=2)   # models: the bulk (a 1M-entry file is ~10^8 B)
-        self.views = ByteLRU(budget // 8, max_builds=4)        # trace data per visible range
+        self.views = ByteLRU(budget // 8)                      # trace data per visible range, figures (nested builds)
 
     def inside(self, p: Path) -> bool:
         try:
