@@ -43,7 +43,45 @@ def create_app(root: str | os.PathLike[str], cache_bytes: int | None = None):  #
     app.layout = html.Div([nav, html.Main([html.Div(id="app-error"), dash.page_container], className="page")])
     app.callback(dash.Output("app-error", "children"), dash.Input("_pages_location", "pathname"),
                  prevent_initial_call=True)(_clear_error)
+    app.server.before_request(lambda: _check_callback_request(app))
     return app
+
+
+def _check_callback_request(app: Any) -> Any:
+    """A callback request whose shape no page sends (unknown output, inputs not a list of {id, property},
+    wrong counts) is answered 400 with one line, before Dash's dispatch would fail with a 500."""
+    from flask import request
+
+    if request.method != "POST" or not request.path.endswith("/_dash-update-component"):
+        return None
+    body = request.get_json(silent=True)
+
+    def slot_ok(x: Any) -> bool:
+        if isinstance(x, list):  # pattern-matching inputs send a list of slots
+            return all(slot_ok(y) for y in x)
+        return isinstance(x, dict) and isinstance(x.get("id"), (str, dict)) and isinstance(x.get("property"), str)
+
+    why = None
+    if not isinstance(body, dict):
+        why = "not a JSON object"
+    else:
+        out = body.get("output")
+        cb = app.callback_map.get(out) if isinstance(out, str) else None
+        outs = body.get("outputs")
+        n_out = len(out.strip(".").split("...")) if isinstance(out, str) and out.startswith("..") else 1
+        if cb is None:
+            why = "no such callback"
+        elif not all(isinstance(body.get(k, []), list) and all(slot_ok(x) for x in body.get(k, [])) for k in ("inputs", "state")):
+            why = "inputs and state must be lists of {id, property, value}"
+        elif len(body.get("inputs", [])) != len(cb["inputs"]) or len(body.get("state", [])) != len(cb["state"]):
+            why = "wrong number of inputs or state"
+        elif not cb.get("no_output") and not (slot_ok(outs) if n_out == 1 and not isinstance(outs, list) else isinstance(outs, list) and len(outs) == n_out and slot_ok(outs)):
+            why = "outputs do not match the callback"
+        elif not (isinstance(body.get("changedPropIds", []), list) and all(isinstance(c, str) for c in body.get("changedPropIds", []))):
+            why = "changedPropIds must be a list of strings"
+    if why is None:
+        return None
+    return {"error": f"memprof: malformed callback request ({why})"}, 400
 
 
 def _on_error(err: Exception) -> Any:

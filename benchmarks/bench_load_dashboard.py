@@ -104,6 +104,7 @@ def _peak_rss(pid: int) -> int:
 
 def run_mode(folder: Path, mode: str, clients: int, timeout: float, env: dict[str, str]) -> dict[str, Any]:
     port = _free_port()
+    load = os.getloadavg()[0]
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(folder), "--mode", mode, "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -152,7 +153,7 @@ def run_mode(folder: Path, mode: str, clients: int, timeout: float, env: dict[st
         return {"mode": mode, "clients": clients, "answered": len(done), "errors": errors[:3],
                 "median_s": statistics.median(done) if done else None, "slowest_s": max(done) if done else None,
                 "fastest_s": min(done) if done else None, "wall_s": wall, "peak_rss": _peak_rss(proc.pid),
-                "answer_bytes": max(sizes), **stats}
+                "answer_bytes": max(sizes), "loadavg": load, **stats}
     finally:
         proc.terminate()
         try:
@@ -211,7 +212,7 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace, size: int) -> s
              "after": "after: single flight, byte-bounded (disk cache written)",
              "after-cold": "after: single flight, byte-bounded, no disk cache"}
     rows = [f"| {label.get(r['mode'], r['mode'])} | {r['answered']} / {r['clients']} | {s(r['median_s'])} | {s(r['slowest_s'])} | "
-            f"{r['peak_rss'] / 2**30:.2f} GiB | {r['model_builds']} |" for r in results]
+            f"{r['peak_rss'] / 2**30:.2f} GiB | {r['model_builds']} | {r['loadavg']:.1f} |" for r in results]
     return "\n".join([
         f"# Dashboard under load: {a.clients} clients open the same {a.entries:,}-entry timeline at once", "",
         "Command:", "", "```",
@@ -221,9 +222,11 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace, size: int) -> s
         f"(threaded). Each client POSTs the page-routing callback for `/timeline?snap=0`, all released at once. "
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}. "
         "Server RSS is the peak (`VmHWM`). Target: all answered, slowest within 5 s, RSS under 1.5 GB.", "",
-        "| server | answered | median | slowest | server peak RSS | model builds |", "|---|---|---|---|---|---|",
+        "| server | answered | median | slowest | server peak RSS | model builds | load average at start |",
+        "|---|---|---|---|---|---|---|",
         *rows, "",
-        "The modes ran one after the other in one run of the script; see its docstring for what each does.", "",
+        "The modes ran one after the other in one run of the script; see its docstring for what each does. "
+        f"The load average (1 min, {os.cpu_count()} cores shared with other work) says how busy the machine was.", "",
     ])
 
 

@@ -263,6 +263,25 @@ def test_crafted_requests_to_every_callback_never_give_500(served) -> None:
     assert slow < 5, slow
 
 
+def test_malformed_callback_requests_are_400_not_500(served) -> None:
+    app, _, _ = served
+    client = app.server.test_client()
+    cbs = {o: (s, n) for o, s, n in _server_callbacks(app)}
+    out = next(o for o in cbs if "allocations-table.data" in o)
+    slots, n_in = cbs[out]
+    good = _body(out, slots, n_in, [_base(s["id"], s["property"]) for s in slots])
+    assert _post(client, good).status_code == 200
+    bad: list[Any] = ["not json", [], {}, 5, dict(good, output="nope.children"), dict(good, output=["x"]), dict(good, inputs="x"),
+                      dict(good, inputs=good["inputs"][:1]), dict(good, state=[{"value": 1}]), dict(good, inputs=[{"id": "a"}] * n_in),
+                      dict(good, outputs=[]), dict(good, outputs=5), dict(good, outputs={"id": "x", "property": "y"}),
+                      dict(good, changedPropIds=5), dict(good, changedPropIds=[{"a": 1}])]
+    for b in bad:
+        data = b if isinstance(b, str) else json.dumps(b)
+        r = client.post("/_dash-update-component", data=data, content_type="application/json")
+        assert r.status_code == 400, (r.status_code, str(b)[:100])
+        assert r.get_json()["error"].startswith("memprof: malformed callback request")
+
+
 def test_wrong_typed_inputs_show_the_error_box(served) -> None:
     app, _, _ = served
     client = app.server.test_client()
