@@ -1,8 +1,9 @@
 """The memprof dashboard: a Dash multi-page app over a folder of snapshots (``memprof serve``).
 
 Layers: :mod:`memprof.views` (arrays) -> :mod:`memprof.figures` (plotly figures) ->
-:mod:`app.common` (what each callback returns) -> ``app/pages/*`` (layouts and 3-5 line
-callbacks). Component ids carry their page's name (``timeline-graph``).
+``app/pages/*`` (one module per page: what its callbacks return, its layout, its 3-5 line
+callbacks); :mod:`app.common` holds only what several pages share. Component ids carry
+their page's name (``timeline-graph``).
 """
 
 from __future__ import annotations

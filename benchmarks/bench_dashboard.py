@@ -147,14 +147,14 @@ def main() -> int:
     if a.worker:
         print(json.dumps(worker(a.snapshot.resolve(), a.zooms)))
         return 0
-    cache = tempfile.mkdtemp(prefix="memprof-bench-cache-")
-    env = dict(os.environ, MEMPROF_CACHE_DIR=cache, PYTHONPATH=str(REPO))
     runs = []
-    for label in ("no disk cache", "disk cache written"):
-        p = subprocess.run([sys.executable, __file__, str(a.snapshot), "--worker", "--zooms", str(a.zooms)],
-                           env=env, capture_output=True, text=True, check=True)
-        runs.append((label, json.loads(p.stdout.strip().splitlines()[-1])))
-        print(label, {k: v for k, v in runs[-1][1].items() if not isinstance(v, list)}, file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="memprof-bench-cache-") as cache:  # removed afterwards (it is as large as the file)
+        env = dict(os.environ, MEMPROF_CACHE_DIR=cache, PYTHONPATH=str(REPO))
+        for label in ("no disk cache", "disk cache written"):
+            p = subprocess.run([sys.executable, __file__, str(a.snapshot), "--worker", "--zooms", str(a.zooms)],
+                               env=env, capture_output=True, text=True, check=True)
+            runs.append((label, json.loads(p.stdout.strip().splitlines()[-1])))
+            print(label, {k: v for k, v in runs[-1][1].items() if not isinstance(v, list)}, file=sys.stderr)
     r0, r1 = runs[0][1], runs[1][1]
     warm = r0["warm_s"] + r1["warm_s"]
     zoom = r0["zoom_s"] + r1["zoom_s"]

@@ -11,7 +11,7 @@ peak RSS from ``ru_maxrss``, so it includes the interpreter, numpy and pandas):
 * reopen  — the same with the Arrow cache already written (load + replay).
 * pure    — (with --pure) the cold load through the pure-Python restricted unpickler.
 
-Targets (issue): cold load+replay <= 1.5x bare; peak RSS <= 4x the pickle's size; reopen < 0.3 s.
+Targets (issue): cold load+replay <= 1.5x bare; peak RSS <= 4x the pickle's size; reopen + replay < 0.3 s (judged on both, not the load alone).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def main() -> None:
         f"| cold load + replay <= 1.5x bare `pickle.load` | {ratio_t:.2f}x | {'ok' if ratio_t <= 1.5 else 'MISSED'} |",
         f"| peak RSS (load + replay) <= 4x pickle size | {ratio_rss:.2f}x | {'ok' if ratio_rss <= 4 else 'MISSED'} |",
         f"| peak RSS (load only) <= 4x pickle size | {ratio_rss_load:.2f}x | {'ok' if ratio_rss_load <= 4 else 'MISSED'} |",
-        f"| reopen from cache < 0.3 s (load; load + replay) | {reopen_load:.3f} s; {reopen_total:.3f} s | {'ok' if reopen_load < 0.3 else 'MISSED'} |",
+        f"| reopen from cache + replay < 0.3 s (load; load + replay) | {reopen_load:.3f} s; {reopen_total:.3f} s | {'ok' if reopen_total < 0.3 else 'MISSED'} |",
         "",
     ]
     text = "\n".join(lines)

@@ -218,7 +218,7 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
 
 
 def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
-    """Speedup lines from ``df`` (columns: x, series, speedup; see ``app.common.speedup_frame``)."""
+    """Speedup lines from ``df`` (columns: x, series, speedup; see ``app.pages.sweeps.speedup_frame``)."""
     fig = go.Figure()
     numeric = _numeric_x(df[x])
     order = list(dict.fromkeys(df[x].astype(str)))

@@ -123,7 +123,7 @@ def test_fifo_and_folder_in_place_of_files_are_refused(served) -> None:
 
 
 def test_sweep_results_symlink_is_refused(served) -> None:
-    from app import common
+    from app.pages import sweeps
     from app.state import library
 
     _, root, outside = served
@@ -135,7 +135,7 @@ def test_sweep_results_symlink_is_refused(served) -> None:
     assert lib.sweeps() == []
     with pytest.raises(MemprofError, match="outside the served folder"):
         lib.read_csv(csv)
-    assert SECRET not in _text(common.guard(common.sweep_content, 0))
+    assert SECRET not in _text(sweeps.update(0))
 
 
 def test_error_boxes_show_relative_paths(served) -> None:

@@ -16,7 +16,7 @@ from dash import Input, Output, State, callback, dash_table, dcc, html
 
 from app import common
 from app.state import library, parse_key
-from memprof import filters, views
+from memprof import figures, filters, views
 from memprof.format import fmt_bytes
 
 dash.register_page(__name__, path="/allocations", name="Allocations", title="memprof · allocations")
@@ -26,6 +26,25 @@ BYTE_COLUMNS = ("size",)
 ALIASES = {"size_h": "size"}  # the human-readable size filters as the byte count when given a number
 MAX_PAGE_SIZE = 500
 MAX_EXPORT_ROWS = 250_000
+ALLOC_COLUMNS = ("row", "size", "size_h", "alloc_ms", "free_ms", "lifetime_ms", "phase", "category", "site")
+
+
+def alloc_frame(m: views.TimelineModel, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Display columns: row, size, size_h, alloc_ms, free_ms, lifetime_ms, phase, category, site."""
+    d = m.allocs if df is None else df
+    return pd.DataFrame({
+        "row": d.index.to_numpy(),
+        "size": d["size"].to_numpy(),
+        "size_h": [fmt_bytes(int(s)) for s in d["size"].to_numpy()] if len(d) <= 5000 else None,
+        "alloc_ms": d["t0_ms"].round(4).to_numpy(),
+        "free_ms": np.where(d["alive_at_end"].to_numpy(), np.nan, d["t1_ms"].round(4).to_numpy()),
+        "lifetime_ms": (d["lifetime_us"] / 1000).round(4).to_numpy(),
+        "phase": d["phase"].to_numpy(),
+        "category": d["category"].to_numpy(),
+        "site": d["site"].to_numpy(),
+    })
+
+
 FILTER_HELP = ("filter: text matches anywhere (category: activation; site: transformer.py:77); numbers take "
                "= != < <= > >= and sizes take units (size: > 50 MiB, <= 1.5GB, = 512 B)")
 
@@ -39,7 +58,7 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
             t_ms = m.peak_ms
     except Exception as e:
         return html.Div([html.H2("Allocations"), common.error_box(e)])
-    cols = [{"name": c, "id": c, "type": "numeric" if c in NUMERIC_COLUMNS else "text"} for c in common.ALLOC_COLUMNS]
+    cols = [{"name": c, "id": c, "type": "numeric" if c in NUMERIC_COLUMNS else "text"} for c in ALLOC_COLUMNS]
     return html.Div([
         html.H2(f"Allocations · {library().get(sid).rel}"),
         html.P(common.summary_line(m), className="sub"),
@@ -63,7 +82,7 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
                  className="toolbar", style={"flexWrap": "wrap"}),
         html.P(id="allocations-alive-summary", className="sub"),
         html.Div([
-            html.Div(common.table("allocations-alive", common.alloc_frame(m, m.allocs.head(0))), className="grow"),
+            html.Div(common.table("allocations-alive", alloc_frame(m, m.allocs.head(0))), className="grow"),
             html.Div(dcc.Graph(id="allocations-alive-chart"), style={"flex": "0 0 420px"}),
         ], className="row"),
     ])
@@ -91,8 +110,7 @@ def slide(v: float) -> float:
 @callback(Output("allocations-alive", "data"), Output("allocations-alive-summary", "children"), Output("allocations-alive-chart", "figure"),
           Input("allocations-time", "value"), State("allocations-key", "data"))
 def alive(t_ms: Any, key: dict[str, Any]) -> Any:
-    sid, dev = parse_key(key)
-    return common.alive_table({"snap": sid, "device": dev}, t_ms if _finite(t_ms) else None)
+    return alive_table(key, t_ms if _finite(t_ms) else None)
 
 
 # --- what the callbacks return ------------------------------------------------
@@ -141,7 +159,7 @@ def alloc_page(key: Any, page: Any, size: Any, sort_by: Any, filter_query: Any) 
     n_pages = max(1, math.ceil(len(df) / size))
     page = _int(page, 0, 0, n_pages - 1)
     chunk = df.iloc[page * size:(page + 1) * size]
-    out = common.alloc_frame(m, m.allocs.iloc[chunk["row"].to_numpy()])
+    out = alloc_frame(m, m.allocs.iloc[chunk["row"].to_numpy()])
     return out.to_dict("records"), n_pages, f"{len(df):,} of {len(m.allocs):,} allocations"
 
 
@@ -158,6 +176,19 @@ def export_csv(key: Any, sort_by: Any, filter_query: Any) -> dict[str, Any]:
         out[c] = filters.csv_safe(out[c].tolist())
     name = library().get(parse_key(key)[0]).rel.replace("/", "_").split(".")[0]
     return {"content": out.to_csv(index=False), "filename": f"{name}-allocations.csv", "type": "text/csv", "base64": False}
+
+
+def alive_table(key: dict[str, Any], t_ms: Any) -> tuple[list[dict[str, Any]], str, Any]:
+    """Allocations alive at ``t_ms`` (the peak when empty), their total, and a category chart."""
+    m = library().model(*parse_key(key))
+    try:
+        t = float(t_ms)
+    except (TypeError, ValueError):
+        t = m.peak_ms
+    alive = views.alive_at(m, t)
+    fig = figures.plot_category_bars(views.by_category(alive), title=f"alive at {t:.3f} ms, by category")
+    head = alloc_frame(m, alive.head(200))
+    return head.to_dict("records"), f"{len(alive):,} allocations alive at {t:.3f} ms, {fmt_bytes(int(alive['size'].sum()))} in all", fig
 
 
 def _int(v: Any, default: int, lo: int, hi: int) -> int:

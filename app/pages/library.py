@@ -13,6 +13,20 @@ from app.state import library
 dash.register_page(__name__, path="/", name="Library", title="memprof · library")
 
 
+def library_target(trigger: Any, rows: list[dict[str, Any]] | None, selected: list[int] | None) -> tuple[Any, str]:
+    """Where the Library's buttons go: the first selected snapshot's timeline, or Compare of all selected."""
+    from dash import no_update
+
+    ids = [int(rows[i]["id"]) for i in (selected or []) if rows and 0 <= i < len(rows)]
+    if not ids:
+        return no_update, "select one or more rows first"
+    if trigger == "library-compare":
+        if len(ids) < 2:
+            return no_update, "select at least two rows to compare"
+        return "/compare?snaps=" + ",".join(map(str, ids)), ""
+    return f"/timeline?snap={ids[0]}", ""
+
+
 def layout(**_: Any) -> html.Div:
     lib = library()
     df = lib.table()
@@ -44,4 +58,4 @@ def layout(**_: Any) -> html.Div:
           State("library-table", "derived_virtual_data"), State("library-table", "derived_virtual_selected_rows"),
           prevent_initial_call=True)
 def go(_open: Any, _cmp: Any, rows: list[dict[str, Any]] | None, selected: list[int] | None) -> tuple[Any, str]:
-    return common.library_target(dash.ctx.triggered_id, rows, selected)
+    return library_target(dash.ctx.triggered_id, rows, selected)

@@ -5,12 +5,89 @@ from __future__ import annotations
 from typing import Any
 
 import dash
+import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
 from app import common
 from app.state import library
+from memprof import figures
+from memprof.errors import MemprofError
 
 dash.register_page(__name__, path="/sweeps", name="Sweeps", title="memprof · sweeps")
+
+
+SWEEP_REQUIRED = ("seq_len", "status")
+
+
+def read_sweep(i: int) -> pd.DataFrame:
+    """The ``results.csv`` of sweep folder ``i`` (an index into the scan, never a path)."""
+    found = library().sweeps()
+    if not isinstance(i, int) or not 0 <= i < len(found):
+        raise MemprofError(f"no sweep with id {i}")
+    df = library().read_csv(found[i][2])  # checked at open: a regular file inside the served folder
+    missing = [c for c in SWEEP_REQUIRED if c not in df.columns]
+    if missing:
+        raise MemprofError(f"{found[i][1]}/results.csv: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def sweep_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
+    """Add a ``series`` label column (the config columns that vary, bar the x axis) to a sweep table.
+
+    Returns (df with ``series``, x column, series columns joined). x is ``seq_len`` when the sweep
+    varies it, else ``size`` (categorical, in file order), else ``context``."""
+    df = df.copy()
+    x = next((c for c in ("seq_len", "size", "context") if c in df.columns and df[c].notna().any() and df[c].nunique() > 1), "seq_len")
+    keys = [c for c in ("impl", "d", "mode", "compile", "dtype", "causal", "batch") if c in df.columns and c != x and df[c].nunique() > 1]
+    if keys:
+        df["series"] = df[keys].astype(str).apply(lambda r: " ".join(f"{k}={v}" if k in ("d", "compile", "batch", "causal") else str(v)
+                                                                    for k, v in zip(keys, r)), axis=1)
+    else:
+        df["series"] = "all"
+    return df, x, ",".join(keys)
+
+
+def sweep_content(i: int) -> list[Any]:
+    """Sweep folder ``i``: time and peak against seq_len (log axes), OOM marked, speedups, the table."""
+    df, x, keys = sweep_frame(read_sweep(i))
+    figs = []
+    for col, title in (("forward_ms", "forward time (ms)"), ("backward_ms", "backward time (ms)"),
+                       ("step_ms", "step time (ms)"), ("peak_allocated_mb", "peak allocated (MB)")):
+        if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
+            figs.append(html.Div(dcc.Graph(id=f"sweeps-{col.split('_')[0]}", figure=figures.plot_sweep(df, col, x=x, by="series", title=title)),
+                                 style={"flex": "1 1 520px"}))
+    n_oom = int((df["status"].astype(str) == "oom").sum())
+    parts: list[Any] = [html.P(f"{len(df)} runs, {n_oom} out of memory · series: {keys or '-'} · x: {x}", className="sub", id="sweeps-summary"),
+                        html.Div(figs, className="row", style={"flexWrap": "wrap"})]
+    sp = speedup_frame(df, x)
+    if sp is not None and len(sp):
+        parts.append(dcc.Graph(id="sweeps-speedup", figure=figures.plot_speedup(sp, x=x)))
+    parts.append(common.table("sweeps-table", df.drop(columns=["series"]), page_size=25, filter_action="native"))
+    return parts
+
+
+def speedup_frame(df: pd.DataFrame, x: str) -> pd.DataFrame | None:
+    """Speedup of each implementation over the baseline (naive attention, eager transformer) on step time.
+
+    Columns: x, series (the other config columns), speedup (baseline step_ms / step_ms), impl."""
+    y = "step_ms" if "step_ms" in df.columns and pd.to_numeric(df["step_ms"], errors="coerce").notna().any() else "forward_ms"
+    if "impl" in df.columns and df["impl"].nunique() > 1:
+        by, base = "impl", ("naive" if (df["impl"] == "naive").any() else sorted(df["impl"].astype(str).unique())[0])
+    elif "compile" in df.columns and df["compile"].nunique() > 1:
+        by, base = "compile", False
+    else:
+        return None
+    ok = df[df["status"].astype(str) == "ok"].copy()
+    ok[y] = pd.to_numeric(ok[y], errors="coerce")
+    on = [c for c in ("d", "mode", "dtype", "causal", "batch", "impl", "compile") if c in ok.columns and c != by and ok[c].nunique() > 1] + [x]
+    b = ok[ok[by].astype(str) == str(base)][on + [y]].rename(columns={y: "base"})
+    o = ok[ok[by].astype(str) != str(base)].merge(b, on=on)
+    if not len(o):
+        return None
+    lab = [c for c in on if c != x]
+    o["series"] = o[[by] + lab].astype(str).apply(lambda r: " ".join(f"{k}={v}" for k, v in zip([by] + lab, r)) + f" vs {by}={base}", axis=1)
+    o["speedup"] = o["base"] / o[y]
+    return o[[x, "series", "speedup"]]
 
 
 def layout(sweep: str | None = None, **_: Any) -> html.Div:
@@ -27,4 +104,4 @@ def layout(sweep: str | None = None, **_: Any) -> html.Div:
 
 @callback(Output("sweeps-body", "children"), Input("sweeps-select", "value"))
 def update(i: int) -> Any:
-    return common.guard(common.sweep_content, i)
+    return common.guard(sweep_content, i)
