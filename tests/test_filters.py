@@ -99,6 +99,9 @@ def where(pred) -> list[int]:
     ("!({size} > 1000)", lambda r: not r["size"] > 1000),
     ("!{category} scontains activation", lambda r: "activation" not in r["category"]),
     ("5 < {size}", lambda r: r["size"] > 5),
+    ("{size} >= {free_ms}", lambda r: r["free_ms"] is not None and r["size"] >= r["free_ms"]),
+    ("{category} = {phase}", lambda r: r["category"] == r["phase"]),
+    ("{category} != {site}", lambda r: r["category"] != r["site"]),
     ("{free_ms} >= 2.5 && {free_ms} < 4", lambda r: r["free_ms"] is not None and 2.5 <= r["free_ms"] < 4),
     ("{site} = `=HYPERLINK(x)`", lambda r: r["site"] == "=HYPERLINK(x)"),
     ("{site} scontains 'py:77 a'", lambda r: "py:77 a" in r["site"]),
@@ -137,6 +140,9 @@ def test_byte_count_units() -> None:
     ("((" * 20 + "{size} > 1" + "))" * 20, "nested too deeply"),
     ("!" * 40 + "{size} > 1", "nested too deeply"),
     (" && ".join(["{size} > 1"] * (F.MAX_CLAUSES + 1)), "too many conditions"),
+    ("{size} scontains 5", "holds numbers"),
+    ("{site} contains {category}", "two columns compare only"),
+    ("{size} = {category}", "two columns compare only"),
 ])
 def test_bad_queries_give_one_clear_error(q: str, words: str) -> None:
     with pytest.raises(F.FilterError, match=None) as ei:
@@ -205,3 +211,11 @@ def test_large_table_filter_is_vectorised() -> None:
     exp = (df["category"] == "activation") & (df["size"] > 50 * 2**20) & df["site"].str.contains("layer_1", regex=False)
     assert list(out.index) == list(df.index[exp])
     assert dt < 3.0
+    # the largest queries accepted (MAX_CLAUSES clauses on text and on numbers) stay bounded: text columns
+    # are factorised once per query, not once per clause
+    for q in (" || ".join(f"{{site}} scontains layer_{i}" for i in range(F.MAX_CLAUSES)),
+              " || ".join(f"{{size}} > {i}" for i in range(F.MAX_CLAUSES))):
+        assert len(q) <= F.MAX_QUERY_CHARS
+        t = time.perf_counter()
+        F.apply_filter(df, q, byte_columns={"size"})
+        assert time.perf_counter() - t < 6.0
