@@ -584,12 +584,13 @@ def apply_filter(df: pd.DataFrame, query: str | Node | None, byte_columns: Itera
     return df[np.asarray(keep, dtype=bool)]
 
 
-def sort_frame(df: pd.DataFrame, sort_by: Any) -> pd.DataFrame:
-    """Sort as the table asks (``[{"column_id": c, "direction": "asc"|"desc"}, ...]``), stably.
+def sort_order(df: pd.DataFrame, sort_by: Any) -> np.ndarray:
+    """Row positions in the order the table asks (``[{"column_id": c, "direction": "asc"|"desc"}, ...]``),
+    stable, missing values last; only the key columns are sorted, so a page gathers only its own rows.
 
     Anything else than that shape, or an unknown column, is a :class:`FilterError`."""
     if sort_by in (None, [], ()):
-        return df
+        return np.arange(len(df))
     if not isinstance(sort_by, (list, tuple)) or len(sort_by) > len(df.columns):
         raise FilterError("sort: expected a list of {column_id, direction}")
     cols: list[str] = []
@@ -603,7 +604,15 @@ def sort_frame(df: pd.DataFrame, sort_by: Any) -> pd.DataFrame:
         if c not in cols:
             cols.append(c)
             asc.append(s.get("direction", "asc") == "asc")
-    return df.sort_values(cols, ascending=asc, kind="stable", na_position="last")
+    keys = df[cols].reset_index(drop=True)
+    return keys.sort_values(cols, ascending=asc, kind="stable", na_position="last").index.to_numpy()
+
+
+def sort_frame(df: pd.DataFrame, sort_by: Any) -> pd.DataFrame:
+    """``df`` in the order :func:`sort_order` gives."""
+    if sort_by in (None, [], ()):
+        return df
+    return df.iloc[sort_order(df, sort_by)]
 
 
 def csv_safe(values: Sequence[Any]) -> list[Any]:
@@ -611,5 +620,5 @@ def csv_safe(values: Sequence[Any]) -> list[Any]:
     return [("'" + v) if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v for v in values]
 
 
-__all__ = ["FilterError", "parse", "tokenize", "apply_filter", "sort_frame", "byte_count", "referenced_columns",
+__all__ = ["FilterError", "parse", "tokenize", "apply_filter", "sort_order", "sort_frame", "byte_count", "referenced_columns",
            "csv_safe", "MAX_QUERY_CHARS", "MAX_CLAUSES", "MAX_DEPTH"]

@@ -127,24 +127,25 @@ def table_frame(m: views.TimelineModel, with_size_h: bool = False) -> pd.DataFra
         "alloc_ms": a["t0_ms"].round(4).to_numpy(),
         "free_ms": np.where(a["alive_at_end"].to_numpy(), np.nan, a["t1_ms"].round(4).to_numpy()),
         "lifetime_ms": (a["lifetime_us"] / 1000).round(4).to_numpy(),
-        "phase": a["phase"].to_numpy(),
-        "category": a["category"].to_numpy(),
-        "site": a["site"].to_numpy(),
+        "phase": a["phase"].array,  # the column's own array: no copy through Python strings
+        "category": a["category"].array,
+        "site": a["site"].array,
     })
     if with_size_h:
         df.insert(2, "size_h", [fmt_bytes(int(s)) for s in df["size"].to_numpy()])
     return df
 
 
-def query(key: Any, sort_by: Any, filter_query: Any) -> tuple[views.TimelineModel, pd.DataFrame]:
-    """The model and its table filtered and sorted as the DataTable asks (errors: :class:`filters.FilterError`)."""
+def query(key: Any, sort_by: Any, filter_query: Any) -> tuple[views.TimelineModel, pd.DataFrame, np.ndarray]:
+    """The model, its table filtered as the DataTable asks, and the row order its sort asks for
+    (positions into the filtered table; errors: :class:`filters.FilterError`)."""
     sid, dev = parse_key(key)
     m = library().model(sid, dev)
     node = filters.parse(filter_query or "")
     sorts_size_h = isinstance(sort_by, list) and any(isinstance(s, dict) and s.get("column_id") == "size_h" for s in sort_by)
     df = table_frame(m, with_size_h=sorts_size_h or "size_h" in filters.referenced_columns(node))
     df = filters.apply_filter(df, node, byte_columns=BYTE_COLUMNS, aliases=ALIASES)
-    return m, filters.sort_frame(df, sort_by)
+    return m, df, filters.sort_order(df, sort_by)
 
 
 def alloc_page(key: Any, page: Any, size: Any, sort_by: Any, filter_query: Any) -> tuple[list[dict[str, Any]], int, Any]:
@@ -152,13 +153,13 @@ def alloc_page(key: Any, page: Any, size: Any, sort_by: Any, filter_query: Any) 
 
     A filter the table cannot apply leaves the table empty and says why in the count line."""
     try:
-        m, df = query(key, sort_by, filter_query)
+        m, df, order = query(key, sort_by, filter_query)
     except filters.FilterError as e:
         return [], 1, html.Span(str(e), className="error", id="allocations-filter-error")
     size = _int(size, 20, 1, MAX_PAGE_SIZE)
     n_pages = max(1, math.ceil(len(df) / size))
     page = _int(page, 0, 0, n_pages - 1)
-    chunk = df.iloc[page * size:(page + 1) * size]
+    chunk = df.iloc[order[page * size:(page + 1) * size]]  # only the page's rows are gathered
     out = alloc_frame(m, m.allocs.iloc[chunk["row"].to_numpy()])
     return out.to_dict("records"), n_pages, f"{len(df):,} of {len(m.allocs):,} allocations"
 
@@ -168,8 +169,8 @@ def export_csv(key: Any, sort_by: Any, filter_query: Any) -> dict[str, Any]:
 
     Text cells that a spreadsheet would evaluate as a formula are prefixed with ``'`` (the
     frames come from an untrusted file)."""
-    _, df = query(key, sort_by, filter_query)
-    out = df.head(MAX_EXPORT_ROWS).copy()
+    _, df, order = query(key, sort_by, filter_query)
+    out = df.iloc[order[:MAX_EXPORT_ROWS]].copy()
     if "size_h" not in out.columns:
         out.insert(2, "size_h", [fmt_bytes(int(s)) for s in out["size"].to_numpy()])
     for c in ("phase", "category", "site"):
