@@ -67,19 +67,17 @@ def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_ta
 def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None) -> tuple[list[dict[str, Any]], list[int]]:
     """Trace data for one (file, device, range), cached per view."""
     lib = library()
-    e = lib.get(snap_id)
-    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6))
+    key = (*lib.identity(snap_id), device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6))
     return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1))
 
 
 def timeline_figure(snap_id: int, device: int | None, height: int = 540) -> tuple[Any, list[int]]:
     """The full-range figure, cached with the views: many clients opening one page share one figure (never mutated)."""
     lib = library()
-    e = lib.get(snap_id)
 
     def make() -> tuple[Any, list[int]]:
         m = lib.model(snap_id, device)
         traces, rows = timeline_view(snap_id, device, None, None)
         return figures.plot_timeline(m, height=height, traces=traces), rows
 
-    return lib.views.get_or_make(("figure", str(e.path), e.mtime_ns, device, height), make)
+    return lib.views.get_or_make(("figure", *lib.identity(snap_id), device, height), make)

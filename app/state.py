@@ -314,12 +314,24 @@ class Library:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def identity(self, key: Any) -> tuple[str, int, int, int]:
+        """(real path, mtime_ns, size, inode) of a snapshot as it is now (checked): what caches key on."""
+        real, st = self.checked(self._lookup(key).path)
+        return (str(real), st.st_mtime_ns, st.st_size, st.st_ino)
+
     def model(self, key: Any, device: Any = None) -> TimelineModel:
         dev = parse_device(device)
         e = self._lookup(key)
         real, st = self.checked(e.path)
-        ck = (str(real), st.st_mtime_ns, st.st_size, st.st_ino, dev)
-        return self.models.get_or_make(ck, lambda: _make_model(real, dev, self.meta(e), self))
+
+        def make() -> TimelineModel:
+            m = _make_model(real, dev, self.meta(e), self)
+            _, st2 = self.checked(e.path)  # swapped while it was read: refuse what was read
+            if (st2.st_ino, st2.st_dev, st2.st_size, st2.st_mtime_ns) != (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns):
+                raise MemprofError(f"{e.rel}: changed while it was being read; reload the page")
+            return m
+
+        return self.models.get_or_make((str(real), st.st_mtime_ns, st.st_size, st.st_ino, dev), make)
 
     def sweeps(self) -> list[tuple[int, str, Path]]:
         """Folders holding a ``results.csv``: (id, relative folder, csv path)."""

@@ -103,6 +103,34 @@ def test_snapshot_replaced_by_symlink_after_startup_is_refused(served) -> None:
     assert lib.model(a.id).allocs is not None
 
 
+def test_swap_while_reading_is_refused_and_a_new_file_is_reread(served, monkeypatch) -> None:
+    from app import common, state
+    from app.state import library
+
+    _, root, outside = served
+    lib = library()
+    a = lib.get("runs/a.pickle.gz")
+    fig_a, _ = common.timeline_figure(a.id, None)
+    target = root / "runs" / "a.pickle.gz"
+    real_make = state._make_model
+
+    def swapping_make(*args: Any, **kw: Any) -> Any:
+        m = real_make(*args, **kw)
+        target.unlink()  # the file is replaced while the server reads it
+        shutil.copy(outside / "secret.pickle.gz", target)
+        return m
+
+    monkeypatch.setattr(state, "_make_model", swapping_make)
+    with pytest.raises(MemprofError, match="changed while it was being read"):
+        lib.model(a.id, 0)  # a device not cached yet: a build
+    monkeypatch.setattr(state, "_make_model", real_make)
+    # the replacement is a regular file inside the folder: it is read afresh, not served from the caches
+    m_new = lib.model(a.id)
+    fig_new, _ = common.timeline_figure(a.id, None)
+    assert m_new.peak_bytes != lib.model(lib.get("runs/b.pickle.gz").id).peak_bytes
+    assert fig_new is not fig_a
+
+
 def test_fifo_and_folder_in_place_of_files_are_refused(served) -> None:
     from app.state import library
 
