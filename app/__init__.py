@@ -88,16 +88,11 @@ def _check_callback_request(app: Any) -> Any:
 def _on_error(err: Exception) -> Any:
     """Every callback's failure (wrong-typed input, bad id, unreadable file) becomes the page's error box and
     an HTTP 200: in the callback's ``children`` outputs when it has any, else in the box above the page."""
-    import logging
-
     from dash import ctx, no_update, set_props
 
     from app.common import error_box
-    from memprof.errors import MemprofError
 
-    if not isinstance(err, MemprofError):
-        logging.getLogger("memprof.app").warning("callback failed", exc_info=err)
-    box = error_box(err)
+    box = error_box(err)  # logs the traceback of anything but a MemprofError
     outs = ctx.outputs_list
     flat = outs if isinstance(outs, list) else [outs]
     if all(isinstance(o, dict) for o in flat) and any(o.get("property") == "children" for o in flat):

@@ -419,7 +419,9 @@ def error_message(e: BaseException) -> str:
     if isinstance(e, MemprofError):
         text = str(e)
     else:
-        text = f"this request could not be answered ({type(e).__name__}: {str(e)[:200]})"
+        # not a message written for users: its text may name server paths, so only its type is shown
+        log.warning("a dashboard request failed", exc_info=e)
+        text = f"this request could not be answered ({type(e).__name__}; details in the server's log)"
     return _LIBRARY.relative(text) if _LIBRARY is not None else text
 
 
