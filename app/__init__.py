@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
-         ("Compare", "/compare"), ("Sweeps", "/sweeps"))
+         ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"))
 
 
 def create_app(root: str | os.PathLike[str], cache_bytes: int | None = None):  # -> dash.Dash

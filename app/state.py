@@ -333,6 +333,35 @@ class Library:
 
         return self.models.get_or_make((str(real), st.st_mtime_ns, st.st_size, st.st_ino, dev), make)
 
+    def run_of(self, e: Entry) -> str | None:
+        """The run folder (relative to the root) of a ``rank{R}.pickle[.gz]`` file, else None."""
+        from memprof.run import rank_of
+
+        return None if rank_of(e.path) is None else (e.path.parent.relative_to(self.root).as_posix() or ".")
+
+    def check_run(self, folder: Path) -> None:
+        """Every file :func:`memprof.run.load_summaries` will read in a run folder (rank snapshots, their
+        ``.meta.json`` and ``.summary``) must be a regular file inside the served folder, as at every open."""
+        from memprof.meta import meta_path
+        from memprof.run import rank_files, summary_path
+
+        for p in rank_files(folder).values():
+            self.checked(p)
+            for q in (meta_path(p), summary_path(p)):
+                if os.path.lexists(q):
+                    self.checked(q)
+
+    def runs(self) -> dict[str, dict[int, Entry]]:
+        """Every run folder under the root: ``{relative folder: {rank: entry}}``."""
+        from memprof.run import rank_of
+
+        out: dict[str, dict[int, Entry]] = {}
+        for e in self.entries():
+            rel = self.run_of(e)
+            if rel is not None:
+                out.setdefault(rel, {})[int(rank_of(e.path))] = e  # type: ignore[arg-type]
+        return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
     def sweeps(self) -> list[tuple[int, str, Path]]:
         """Folders holding a ``results.csv``: (id, relative folder, csv path)."""
         found = []
@@ -379,6 +408,41 @@ class Library:
             })
         return pd.DataFrame(rows, columns=["id", "name", "workload", "options", "device", "status", "peak_allocated_mib",
                                            "peak_reserved_mib", "forward_ms", "backward_ms", "file_mib", "modified"])
+
+
+def collapse_runs(lib: Library, df: pd.DataFrame) -> pd.DataFrame:
+    """``lib.table()`` with each run folder (``RUN/rank{R}.pickle.gz``) as one row, where its first
+    rank was: ``name`` ``RUN/ (N ranks)``, ``id`` rank 0's snapshot, peaks the largest of any rank,
+    ``status`` ``ok`` or which ranks are not, and two more columns: ``ranks`` (how many; empty for a
+    single snapshot) and ``run`` (the run's relative folder; '' for a single snapshot)."""
+    runs = lib.runs()
+    where = {e.id: rel for rel, es in runs.items() for e in es.values()}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    out: list[dict[str, Any]] = []
+    for row in df.to_dict("records"):
+        rel = where.get(int(row["id"]))
+        if rel is None:
+            out.append({**row, "ranks": None, "run": ""})
+        elif rel in groups:
+            groups[rel].append(row)
+        else:
+            groups[rel] = [row]
+            out.append({"run": rel})  # the run's row, filled in below
+    for i, row in enumerate(out):
+        rr = groups.get(row["run"]) if row["run"] else None
+        if rr is None:
+            continue
+        rel = row["run"]
+        bad = [f"rank {r}: {x.get('status') or '?'}" for r, x in zip(runs[rel], rr) if x.get("status") != "ok"]
+        merged = {**rr[0], "name": f"{rel}/ ({len(rr)} ranks)", "status": ", ".join(bad) or "ok", "ranks": len(rr), "run": rel}
+        for c in ("peak_allocated_mib", "peak_reserved_mib", "modified"):
+            vals = [x[c] for x in rr if c in x and x[c] is not None and x[c] == x[c]]
+            if c in rr[0]:
+                merged[c] = max(vals) if vals else None
+        if "file_mib" in rr[0]:
+            merged["file_mib"] = round(sum(x["file_mib"] or 0 for x in rr), 2)
+        out[i] = merged
+    return pd.DataFrame(out, columns=[*df.columns, "ranks", "run"])
 
 
 def _mib(v: Any) -> float | None:

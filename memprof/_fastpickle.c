@@ -18,15 +18,26 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <limits.h>
 #include <string.h>
 
 static PyObject *Unsupported;
 static PyObject *Malformed;
+static PyObject *Limit; /* args (kind, detail): kind is 'bytes', 'memory', 'depth' or 'memo' */
+
+/* The memory estimate shared with memprof/safe_pickle.py's scan: per container built, per item
+ * added to one, per string (plus its length), per value on the stack, per memo slot. */
+#define C_CONTAINER 64
+#define C_ITEM 8
+#define C_STR 48
+#define C_SLOT 16
+#define C_MEMO 8
 
 enum { V_OBJ = 0, V_INT, V_ENTRY, V_STACKB, V_RELEASED, V_EMPTY };
 
 typedef struct {
     int kind;
+    int depth; /* containers: 1 + the depth of the deepest item added so far */
     union {
         PyObject *o;
         long long i;
@@ -94,7 +105,13 @@ typedef struct {
     Py_ssize_t *marks;
     Py_ssize_t nm, mcap;
     Slot *memo;
+    uint16_t *memo_depth;
     Py_ssize_t memolen;
+    Py_ssize_t base;      /* absolute offset of buf[0] in the stream */
+    long long frame_end;  /* absolute end of the current FRAME, -1 outside one */
+    long long max_bytes;  /* limits (see memprof/limits.py) */
+    int max_depth;
+    long long cost;       /* the memory estimate, without stack and memo */
     Py_ssize_t memo_count; /* filled slots: MEMOIZE stores at this index, as CPython does */
 
     Entry *entries;
@@ -142,15 +159,29 @@ static int malformed(const char *what) {
     return -1;
 }
 
-/* Turn an unexpected Python error (TypeError for an unhashable key, ...) into Malformed. */
+static int limit_err(const char *kind, PyObject *detail /* stolen */) {
+    if (!detail)
+        return -1;
+    PyObject *a = Py_BuildValue("(sN)", kind, detail);
+    if (a) {
+        PyErr_SetObject(Limit, a);
+        Py_DECREF(a);
+    }
+    return -1;
+}
+
+/* Turn an unexpected Python error (TypeError for an unhashable key, ...) into Malformed; others
+ * (Unsupported, Limit, MemoryError, the reader's own errors such as memprof's LimitError) pass. */
 static void normalise_error(void) {
     if (!PyErr_Occurred()) {
         PyErr_SetString(Malformed, "internal error");
         return;
     }
-    if (PyErr_ExceptionMatches(Unsupported) || PyErr_ExceptionMatches(Malformed) ||
-        PyErr_ExceptionMatches(PyExc_MemoryError) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) ||
-        PyErr_ExceptionMatches(PyExc_OSError))
+    if (PyErr_ExceptionMatches(Unsupported) || PyErr_ExceptionMatches(Malformed) || PyErr_ExceptionMatches(Limit) ||
+        !(PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_ValueError) ||
+          PyErr_ExceptionMatches(PyExc_KeyError) || PyErr_ExceptionMatches(PyExc_IndexError) ||
+          PyErr_ExceptionMatches(PyExc_AttributeError) || PyErr_ExceptionMatches(PyExc_RecursionError) ||
+          PyErr_ExceptionMatches(PyExc_SystemError)))
         return;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -178,6 +209,7 @@ static int fill(VM *vm, Py_ssize_t need) {
     if (vm->pos > 0) {
         if (avail)
             memmove(vm->buf, vm->buf + vm->pos, (size_t)avail);
+        vm->base += vm->pos;
         vm->pos = 0;
         vm->len = avail;
     }
@@ -229,12 +261,27 @@ static int fill(VM *vm, Py_ssize_t need) {
     return 0;
 }
 
+/* Frames as pickle reads them: an opcode and its argument lie within one FRAME, or wholly after
+ * its end (then reading goes on outside any frame). Returns -1 for an opcode straddling the end. */
+static int frame_check(VM *vm, Py_ssize_t n) {
+    long long at = (long long)vm->base + vm->pos;
+    if (at == vm->frame_end) {
+        vm->frame_end = -1;
+        return 0;
+    }
+    if (at + n > vm->frame_end)
+        return malformed("an opcode runs past the end of its FRAME");
+    return 0;
+}
+
 /* Pointer to n bytes of input, advancing past them; NULL on error. Valid until the next read. */
 static inline const char *take(VM *vm, Py_ssize_t n) {
     if (n < 0) {
         malformed("negative length");
         return NULL;
     }
+    if (vm->frame_end >= 0 && frame_check(vm, n) < 0)
+        return NULL;
     if (vm->len - vm->pos < n && fill(vm, n) < 0)
         return NULL;
     const char *p = vm->buf + vm->pos;
@@ -244,11 +291,15 @@ static inline const char *take(VM *vm, Py_ssize_t n) {
 
 static int readline(VM *vm, const char **out, Py_ssize_t *outlen) {
     Py_ssize_t scanned = 0;
+    if (vm->frame_end >= 0 && frame_check(vm, 1) < 0)
+        return -1;
     for (;;) {
         char *s = vm->buf + vm->pos;
         Py_ssize_t avail = vm->len - vm->pos;
         char *nl = avail > scanned ? memchr(s + scanned, '\n', (size_t)(avail - scanned)) : NULL;
         if (nl) {
+            if (vm->frame_end >= 0 && (long long)vm->base + vm->pos + (nl - s) + 1 > vm->frame_end)
+                return malformed("an opcode runs past the end of its FRAME");
             *out = s;
             *outlen = nl - s;
             vm->pos += (nl - s) + 1;
@@ -272,7 +323,13 @@ static inline uint64_t le_u(const char *p, int n) {
 
 static inline int push(VM *vm, Val v) {
     if (vm->sp == vm->scap) {
-        Py_ssize_t ncap = vm->scap ? vm->scap * 2 : 256;
+        Py_ssize_t ncap = vm->scap ? vm->scap + vm->scap / 2 : 256;
+        if (vm->cost + (long long)C_SLOT * ncap > vm->max_bytes) { /* the stack itself is memory */
+            if (v.kind == V_OBJ)
+                Py_DECREF(v.u.o);
+            return limit_err("memory", PyUnicode_FromFormat("building it needs more than %lld bytes",
+                                                            vm->cost + (long long)C_SLOT * ncap));
+        }
         Val *ns = PyMem_Realloc(vm->stack, sizeof(Val) * (size_t)ncap);
         if (!ns) {
             if (v.kind == V_OBJ)
@@ -292,15 +349,54 @@ static inline int push_obj(VM *vm, PyObject *o) {
         return -1;
     Val v;
     v.kind = V_OBJ;
+    v.depth = 0;
     v.u.o = o;
     return push(vm, v);
+}
+
+/* A new empty container: one level deep, and one container in the memory estimate. */
+static inline int push_container(VM *vm, PyObject *o) {
+    if (push_obj(vm, o) < 0)
+        return -1;
+    vm->stack[vm->sp - 1].depth = 1;
+    vm->cost += C_CONTAINER;
+    return 0;
 }
 
 static inline int push_int(VM *vm, long long i) {
     Val v;
     v.kind = V_INT;
+    v.depth = 0;
     v.u.i = i;
     return push(vm, v);
+}
+
+static int too_deep(VM *vm) {
+    (void)vm;
+    return limit_err("depth", PyUnicode_FromString("a container"));
+}
+
+static int check_memory(VM *vm) {
+    long long est = vm->cost + (long long)C_SLOT * vm->sp + (long long)C_MEMO * vm->memo_count;
+    if (est > vm->max_bytes)
+        return limit_err("memory", PyUnicode_FromFormat("building it needs more than %lld bytes", est));
+    return 0;
+}
+
+/* Items stack[from:sp] are added to the container at stack[tp]: it becomes one deeper than the deepest. */
+static int add_depth(VM *vm, Py_ssize_t tp, Py_ssize_t from) {
+    int d = 0;
+    for (Py_ssize_t i = from; i < vm->sp; i++)
+        if (vm->stack[i].depth > d)
+            d = vm->stack[i].depth;
+    if (vm->sp > from) {
+        if (d + 1 > vm->max_depth)
+            return too_deep(vm);
+        if (d + 1 > vm->stack[tp].depth)
+            vm->stack[tp].depth = d + 1;
+        vm->cost += (long long)C_ITEM * (vm->sp - from);
+    }
+    return 0;
 }
 
 static void free_entry(VM *vm, Py_ssize_t idx) {
@@ -605,7 +701,9 @@ static int new_entry(VM *vm, Py_ssize_t trace) {
     e->trace = trace;
     Val v;
     v.kind = V_ENTRY;
+    v.depth = 1;
     v.u.idx = idx;
+    vm->cost += C_CONTAINER;
     return push(vm, v);
 }
 
@@ -648,6 +746,22 @@ static int action_of(VM *vm, PyObject *a, Trace *t) {
     return code;
 }
 
+/* An int beyond int64 as memprof.limits.to_i64: unsigned 64-bit wraps (2^64-1 -> -1), wider clamps. */
+static long long wrap_i64(PyObject *o) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (!overflow)
+        return v;
+    if (overflow < 0)
+        return LLONG_MIN;
+    unsigned long long u = PyLong_AsUnsignedLongLong(o);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return LLONG_MAX;
+    }
+    return (long long)u;
+}
+
 static int entry_set(VM *vm, Py_ssize_t eidx, Val *k, Val *v) {
     Entry *e = &vm->entries[eidx];
     int rc = 0;
@@ -662,6 +776,10 @@ static int entry_set(VM *vm, Py_ssize_t eidx, Val *k, Val *v) {
     }
     if (v->kind == V_ENTRY) {
         rc = unsupported("a trace entry inside a trace entry");
+        goto done;
+    }
+    if (f < NFIELDS && (e->present & (1u << f))) { /* the pure loader decides: the last value wins */
+        rc = unsupported("a trace entry with a duplicated key");
         goto done;
     }
     switch (f) {
@@ -687,8 +805,7 @@ static int entry_set(VM *vm, Py_ssize_t eidx, Val *k, Val *v) {
         if (v->kind == V_INT)
             e->ints[f - F_ADDR] = v->u.i;
         else if (v->kind == V_OBJ && PyLong_CheckExact(v->u.o)) {
-            rc = malformed("a trace entry's integer does not fit in 64 bits");
-            goto done;
+            e->ints[f - F_ADDR] = wrap_i64(v->u.o);
         } else {
             rc = unsupported("a trace entry's integer field holds a non-integer");
             goto done;
@@ -792,7 +909,7 @@ static int op_empty_dict(VM *vm) {
                 return new_entry(vm, t);
         }
     }
-    return push_obj(vm, PyDict_New());
+    return push_container(vm, PyDict_New());
 }
 
 static int add_trace(VM *vm, PyObject *lst) {
@@ -832,7 +949,7 @@ static int op_empty_list(VM *vm) {
                 return -1;
             Py_INCREF(l);
             vm->dt = l;
-            return push_obj(vm, l);
+            return push_container(vm, l);
         }
         if (!vm->dt && vm->sp == 2 && vm->stack[0].kind == V_OBJ && PyDict_CheckExact(vm->stack[0].u.o) &&
             top->kind == V_OBJ && PyUnicode_CheckExact(top->u.o) &&
@@ -842,7 +959,7 @@ static int op_empty_list(VM *vm) {
                 return -1;
             Py_INCREF(l);
             vm->dt = l;
-            return push_obj(vm, l);
+            return push_container(vm, l);
         }
         /* a device trace: an item of root['device_traces'] */
         if (vm->dt && ((top->kind == V_OBJ && top->u.o == vm->dt) ||
@@ -854,7 +971,7 @@ static int op_empty_list(VM *vm) {
                 Py_DECREF(l);
                 return -1;
             }
-            return push_obj(vm, l);
+            return push_container(vm, l);
         }
         /* the frames list of a trace entry */
         if (vm->ntr && is_key(vm, top, F_FRAMES)) {
@@ -878,16 +995,20 @@ static int op_empty_list(VM *vm) {
                 memset(b, 0, sizeof(Builder));
                 Val v;
                 v.kind = V_STACKB;
+                v.depth = 1;
                 v.u.idx = vm->nb++;
+                vm->cost += C_CONTAINER;
                 return push(vm, v);
             }
         }
     }
-    return push_obj(vm, PyList_New(0));
+    return push_container(vm, PyList_New(0));
 }
 
 /* Add the values stack[from:sp] to the container at stack[tp], then pop them. */
 static int append_items(VM *vm, Py_ssize_t tp, Py_ssize_t from) {
+    if (add_depth(vm, tp, from) < 0)
+        return -1;
     Val *tv = &vm->stack[tp];
     Py_ssize_t i;
     if (tv->kind == V_STACKB) {
@@ -923,6 +1044,8 @@ static int append_items(VM *vm, Py_ssize_t tp, Py_ssize_t from) {
 static int set_items(VM *vm, Py_ssize_t tp, Py_ssize_t from) {
     if ((vm->sp - from) % 2)
         return malformed("odd number of items for SETITEMS");
+    if (add_depth(vm, tp, from) < 0)
+        return -1;
     Val *tv = &vm->stack[tp];
     Py_ssize_t i;
     if (tv->kind == V_ENTRY) {
@@ -954,6 +1077,13 @@ static int set_items(VM *vm, Py_ssize_t tp, Py_ssize_t from) {
 /* Build a tuple/list/set of stack[from:sp] and replace them by it. */
 static int collect(VM *vm, Py_ssize_t from, int kind /* 0 tuple, 1 list, 2 frozenset */) {
     Py_ssize_t n = vm->sp - from;
+    int d = 0;
+    for (Py_ssize_t i = from; i < vm->sp; i++)
+        if (vm->stack[i].depth > d)
+            d = vm->stack[i].depth;
+    if (d + 1 > vm->max_depth) /* checked before anything is built or hashed */
+        return too_deep(vm);
+    vm->cost += C_CONTAINER + (long long)C_ITEM * n;
     PyObject *c = kind == 1 ? PyList_New(n) : PyTuple_New(n);
     if (!c)
         return -1;
@@ -974,7 +1104,10 @@ static int collect(VM *vm, Py_ssize_t from, int kind /* 0 tuple, 1 list, 2 froze
         Py_DECREF(c);
         c = fs;
     }
-    return push_obj(vm, c);
+    if (push_obj(vm, c) < 0)
+        return -1;
+    vm->stack[vm->sp - 1].depth = d + 1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -985,9 +1118,9 @@ static int memo_put(VM *vm, Py_ssize_t idx) {
         return malformed("MEMOIZE on an empty stack");
     if (idx < 0)
         return malformed("negative memo index");
+    if (idx > vm->memo_count) /* pickle fills the memo in order: slots 0..memo_count-1 are all set */
+        return limit_err("memo", PyUnicode_FromFormat("memo index %zd after %zd entries", idx, vm->memo_count));
     if (idx >= vm->memolen) {
-        if (idx > vm->memolen * 2 + (1 << 20))
-            return unsupported("sparse memo");
         Py_ssize_t ncap = vm->memolen ? vm->memolen : 1024;
         while (ncap <= idx)
             ncap += ncap / 2;
@@ -998,6 +1131,12 @@ static int memo_put(VM *vm, Py_ssize_t idx) {
         }
         memset(nm + vm->memolen, 0, sizeof(Slot) * (size_t)(ncap - vm->memolen));
         vm->memo = nm;
+        uint16_t *nd = PyMem_Realloc(vm->memo_depth, sizeof(uint16_t) * (size_t)ncap);
+        if (!nd) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        vm->memo_depth = nd;
         vm->memolen = ncap;
     }
     Val *top = &vm->stack[vm->sp - 1];
@@ -1030,6 +1169,7 @@ static int memo_put(VM *vm, Py_ssize_t idx) {
     if (old == S_EMPTY)
         vm->memo_count++;
     vm->memo[idx] = nv;
+    vm->memo_depth[idx] = (uint16_t)(top->depth > 65535 ? 65535 : top->depth);
     if (S_IS_OBJ(old))
         Py_DECREF((PyObject *)old);
     return 0;
@@ -1044,6 +1184,7 @@ static int memo_get(VM *vm, Py_ssize_t idx) {
     if (S_IS_BUILDER(x)) {
         Val v;
         v.kind = V_STACKB;
+        v.depth = vm->memo_depth[idx];
         v.u.idx = (Py_ssize_t)(x >> 2);
         return push(vm, v);
     }
@@ -1051,7 +1192,10 @@ static int memo_get(VM *vm, Py_ssize_t idx) {
     if (o == vm->dt || trace_index(vm, o) >= 0)
         return unsupported("a device trace is referenced twice");
     Py_INCREF(o);
-    return push_obj(vm, o);
+    if (push_obj(vm, o) < 0)
+        return -1;
+    vm->stack[vm->sp - 1].depth = vm->memo_depth[idx];
+    return 0;
 }
 
 static int parse_line_index(const char *s, Py_ssize_t n, Py_ssize_t *out) {
@@ -1242,6 +1386,8 @@ static void release_memo(VM *vm) {
             Py_DECREF((PyObject *)vm->memo[i]);
     PyMem_Free(vm->memo);
     vm->memo = NULL;
+    PyMem_Free(vm->memo_depth);
+    vm->memo_depth = NULL;
     vm->memolen = 0;
     for (Py_ssize_t i = 0; i < vm->nb; i++) {
         Builder *b = &vm->bld[i];
@@ -1297,7 +1443,10 @@ static PyObject *run(VM *vm) {
     const char *p;
     Py_ssize_t n, m, idx;
     int proto_seen = 0;
+    unsigned long ops = 0;
     for (;;) {
+        if (!(++ops & 0xfff) && check_memory(vm) < 0)
+            return NULL;
         if (!(p = take(vm, 1)))
             return NULL;
         unsigned char op = (unsigned char)*p;
@@ -1315,10 +1464,23 @@ static PyObject *run(VM *vm) {
             }
             proto_seen = 1;
             break;
-        case 0x95: /* FRAME: a hint, the data follows inline */
-            if (!take(vm, 8))
+        case 0x95: { /* FRAME: the data follows inline; as pickle's C unpickler, its bytes must all be there */
+            if (!(p = take(vm, 8)))
                 return NULL;
+            uint64_t fl = le_u(p, 8);
+            if (fl > (uint64_t)(vm->max_bytes - (vm->base + vm->pos))) {
+                limit_err("bytes", PyUnicode_FromFormat("a FRAME of %llu bytes", (unsigned long long)fl));
+                return NULL;
+            }
+            if (vm->frame_end >= 0 && vm->base + vm->pos != vm->frame_end) {
+                malformed("a FRAME inside a FRAME");
+                return NULL;
+            }
+            if (fill(vm, (Py_ssize_t)fl) < 0)
+                return NULL;
+            vm->frame_end = vm->base + vm->pos + (long long)fl;
             break;
+        }
         case '.': { /* STOP */
             if (vm->sp != 1 || vm->nm) {
                 if (vm->sp == 0) {
@@ -1328,6 +1490,8 @@ static PyObject *run(VM *vm) {
                 unsupported("STOP with extra values on the stack");
                 return NULL;
             }
+            if (check_memory(vm) < 0)
+                return NULL;
             PyObject *root = take_obj(vm, &vm->stack[--vm->sp]);
             if (!root)
                 return NULL;
@@ -1405,11 +1569,11 @@ static PyObject *run(VM *vm) {
                 return NULL;
             break;
         case ')': /* EMPTY_TUPLE */
-            if (push_obj(vm, PyTuple_New(0)) < 0)
+            if (push_container(vm, PyTuple_New(0)) < 0)
                 return NULL;
             break;
         case 0x8f: /* EMPTY_SET */
-            if (push_obj(vm, PySet_New(NULL)) < 0)
+            if (push_container(vm, PySet_New(NULL)) < 0)
                 return NULL;
             break;
         case 't': /* TUPLE */
@@ -1443,7 +1607,9 @@ static PyObject *run(VM *vm) {
                 return NULL;
             Val dv;
             dv.kind = V_OBJ;
+            dv.depth = 1;
             dv.u.o = d;
+            vm->cost += C_CONTAINER;
             /* insert the dict below its items, then SETITEMS into it */
             if (push(vm, dv) < 0)
                 return NULL;
@@ -1501,6 +1667,9 @@ static PyObject *run(VM *vm) {
                 unsupported("ADDITEMS to something other than a set");
                 return NULL;
             }
+            if (add_depth(vm, m - 1, m) < 0)
+                return NULL;
+            tv = &vm->stack[m - 1];
             for (Py_ssize_t i = m; i < vm->sp; i++) {
                 PyObject *o = take_obj(vm, &vm->stack[i]);
                 if (!o)
@@ -1587,6 +1756,11 @@ static PyObject *run(VM *vm) {
                 malformed("LONG pickle has negative byte count");
                 return NULL;
             }
+            if ((long long)sn > vm->max_bytes - (vm->base + vm->pos)) {
+                limit_err("bytes", PyUnicode_FromFormat("a LONG of %d bytes", (int)sn));
+                return NULL;
+            }
+            vm->cost += C_STR + sn;
             if (!(p = take(vm, sn)) || push_long_bytes(vm, p, sn) < 0)
                 return NULL;
             break;
@@ -1646,11 +1820,14 @@ static PyObject *run(VM *vm) {
                 malformed("BINSTRING pickle has negative byte count");
                 return NULL;
             }
-            if (un > (uint64_t)PY_SSIZE_T_MAX) {
-                malformed("length too large");
+            if (un > (uint64_t)(vm->max_bytes - (vm->base + vm->pos))) {
+                limit_err("bytes", PyUnicode_FromFormat("a string of %llu bytes", (unsigned long long)un));
                 return NULL;
             }
             n = (Py_ssize_t)un;
+            vm->cost += C_STR + n;
+            if (n > (1 << 16) && check_memory(vm) < 0)
+                return NULL;
             if (!(p = take(vm, n)))
                 return NULL;
             PyObject *o;
@@ -1688,8 +1865,10 @@ static PyObject *run(VM *vm) {
 
 static PyObject *fp_load(PyObject *self, PyObject *args) {
     PyObject *file, *actions;
+    long long max_bytes = 2LL << 30;
+    int max_depth = 64;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OO!:load", &file, &PyTuple_Type, &actions))
+    if (!PyArg_ParseTuple(args, "OO!|Li:load", &file, &PyTuple_Type, &actions, &max_bytes, &max_depth))
         return NULL;
     Py_ssize_t na = PyTuple_GET_SIZE(actions);
     if (na < 1 || na > 127) {
@@ -1700,6 +1879,9 @@ static PyObject *fp_load(PyObject *self, PyObject *args) {
     memset(&vm, 0, sizeof(vm));
     vm.file = file;
     vm.n_actions = (int)na;
+    vm.max_bytes = max_bytes;
+    vm.max_depth = max_depth;
+    vm.frame_end = -1;
     PyObject *res = NULL;
     vm.stacks = PyList_New(0);
     vm.um_index = PyDict_New();
@@ -1732,11 +1914,427 @@ done:
     return res;
 }
 
+/* ------------------------------------------------------------------------ */
+/* scan: the opcodes walked without building anything (the pure loader's guard)
+ *
+ * The same rules as memprof/safe_pickle.py's scan, opcode for opcode: depth per stack value,
+ * the memo filled in order, lengths within max_bytes, the memory estimate. Every opcode is
+ * accepted (GLOBAL, REDUCE, ... are placeholders: the restricted unpickler refuses what it must);
+ * persistent ids, extension codes and out-of-band buffers raise Unsupported. */
+
+typedef struct {
+    int *v;
+    Py_ssize_t n, cap;
+} IntVec;
+
+static int iv_push(IntVec *a, int x) {
+    if (a->n == a->cap) {
+        Py_ssize_t ncap = a->cap ? a->cap + a->cap / 2 : 256;
+        int *nv = PyMem_Realloc(a->v, sizeof(int) * (size_t)ncap);
+        if (!nv) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        a->v = nv;
+        a->cap = ncap;
+    }
+    a->v[a->n++] = x;
+    return 0;
+}
+
+static int scan_memory(VM *vm, IntVec *st, IntVec *memo) {
+    long long est = vm->cost + (long long)C_SLOT * st->n + (long long)C_MEMO * memo->n;
+    if (est > vm->max_bytes)
+        return limit_err("memory", PyUnicode_FromFormat("building it needs more than %lld bytes", est));
+    return 0;
+}
+
+static int scan_run(VM *vm, IntVec *st, IntVec *marks, IntVec *memo) {
+    const char *p;
+    Py_ssize_t n;
+    unsigned long ops = 0;
+#define LEFT (vm->max_bytes - (vm->base + vm->pos))
+#define PUSH(d)                         \
+    do {                                \
+        if (iv_push(st, (d)) < 0)       \
+            return -1;                  \
+    } while (0)
+    for (;;) {
+        if (!(++ops & 0xfff) && scan_memory(vm, st, memo) < 0)
+            return -1;
+        if (!(p = take(vm, 1)))
+            return -1;
+        unsigned char op = (unsigned char)*p;
+        switch (op) {
+        case 'N':
+        case 0x88:
+        case 0x89:
+            PUSH(0);
+            break;
+        case 0x94: /* MEMOIZE */
+            if (!st->n)
+                return malformed("MEMOIZE on an empty stack");
+            if (iv_push(memo, st->v[st->n - 1]) < 0)
+                return -1;
+            break;
+        case '(':
+            if (iv_push(marks, (int)st->n) < 0)
+                return -1;
+            break;
+        case '}':
+        case ']':
+        case ')':
+        case 0x8f:
+            PUSH(1);
+            vm->cost += C_CONTAINER;
+            break;
+        case 'h':
+        case 'j':
+        case 'g': {
+            Py_ssize_t idx;
+            if (op == 'g') {
+                if (readline(vm, &p, &n) < 0 || parse_line_index(p, n, &idx) < 0)
+                    return -1;
+            } else {
+                int w = op == 'h' ? 1 : 4;
+                if (!(p = take(vm, w)))
+                    return -1;
+                idx = (Py_ssize_t)le_u(p, w);
+            }
+            if (idx >= memo->n)
+                return malformed("memo key not found");
+            PUSH(memo->v[idx]);
+            break;
+        }
+        case 'q':
+        case 'r':
+        case 'p': {
+            Py_ssize_t idx;
+            if (op == 'p') {
+                if (readline(vm, &p, &n) < 0 || parse_line_index(p, n, &idx) < 0)
+                    return -1;
+            } else {
+                int w = op == 'q' ? 1 : 4;
+                if (!(p = take(vm, w)))
+                    return -1;
+                idx = (Py_ssize_t)le_u(p, w);
+            }
+            if (!st->n)
+                return malformed("PUT on an empty stack");
+            if (idx < memo->n)
+                memo->v[idx] = st->v[st->n - 1];
+            else if (idx == memo->n) {
+                if (iv_push(memo, st->v[st->n - 1]) < 0)
+                    return -1;
+            } else
+                return limit_err("memo", PyUnicode_FromFormat("memo index %zd after %zd entries", idx, memo->n));
+            break;
+        }
+        case 0x8c:
+        case 'X':
+        case 0x8d:
+        case 'C':
+        case 'B':
+        case 0x8e:
+        case 0x96:
+        case 'U':
+        case 'T': {
+            int w = (op == 0x8c || op == 'C' || op == 'U') ? 1 : (op == 'X' || op == 'B' || op == 'T') ? 4 : 8;
+            if (!(p = take(vm, w)))
+                return -1;
+            uint64_t un = le_u(p, w);
+            if (op == 'T' && (int32_t)(uint32_t)un < 0)
+                return malformed("negative byte count");
+            if (un > (uint64_t)LEFT)
+                return limit_err("bytes", PyUnicode_FromFormat("a string of %llu bytes", (unsigned long long)un));
+            n = (Py_ssize_t)un;
+            vm->cost += C_STR + n;
+            if (op == 0x8c || op == 'X' || op == 0x8d || op == 'U' || op == 'T') { /* text: decoded as load does */
+                if (!(p = take(vm, n)))
+                    return -1;
+                PyObject *o = (op == 'U' || op == 'T') ? PyUnicode_DecodeASCII(p, n, "strict")
+                                                       : PyUnicode_DecodeUTF8(p, n, "surrogatepass");
+                if (!o)
+                    return -1;
+                Py_DECREF(o);
+                n = 0;
+            }
+            /* stream past bytes: at most a chunk is buffered */
+            while (n > 0) {
+                Py_ssize_t k = n < CHUNK ? n : CHUNK;
+                if (!take(vm, k))
+                    return -1;
+                n -= k;
+            }
+            PUSH(0);
+            if (un > (1 << 16) && scan_memory(vm, st, memo) < 0)
+                return -1;
+            break;
+        }
+        case 'J':
+        case 'K':
+        case 'M':
+        case 'G':
+            if (!take(vm, op == 'J' ? 4 : op == 'K' ? 1 : op == 'M' ? 2 : 8))
+                return -1;
+            PUSH(0);
+            break;
+        case 'a':
+        case 'e':
+        case 's':
+        case 'u':
+        case 0x90: {
+            Py_ssize_t lo;
+            if (op == 'a' || op == 's') {
+                lo = st->n - (op == 'a' ? 1 : 2);
+                if (lo < 1 || (marks->n && marks->v[marks->n - 1] > lo - 1))
+                    return malformed(op == 'a' ? "APPEND without a list" : "SETITEM without a dict");
+            } else {
+                if (!marks->n)
+                    return malformed("could not find MARK");
+                lo = marks->v[--marks->n];
+                if (lo > st->n)
+                    return malformed("MARK above the stack");
+                if (lo < 1)
+                    return malformed("no container for APPENDS/SETITEMS");
+            }
+            if ((op == 's' || op == 'u') && (st->n - lo) % 2)
+                return malformed("odd number of items for SETITEMS");
+            if (st->n > lo) {
+                int d = 0;
+                for (Py_ssize_t i = lo; i < st->n; i++)
+                    if (st->v[i] > d)
+                        d = st->v[i];
+                d += 1;
+                if (d > st->v[lo - 1]) {
+                    if (d > vm->max_depth)
+                        return too_deep(vm);
+                    st->v[lo - 1] = d;
+                }
+                vm->cost += (long long)C_ITEM * (st->n - lo);
+            }
+            st->n = lo;
+            break;
+        }
+        case 0x85:
+        case 0x86:
+        case 0x87:
+        case 't':
+        case 'l':
+        case 'd':
+        case 0x91: {
+            Py_ssize_t lo;
+            if (op >= 0x85 && op <= 0x87) {
+                lo = st->n - (op - 0x84);
+                if (lo < 0 || (marks->n && marks->v[marks->n - 1] > lo))
+                    return malformed("not enough values for TUPLEn");
+            } else {
+                if (!marks->n)
+                    return malformed("could not find MARK");
+                lo = marks->v[--marks->n];
+                if (lo > st->n)
+                    return malformed("MARK above the stack");
+            }
+            if (op == 'd' && (st->n - lo) % 2)
+                return malformed("odd number of items for DICT");
+            int d = 0;
+            for (Py_ssize_t i = lo; i < st->n; i++)
+                if (st->v[i] > d)
+                    d = st->v[i];
+            d += 1;
+            if (d > vm->max_depth)
+                return too_deep(vm);
+            vm->cost += C_CONTAINER + (long long)C_ITEM * (st->n - lo);
+            st->n = lo;
+            PUSH(d);
+            break;
+        }
+        case 0x95: { /* FRAME */
+            if (!(p = take(vm, 8)))
+                return -1;
+            uint64_t fl = le_u(p, 8);
+            if (fl > (uint64_t)LEFT)
+                return limit_err("bytes", PyUnicode_FromFormat("a FRAME of %llu bytes", (unsigned long long)fl));
+            if (vm->frame_end >= 0 && vm->base + vm->pos != vm->frame_end)
+                return malformed("a FRAME inside a FRAME");
+            if (fill(vm, (Py_ssize_t)fl) < 0)
+                return -1;
+            vm->frame_end = vm->base + vm->pos + (long long)fl;
+            break;
+        }
+        case 0x80:
+            if (!take(vm, 1))
+                return -1;
+            break;
+        case 0x8a:
+            if (!(p = take(vm, 1)))
+                return -1;
+            if (!take(vm, (unsigned char)*p))
+                return -1;
+            PUSH(0);
+            break;
+        case 0x8b: {
+            if (!(p = take(vm, 4)))
+                return -1;
+            int32_t sn = (int32_t)(uint32_t)le_u(p, 4);
+            if (sn < 0)
+                return malformed("LONG pickle has negative byte count");
+            if ((long long)sn > LEFT)
+                return limit_err("bytes", PyUnicode_FromFormat("a LONG of %d bytes", (int)sn));
+            if (!take(vm, sn))
+                return -1;
+            vm->cost += C_STR + sn;
+            PUSH(0);
+            break;
+        }
+        case '.':
+            if (!st->n)
+                return malformed("STOP on an empty stack");
+            return scan_memory(vm, st, memo);
+        case '0':
+            if (marks->n && marks->v[marks->n - 1] == st->n)
+                marks->n--;
+            else if (st->n)
+                st->n--;
+            else
+                return malformed("POP on an empty stack");
+            break;
+        case '1': {
+            if (!marks->n)
+                return malformed("could not find MARK");
+            Py_ssize_t lo = marks->v[--marks->n];
+            if (lo > st->n)
+                return malformed("MARK above the stack");
+            st->n = lo;
+            break;
+        }
+        case '2':
+            if (!st->n)
+                return malformed("DUP on an empty stack");
+            PUSH(st->v[st->n - 1]);
+            break;
+        case 'I':
+        case 'L':
+        case 'F':
+        case 'S':
+        case 'V':
+            if (readline(vm, &p, &n) < 0)
+                return -1;
+            if (op == 'S' || op == 'V')
+                vm->cost += C_STR + n;
+            PUSH(0);
+            break;
+        case 'c':
+            if (readline(vm, &p, &n) < 0 || readline(vm, &p, &n) < 0)
+                return -1;
+            PUSH(0);
+            break;
+        case 0x93:
+            if (st->n < 2)
+                return malformed("STACK_GLOBAL needs two values");
+            st->n -= 2;
+            PUSH(0);
+            break;
+        case 'R':
+        case 0x81:
+            if (st->n < 2)
+                return malformed("REDUCE needs two values");
+            st->v[st->n - 2] = st->v[st->n - 1];
+            st->n--;
+            vm->cost += C_CONTAINER;
+            break;
+        case 0x92: {
+            if (st->n < 3)
+                return malformed("NEWOBJ_EX needs three values");
+            int d = st->v[st->n - 1] > st->v[st->n - 2] ? st->v[st->n - 1] : st->v[st->n - 2];
+            st->n -= 3;
+            PUSH(d);
+            vm->cost += C_CONTAINER;
+            break;
+        }
+        case 'b': {
+            if (st->n < 2)
+                return malformed("BUILD needs two values");
+            int d = st->v[--st->n] + 1;
+            if (d > vm->max_depth)
+                return too_deep(vm);
+            if (d > st->v[st->n - 1])
+                st->v[st->n - 1] = d;
+            break;
+        }
+        case 'i':
+        case 'o': {
+            if (op == 'i' && (readline(vm, &p, &n) < 0 || readline(vm, &p, &n) < 0))
+                return -1;
+            if (!marks->n)
+                return malformed("could not find MARK");
+            Py_ssize_t lo = marks->v[--marks->n];
+            if (lo > st->n)
+                return malformed("MARK above the stack");
+            if (op == 'o' && lo == st->n)
+                return malformed("OBJ without a class");
+            int d = 0;
+            for (Py_ssize_t i = lo; i < st->n; i++)
+                if (st->v[i] > d)
+                    d = st->v[i];
+            st->n = lo;
+            PUSH(d + 1);
+            vm->cost += C_CONTAINER;
+            break;
+        }
+        case 'P':
+        case 'Q':
+            return unsupported("refused a persistent id: a memory snapshot holds only plain data");
+        case 0x82:
+        case 0x83:
+        case 0x84:
+            return unsupported("refused an extension code: a memory snapshot holds only plain data");
+        case 0x97:
+        case 0x98:
+            return unsupported("refused out-of-band buffers: a memory snapshot holds only plain data");
+        default:
+            PyErr_Format(Malformed, "invalid opcode 0x%02x", (unsigned)op);
+            return -1;
+        }
+    }
+#undef LEFT
+#undef PUSH
+}
+
+static PyObject *fp_scan(PyObject *self, PyObject *args) {
+    PyObject *file;
+    long long max_bytes = 2LL << 30;
+    int max_depth = 64;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O|Li:scan", &file, &max_bytes, &max_depth))
+        return NULL;
+    VM vm;
+    memset(&vm, 0, sizeof(vm));
+    vm.file = file;
+    vm.max_bytes = max_bytes;
+    vm.max_depth = max_depth;
+    vm.frame_end = -1;
+    IntVec st = {0}, marks = {0}, memo = {0};
+    int rc = scan_run(&vm, &st, &marks, &memo);
+    PyMem_Free(st.v);
+    PyMem_Free(marks.v);
+    PyMem_Free(memo.v);
+    PyMem_Free(vm.buf);
+    if (rc < 0) {
+        normalise_error();
+        return NULL;
+    }
+    return PyLong_FromLongLong(vm.base + vm.pos);
+}
+
 static PyMethodDef methods[] = {
     {"load", fp_load, METH_VARARGS,
      "load(file, actions) -> (root, fast, stacks, user_metadata_values)\n\n"
      "Read a snapshot pickle from file (an object with read(n)). When fast is True, "
      "root['device_traces'] is a list of per-device column dicts."},
+    {"scan", fp_scan, METH_VARARGS,
+     "scan(file, max_bytes, max_depth) -> bytes consumed\n\n"
+     "Walk a pickle's opcodes without building anything; raise Limit, Malformed or Unsupported."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "memprof._fastpickle",
@@ -1751,8 +2349,11 @@ PyMODINIT_FUNC PyInit__fastpickle(void) {
                                             PyExc_Exception, NULL);
     Malformed = PyErr_NewExceptionWithDoc("memprof._fastpickle.Malformed", "The file is truncated or corrupt.",
                                           PyExc_ValueError, NULL);
-    if (!Unsupported || !Malformed || PyModule_AddObjectRef(m, "Unsupported", Unsupported) < 0 ||
-        PyModule_AddObjectRef(m, "Malformed", Malformed) < 0) {
+    Limit = PyErr_NewExceptionWithDoc("memprof._fastpickle.Limit",
+                                      "The file asks for more than a limit allows: args (kind, detail).", PyExc_Exception,
+                                      NULL);
+    if (!Unsupported || !Malformed || !Limit || PyModule_AddObjectRef(m, "Unsupported", Unsupported) < 0 ||
+        PyModule_AddObjectRef(m, "Malformed", Malformed) < 0 || PyModule_AddObjectRef(m, "Limit", Limit) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
 from memprof import __version__
 from memprof.errors import MemprofError
+from memprof.escape import EscapingWriter, printable
 
 #: Subcommand modules under memprof.commands, in help order. Each has
 #: ``register(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``;
 #: heavy imports (torch, plotly, dash) happen inside ``run`` only.
-COMMANDS = ("record", "sweep", "stats", "explain", "diff", "serve", "report")
+COMMANDS = ("record", "sweep", "stats", "explain", "diff", "serve", "report", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Where every byte of GPU memory goes in PyTorch, and why.",
     )
     parser.add_argument("--version", action="version", version=f"memprof {__version__}")
+    parser.add_argument(
+        "--max-bytes",
+        metavar="SIZE",
+        help="largest snapshot to read, decompressed, and memory to build it (default 2G; also MEMPROF_MAX_BYTES); "
+        "accepted anywhere before `--`",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -39,8 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_max_bytes(argv: list[str]) -> list[str]:
+    """Move ``--max-bytes SIZE`` from wherever it is (before ``--``) to the front."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    for i in range(end):
+        a = argv[i]
+        if a == "--max-bytes" and i + 1 < end:
+            return ["--max-bytes", argv[i + 1]] + argv[:i] + argv[i + 2 :]
+        if a.startswith("--max-bytes="):
+            return [a] + argv[:i] + argv[i + 1 :]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _take_max_bytes(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "_run", None) is None:
@@ -49,16 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "_accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args._extra = extra
+    stdout = sys.stdout
     try:
+        if args.max_bytes:
+            from memprof.limits import parse_size
+
+            os.environ["MEMPROF_MAX_BYTES"] = str(parse_size(args.max_bytes))
+        sys.stdout = EscapingWriter(stdout)  # type: ignore[assignment]  # text from files reaches the terminal
         return int(args._run(args) or 0)
     except MemprofError as e:
-        print(f"memprof: {e}", file=sys.stderr)
+        print(f"memprof: {printable(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("memprof: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

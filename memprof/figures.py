@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from memprof.format import fmt_bytes
+from memprof.replay import private_pool_allocated
 from memprof.views import TimelineModel, stacked_polygons, step_view
 
 MIB = float(1 << 20)
@@ -76,11 +77,36 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces.append({"type": "scatter", "x": sx, "y": sy / MIB, "mode": "lines", "line": {"width": 0, "shape": "hv"},
                    "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
     rows.append(-1)
+    counted = torch_counted(model)
     ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
     traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
                    "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
-                   "name": "allocated", "hovertemplate": "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+                   "name": "held (incl. awaiting free on another stream)" if counted is not None else "allocated",
+                   "hovertemplate": ("held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
+                                     if counted is not None else "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>")})
     rows.append(-1)
+    if counted is not None:
+        # Two streams: torch's counter (freed at free_requested) as a line, and the memory still held
+        # until free_completed above it as its own band (a copy of the held curve filled down to it).
+        cx, cy = step_view(model.t_alloc, counted, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": cx, "y": cy / MIB, "mode": "lines",
+                       "line": {"width": 1.2, "color": "#555", "shape": "hv", "dash": "dot"},
+                       "name": "allocated as torch counts it",
+                       "hovertemplate": "allocated as torch counts it (max_memory_allocated) %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
+        bx, by = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": bx, "y": by / MIB, "mode": "lines", "fill": "tonexty",
+                       "fillcolor": AWAITING_FREE_COLOR, "line": {"width": 0, "shape": "hv"},
+                       "name": "awaiting free on another stream", "hoverinfo": "skip"})
+        rows.append(-1)
+    priv = private_pool_allocated(model.rep) if len(model.rep.timeline) == len(model.t_alloc) else None
+    if priv is not None and priv.any():
+        px, py = step_view(model.t_alloc, priv, x0, x1, n_buckets)
+        traces.append({"type": "scatter", "x": px, "y": py / MIB, "mode": "lines",
+                       "line": {"width": 1.5, "color": "#2CA02C", "dash": "dot", "shape": "hv"},
+                       "name": "in private pools (CUDA graphs / MemPool)",
+                       "hovertemplate": "in private pools %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
     rx, ry = step_view(model.t_res, model.reserved, x0, x1, n_buckets)
     if len(rx) and rx[-1] < (model.end_ms if x1 is None else x1):
         rx = np.append(rx, model.end_ms if x1 is None else min(x1, model.end_ms))
@@ -106,6 +132,44 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                        "textposition": "bottom center", "name": "out of memory", "hovertemplate": "OOM at %{x:.3f} ms<extra></extra>"})
         rows.append(-1)
     return traces, rows
+
+
+AWAITING_FREE_COLOR = "rgba(245,133,24,0.45)"
+
+
+def torch_counted(model: TimelineModel) -> np.ndarray | None:
+    """Allocated bytes with torch's semantics (freed at free_requested; requested bytes, like
+    ``model.allocated``), aligned with it; None when no block ever waited for another stream, so
+    single-stream figures stay as they were."""
+    tl = model.rep.timeline
+    if "awaiting_free" not in tl or len(tl) != len(model.allocated):
+        return None
+    waiting = tl["awaiting_free"].to_numpy()
+    return model.allocated - waiting if bool(waiting.any()) else None
+
+
+def plot_state(model: TimelineModel, k: int = 25, height: int = 520) -> go.Figure:
+    """No history recorded (an empty trace): the largest live blocks at dump time, by source line.
+
+    Bars of requested bytes per site (the ``k`` largest sites); the title says what is allocated
+    and reserved and that no history was recorded.
+    """
+    from memprof.load import BEFORE_RECORDING_LABEL
+
+    a = model.allocs.assign(site=model.allocs["site"].replace(BEFORE_RECORDING_LABEL, "<no stack recorded>"))
+    g = a.groupby("site", sort=False)["size"].agg(["sum", "count"]).sort_values("sum", ascending=False).head(k)
+    g = g.iloc[::-1]
+    fig = go.Figure(go.Bar(x=g["sum"].to_numpy() / MIB, y=[str(s)[-70:] for s in g.index], orientation="h",
+                           marker_color="#4C78A8", text=[f"{fmt_bytes(b)} ×{c}" for b, c in zip(g["sum"], g["count"])],
+                           textposition="auto", name="live blocks",
+                           hovertemplate="%{y}<br>%{x:.1f} MiB<extra></extra>"))
+    fig.update_layout(
+        title=(f"No allocation history was recorded: state at dump time, {fmt_bytes(model.peak_bytes)} allocated, "
+               f"{fmt_bytes(model.peak_reserved_bytes)} reserved"),
+        height=height, template="plotly_white", margin={"l": 260, "r": 20, "t": 50, "b": 50},
+        xaxis_title="live blocks (MiB, requested)", uirevision=model.source,
+    )
+    return fig
 
 
 def phase_shapes(phases: pd.DataFrame) -> list[dict[str, Any]]:

@@ -46,7 +46,9 @@ def _one(m: views.TimelineModel, label: str, first: list[bool], top: int) -> lis
                        "site": top_allocs["site"].to_numpy()})
     return [
         f"<h2>{html.escape(label)}</h2>", _summary(m, label),
-        "<h3>timeline</h3>", _fig(figures.plot_timeline(m), first),
+        *(["<h3>timeline</h3>", _fig(figures.plot_timeline(m), first)] if m.rep.has_trace else
+          ["<h3>state at dump time</h3>", "<p id='no-history'>No allocation history was recorded (the trace is empty): "
+           "shown is what the snapshot's segments held when it was taken.</p>", _fig(figures.plot_state(m), first)]),
         "<h3>verdict</h3>", f"<div class='verdict' id='verdict'>{html.escape(str(v['verdict']))}</div>",
         f"<p>{html.escape(str(v['explanation']))}</p>",
         "<ul>" + "".join(f"<li>{html.escape(str(r))}</li>" for r in v["remedies"]) + "</ul>",

@@ -1,9 +1,12 @@
 """Read a PyTorch memory snapshot file into columns.
 
 This is the only module that touches the raw nested dicts. It reads ``.pickle``,
-``.pickle.gz`` and ``.json`` snapshots written by torch 2.1 to 2.14 with the
+``.pickle.gz`` and ``.json`` snapshots written by torch 2.0 to 2.14 with the
 restricted unpickler, interns stacks once, and returns a :class:`Snapshot` of
-pandas DataFrames and numpy arrays. A per-file cache (Arrow IPC, keyed by the
+pandas DataFrames and numpy arrays. Every historical shape is read: a bare list of
+segments, torch 2.0's block ``history`` (no block address, no ``time_us``), traces of
+one entry, ``snapshot`` markers, empty traces (only the state at dump time: see
+:meth:`Snapshot.state_totals`), private pools (``segment_pool_id``) and several devices. A per-file cache (Arrow IPC, keyed by the
 file's path, size and mtime) makes reopening fast.
 
 No torch import is needed here.
@@ -28,8 +31,10 @@ from typing import IO, Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from memprof import limits
 from memprof.errors import MemprofError, UnsafePickleError
-from memprof.safe_pickle import safe_load
+from memprof.escape import printable
+from memprof.safe_pickle import safe_load, scan
 
 CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
 
@@ -95,9 +100,53 @@ class Snapshot:
         return int(self.info.get("n_devices", 0))
 
     def default_device(self) -> int:
-        """The device with the most trace entries (0 when there is no trace)."""
-        counts = self.info.get("entries_per_device") or []
-        return int(max(range(len(counts)), key=lambda i: counts[i])) if counts else 0
+        """The device with the most trace entries; ties broken by the bytes allocated in its segments.
+
+        A file whose one-entry traces sit on device 0 while its memory is on device 1 (or whose
+        traces are empty) opens on device 1. 0 when nothing is recorded at all.
+        """
+        n = max(self.n_devices, 1)
+        counts = list(self.info.get("entries_per_device") or []) + [0] * n
+        alloc = self.state_totals()["allocated"].to_dict()
+        return int(max(range(n), key=lambda d: (counts[d], alloc.get(d, 0), -d)))
+
+    @property
+    def has_trace(self) -> bool:
+        """False when no history was recorded (an empty trace on every device): only the state at dump time."""
+        return bool(sum(self.info.get("entries_per_device") or [0]))
+
+    def state_totals(self) -> pd.DataFrame:
+        """What the segments held when the snapshot was taken, one row per device that has segments.
+
+        Columns (index: device): segments, blocks, reserved (sum of segments' total_size),
+        allocated (bytes of allocated blocks, as torch.cuda.memory_allocated counts them),
+        requested (bytes the allocated blocks' tensors asked for), active (allocated plus blocks
+        awaiting free on another stream), pending_free (active - allocated), largest_free_block,
+        pools (number of distinct memory pools; more than one means CUDA graphs or MemPool).
+        """
+        seg, blk = self.segments, self.blocks
+        cols = ["segments", "blocks", "reserved", "allocated", "requested", "active", "pending_free",
+                "largest_free_block", "pools"]
+        if not len(seg):
+            return pd.DataFrame({c: pd.Series([], dtype=np.int64) for c in cols}, index=pd.Index([], name="device"))
+        st = blk["state"].to_numpy()
+        b = pd.DataFrame({
+            "device": blk["device"].to_numpy(),
+            "alloc": np.where(st == "active_allocated", blk["size"].to_numpy(), 0),
+            "req": np.where(st == "active_allocated", blk["requested_size"].to_numpy(), 0),
+            "pending": np.where(st == "active_pending_free", blk["size"].to_numpy(), 0),
+            "free": np.where(st == "inactive", blk["size"].to_numpy(), 0),
+        }).groupby("device")
+        s = seg.groupby("device")
+        out = pd.DataFrame({"segments": s.size(), "reserved": s["total_size"].sum(), "pools": s["pool_id"].nunique()})
+        out["blocks"] = b.size().reindex(out.index, fill_value=0)
+        out["allocated"] = b["alloc"].sum().reindex(out.index, fill_value=0)
+        out["requested"] = b["req"].sum().reindex(out.index, fill_value=0)
+        out["pending_free"] = b["pending"].sum().reindex(out.index, fill_value=0)
+        out["active"] = out["allocated"] + out["pending_free"]
+        out["largest_free_block"] = b["free"].max().reindex(out.index, fill_value=0)
+        out.index = out.index.astype(np.int64).rename("device")
+        return out[cols].astype(np.int64)
 
     def check_device(self, device: int) -> None:
         if not 0 <= device < max(self.n_devices, 1):
@@ -127,7 +176,9 @@ class Snapshot:
         """For each stack, the frame id of its innermost *user* frame (-1 if none).
 
         A user frame is a Python frame outside torch's own package; failing that the
-        innermost Python frame; failing that the innermost frame.
+        innermost Python frame; failing that (C++-only stacks from ``stacks="all"``) the innermost
+        meaningful operator frame, never the unwinder, the caching allocator or the empty-tensor
+        factories (:func:`_is_plumbing`); failing that the innermost frame.
         """
         cached = self.info.get("_user_frames")
         if cached is not None:
@@ -135,6 +186,8 @@ class Snapshot:
         fn = self.frames["filename"].to_numpy()
         is_py = np.array([f.endswith(".py") for f in fn], dtype=bool)
         is_lib = np.array([_is_library_file(f) for f in fn], dtype=bool)
+        plumbing = np.array([_is_plumbing(n) for n in self.frames["name"].to_numpy()], dtype=bool) & ~is_py
+        is_op = np.array([str(n).startswith("at::_ops::") for n in self.frames["name"].to_numpy()], dtype=bool) & ~is_py
         out = np.full(len(self.stack_offsets) - 1, -1, dtype=np.int64)
         for s in range(len(out)):
             ids = self.stack_frames[self.stack_offsets[s] : self.stack_offsets[s + 1]]
@@ -145,7 +198,13 @@ class Snapshot:
                 out[s] = user[0]
                 continue
             py = ids[is_py[ids]]
-            out[s] = py[0] if len(py) else ids[0]
+            if len(py):
+                out[s] = py[0]
+                continue
+            op = ids[is_op[ids]]  # the innermost operator entry (at::_ops::<op>::call) names what allocated
+            if not len(op):
+                op = ids[~plumbing[ids]]
+            out[s] = op[0] if len(op) else ids[0]
         self.info["_user_frames"] = out
         return out
 
@@ -158,7 +217,7 @@ class Snapshot:
         """
         uf = self.user_frame_ids()
         labels = np.array(
-            [f"{os.path.basename(f)}:{l}:{n}" for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
+            [_frame_label(f, l, n) for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
             + [NO_FRAMES_LABEL, BEFORE_RECORDING_LABEL],
             dtype=object,
         )
@@ -173,10 +232,47 @@ class Snapshot:
         return labels[np.where(fid >= 0, fid, none)]
 
 
+def _frame_label(filename: str, line: int, name: str) -> str:
+    """'file.py:line:function'; a C++ frame (``stacks="all"``) without its argument list."""
+    if str(filename).endswith(".py"):
+        return f"{os.path.basename(filename)}:{line}:{name}"
+    n = str(name)
+    depth, cut = 0, len(n)
+    for i, ch in enumerate(n):  # the first '(' outside template brackets ends the qualified name
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and not n.startswith("(anonymous", i):
+            cut = i
+            break
+    base = os.path.basename(str(filename))
+    return f"{n[:cut]}" + (f" ({base})" if base and base != "??" else "")
+
+
 NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
 BEFORE_RECORDING_LABEL = "<allocated before recording started>"
 
 _LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
+
+
+#: C++ frames that say nothing about who allocated: the unwinder, the allocator, tensor factories, runtimes.
+_PLUMBING_PREFIXES = (
+    "torch::unwind::", "torch::CapturedTraceback", "torch::(anonymous namespace)::gather", "c10::cuda::CUDACachingAllocator",
+    "c10::CachingDeviceAllocator", "c10::", "at::empty", "at::detail::empty", "at::native::empty", "at::TensorBase::",
+    "at::native::resize", "at::native::(anonymous namespace)::create_out", "at::(anonymous namespace)::create_out",
+    "at::cuda::", "std::", "__libc", "_start", "start_thread", "clone", "_Py", "Py", "??", "THPVariable_", "pybind11::",
+    "torch::autograd::python", "torch::autograd::THPVariable", "void at::native::", "cudaMalloc",
+    "torch::cuda::(anonymous namespace)::gather", "at::TensorIteratorBase::", "at::TensorIterator::", "at::meta::",
+    "pthread", "__clone",
+)
+
+
+def _is_plumbing(name: str) -> bool:
+    n = str(name).lstrip()
+    head = n.split("(")[0]
+    return ((not n) or n.startswith(_PLUMBING_PREFIXES) or "CUDACachingAllocator" in n or "unwind" in head
+            or "set_output_raw_strided" in n or "create_out" in head)
 
 
 def _is_library_file(filename: str) -> bool:
@@ -189,56 +285,112 @@ def _is_library_file(filename: str) -> bool:
 # Reading the raw file
 
 
-def _open_bytes(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def read_raw(path: str | os.PathLike[str]) -> tuple[Any, str]:
-    """Read and safely decode a snapshot file. Returns (raw object, format name)."""
-    p = Path(path)
+def _open_checked(p: Path) -> tuple[limits.BoundedReader, str]:
+    """Open a snapshot by its bytes: (bounded decompressed stream, format name such as 'pickle.gz')."""
     if not p.exists():
         raise MemprofError(f"no such file: {p}")
     if p.is_dir():
         raise MemprofError(f"{p} is a folder, not a snapshot file")
-    name = p.name.lower()
-    is_json = name.endswith(".json") or name.endswith(".json.gz")
-    fmt = "json" if is_json else "pickle"
-    if name.endswith(".gz"):
-        fmt += ".gz"
     try:
-        with _open_bytes(p) as f:
+        reader, comp = limits.open_snapshot(p)
+    except OSError as e:
+        raise MemprofError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        kind = reader.sniff()
+    except limits.DECOMPRESS_ERRORS as e:
+        reader.close()
+        raise _decode_error(p, e) from None
+    except BaseException:
+        reader.close()
+        raise
+    return reader, kind + comp
+
+
+def _decode_error(p: Path, e: BaseException) -> MemprofError:
+    """A decompressor's or the OS's error as one line."""
+    if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno is not None:
+        return MemprofError(f"{p}: cannot read ({e.strerror or e})")
+    return MemprofError(f"{p}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})")
+
+
+def _json_bytes(data: bytes, source: str) -> Any:
+    """Decode JSON after bounding what it can build (containers and items, as the pickle scan does)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    est = len(data) + 64 * (data.count(b"[") + data.count(b"{")) + 16 * (data.count(b",") + data.count(b":"))
+    if est > limits.max_bytes():
+        raise limits.limit_error("memory", f"{source}: building it needs more than {est:,} bytes")
+    return json.loads(data)
+
+
+def _scan_pickle(p: Path) -> None:
+    """Walk the pickle's opcodes before the restricted unpickler builds anything (see safe_pickle.scan)."""
+    reader, _ = _open_checked(p)
+    with reader:
+        try:
+            fp = _fastpickle_module()
+        except ImportError:
+            scan(reader, str(p))
+            return
+        try:
+            fp.scan(reader, limits.max_bytes(), limits.max_depth())
+        except fp.Limit as e:
+            raise limits.limit_error(e.args[0], f"{p}: {e.args[1]}") from None
+        except fp.Unsupported as e:
+            raise UnsafePickleError(str(e)) from None
+        except fp.Malformed as e:
+            raise pickle.UnpicklingError(str(e)) from None
+
+
+def read_raw(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    """Read and safely decode a snapshot file. Returns (raw object, format name).
+
+    The format comes from the bytes (gzip/xz/bzip2 magic, then JSON or pickle), never the name.
+    """
+    raw, fmt, _ = _read_raw(Path(path))
+    return raw, fmt
+
+
+def _read_raw(p: Path) -> tuple[Any, str, int]:
+    """(raw object, format name, decompressed bytes)."""
+    reader, fmt = _open_checked(p)
+    is_json = fmt.startswith("json")
+    try:
+        with reader:
             if is_json:
-                return json.load(f), fmt
-            head = f.peek(2)[:2] if hasattr(f, "peek") else b""
-            if head and head[:1] != b"\x80":
-                # Protocol 0/1 pickles are text-like and never written by torch; JSON without the extension is common.
-                if head[:1] in (b"{", b"["):
-                    return json.load(f), "json"
+                raw = _json_bytes(reader.read(), str(p))
+                reader.drain()
+                return raw, fmt, reader.count
+        _scan_pickle(p)
+        reader, fmt = _open_checked(p)
+        with reader:
             gc_was = gc.isenabled()
             gc.disable()  # building millions of containers: the cyclic GC only slows it down
             try:
-                return safe_load(f), fmt
+                raw = safe_load(reader)
             finally:
                 if gc_was:
                     gc.enable()
-    except UnsafePickleError:
+            reader.drain()
+            return raw, fmt, reader.count
+    except MemprofError:
         raise
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise MemprofError(f"{p}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})") from None
-    except (pickle.UnpicklingError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError, AttributeError) as e:
+    except RecursionError:
+        raise limits.limit_error("depth", f"{p}: a container") from None
+    except limits.DECOMPRESS_ERRORS as e:
+        raise _decode_error(p, e) from None
+    except (pickle.UnpicklingError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError, AttributeError, OverflowError) as e:
         kind = "JSON" if is_json else "pickle"
         raise MemprofError(f"{p}: not a readable {kind} file ({type(e).__name__}: {str(e)[:120]})") from None
     except MemoryError:
-        raise MemprofError(f"{p}: out of memory while reading") from None
-    except OSError as e:
-        raise MemprofError(f"{p}: cannot read ({e.strerror or e})") from None
+        raise MemprofError(f"{p}: out of memory while reading ({limits.MEMORY_HINT})") from None
 
 
 def _normalise(raw: Any, source: str) -> dict[str, Any]:
     """Accept every historical top-level shape; reject what is not a snapshot."""
     if isinstance(raw, list):
+        if not raw:
+            raise MemprofError(f"{source}: an empty list: no segments and no trace, not a memory snapshot")
         if all(isinstance(s, dict) and "blocks" in s and "total_size" in s for s in raw):
             return {"segments": raw, "device_traces": [], "_legacy_segment_list": True}
         raise MemprofError(f"{source}: a list, but not a list of allocator segments: not a memory snapshot")
@@ -275,7 +427,8 @@ class _StackInterner:
             return fid
         if not isinstance(f, dict):
             raise MemprofError("a stack frame is not a dict: not a snapshot this tool understands")
-        key = (str(f.get("filename", "??")), int(f.get("line", 0) or 0), str(f.get("name", "??")))
+        # escaped once here, so every report, table and page shows file text without control characters
+        key = (printable(f.get("filename", "??")), limits.to_i64(f.get("line", 0) or 0), printable(f.get("name", "??")))
         fid = self.frame_ids.setdefault(key, len(self.frame_ids))
         self.frame_by_obj[id(f)] = fid
         self._keep.append(f)
@@ -344,8 +497,8 @@ def _column(trace: list[dict[str, Any]], key: str, default: int, dtype: Any) -> 
     except (TypeError, ValueError, OverflowError):
         vals = [e.get(key, default) if isinstance(e, dict) else None for e in trace]
         bad = next((v for v in vals if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
-        if bad is None:
-            return np.array(vals, dtype=dtype)
+        if bad is None:  # ints beyond int64 are kept (unsigned 64-bit) or clamped: never a refusal
+            return np.fromiter(map(limits.to_i64, vals), dtype=dtype, count=n)
         raise MemprofError(f"trace entry field {key!r} holds {bad!r}: not a snapshot this tool understands") from None
 
 
@@ -381,7 +534,7 @@ def _trace_columns(trace: list[dict[str, Any]], device: int, interner: _StackInt
     oom = np.flatnonzero(action == A_OOM)
     dfree = np.full(n, -1, dtype=np.int64)
     for i in oom:
-        dfree[i] = int(trace[i].get("device_free", -1) or -1)
+        dfree[i] = limits.to_i64(trace[i].get("device_free", -1) or -1)
     cols["device_free"] = dfree
     cols["user_metadata"] = _string_codes(trace, "user_metadata", info.setdefault("user_metadata_values", []))
     return cols
@@ -492,18 +645,17 @@ _EVENT_DTYPES: tuple[tuple[str, Any], ...] = (
 
 
 def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int], file_format: str, file_size: int) -> dict[str, Any]:
-    """The ``info`` dict shared by both loaders; raises on a snapshot with an empty trace."""
+    """The ``info`` dict shared by both loaders.
+
+    An empty trace (no history recorded, or history cleared) is not an error: the segments still
+    hold the state at dump time, which every command shows.
+    """
     segments_raw = snap.get("segments") or []
     legacy = bool(snap.get("_legacy_segment_list"))
     n_devices = len(entries_per_device)
     seg_devices = [int(s.get("device", 0)) for s in segments_raw if isinstance(s, dict)]
     if seg_devices:
         n_devices = max(n_devices, max(seg_devices) + 1)
-    if not legacy and sum(entries_per_device) == 0:
-        raise MemprofError(
-            f"{source}: the snapshot's trace is empty: record with torch.cuda.memory._record_memory_history() "
-            "enabled before the work you want to see (or use `memprof record`)"
-        )
     return {
         "n_devices": n_devices,
         "format": file_format,
@@ -516,6 +668,15 @@ def _start_info(snap: dict[str, Any], source: str, entries_per_device: list[int]
         "entries_per_device": list(entries_per_device),
         "user_metadata_values": [],
     }
+
+
+def _escape_text(annotations: pd.DataFrame, info: dict[str, Any]) -> None:
+    """File text that reports print (annotation names, user_metadata phase labels) with control
+    characters escaped, as frames are when interned: one escaping function for all of it."""
+    for col in ("stage", "name"):
+        if len(annotations):
+            annotations[col] = annotations[col].map(printable)
+    info["user_metadata_values"] = [printable(v) for v in info.get("user_metadata_values") or []]
 
 
 def _build_snapshot(
@@ -531,6 +692,7 @@ def _build_snapshot(
     info["has_frames"] = bool(len(interner.stacks))
     segs, blocks = _segments_and_blocks(snap.get("segments") or [], interner)
     annotations = _annotations(snap)
+    _escape_text(annotations, info)
     offsets, flat = interner.csr()
     events = pd.DataFrame(cols, copy=False)
     return Snapshot(
@@ -614,44 +776,56 @@ def _shape_error(path: Path, e: Exception) -> MemprofError:
 
 
 def _fastpickle_module() -> Any:
-    from memprof import _fastpickle  # built by setup.py; see load_fast
+    """The C extension (built by setup.py). MEMPROF_LOADER=python acts as if it were not built."""
+    if os.environ.get("MEMPROF_LOADER") == "python":
+        raise ImportError("MEMPROF_LOADER=python")
+    from memprof import _fastpickle
 
     return _fastpickle
 
 
-def load_fast(path: Path, file_format: str) -> Snapshot | None:
+def load_fast(path: Path, file_format: str | None = None) -> Snapshot | None:
     """Load a pickle snapshot with the C streaming loader; None when it cannot (then use the pure loader).
 
-    Raises :class:`MemprofError` for a truncated or corrupt file.
+    Raises :class:`MemprofError` for a truncated or corrupt file or one beyond a limit.
     """
     try:
         fp = _fastpickle_module()
     except ImportError:
         return None
+    reader, fmt = _open_checked(path)
+    if fmt.startswith("json"):
+        reader.close()
+        return None
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        opener = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=0)
-        with opener as f:
-            root, fast, stacks, um_values = fp.load(f, ACTIONS)
+        with reader:
+            root, fast, stacks, um_values = fp.load(reader, ACTIONS, limits.max_bytes(), limits.max_depth())
+            reader.drain()
     except fp.Unsupported:
         return None
+    except fp.Limit as e:
+        raise limits.limit_error(e.args[0], f"{path}: {e.args[1]}") from None
     except fp.Malformed as e:
         raise MemprofError(f"{path}: truncated or corrupt snapshot ({e})") from None
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise MemprofError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e or 'unexpected end of data'})") from None
+    except MemprofError:
+        raise
+    except limits.DECOMPRESS_ERRORS as e:
+        raise _decode_error(path, e) from None
     except MemoryError:
-        raise MemprofError(f"{path}: out of memory while reading") from None
-    except OSError as e:
-        raise MemprofError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise MemprofError(f"{path}: out of memory while reading ({limits.MEMORY_HINT})") from None
     finally:
         if gc_was:
             gc.enable()
     size = path.stat().st_size
     try:
+        limits.check_expansion(root, reader.count, str(path))
         if not fast:  # no device_traces recognised (e.g. a legacy segment list): plain objects
-            return columns_from_raw(root, source=str(path), file_format=file_format, file_size=size)
-        return _columns_from_fast(root, stacks, um_values, str(path), file_format, size)
+            return columns_from_raw(root, source=str(path), file_format=fmt, file_size=size)
+        return _columns_from_fast(root, stacks, um_values, str(path), fmt, size)
+    except RecursionError:
+        raise limits.limit_error("depth", f"{path}: a container") from None
     except _SHAPE_ERRORS as e:
         raise _shape_error(path, e) from None
 
@@ -690,7 +864,10 @@ def _write_cache(snap: Snapshot, where: Path) -> None:
         feather.write_feather(stacks, tmp / "stack_frames.arrow", compression="uncompressed")
         feather.write_feather(pa.table({"offset": pa.array(snap.stack_offsets)}), tmp / "stack_offsets.arrow", compression="uncompressed")
         info = {k: v for k, v in snap.info.items() if not k.startswith("_")}
-        (tmp / "info.json").write_text(json.dumps(info, default=str))
+        text = json.dumps(info, default=str)
+        if json.loads(text) != info:  # bytes, tuples or int keys from the file: reopening would differ
+            raise ValueError("the snapshot's info does not survive JSON: not cached")
+        (tmp / "info.json").write_text(text)
         if where.exists():
             shutil.rmtree(where, ignore_errors=True)
         os.replace(tmp, where)
@@ -726,28 +903,31 @@ def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
     if where is not None:
         try:
             _write_cache(snap, where)
-        except OSError:
-            pass  # a read-only or full cache folder must not stop the analysis
+        except (OSError, TypeError, ValueError):
+            pass  # a read-only or full cache folder (or settings JSON cannot hold) must not stop the analysis
     return snap
 
 
 def _pickle_format(p: Path) -> str | None:
-    name = p.name.lower()
-    if name.endswith(".json") or name.endswith(".json.gz"):
-        return None
-    return "pickle.gz" if name.endswith(".gz") else "pickle"
+    """The file's format from its bytes ('pickle', 'pickle.gz', 'pickle.xz', ...), None for JSON."""
+    reader, fmt = _open_checked(p)
+    reader.close()
+    return None if fmt.startswith("json") else fmt
 
 
 def _load_uncached(p: Path, fast: bool = True) -> Snapshot:
-    """Read a snapshot file: the C loader for pickles when it can, else the restricted unpickler."""
-    fmt = _pickle_format(p)
-    if fast and fmt is not None:
-        snap = load_fast(p, fmt)
+    """Read a snapshot file: the C loader for pickles when it can, else the restricted unpickler
+    (always with MEMPROF_LOADER=pure or python)."""
+    if fast and os.environ.get("MEMPROF_LOADER") not in ("pure", "python"):
+        snap = load_fast(p)
         if snap is not None:
             return snap
-    raw, fmt = read_raw(p)
+    raw, fmt, nbytes = _read_raw(p)
     try:
+        limits.check_expansion(raw, nbytes, str(p))
         return columns_from_raw(raw, source=str(p), file_format=fmt, file_size=p.stat().st_size)
+    except RecursionError:
+        raise limits.limit_error("depth", f"{p}: a container") from None
     except _SHAPE_ERRORS as e:
         raise _shape_error(p, e) from None
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,10 @@ def read_meta(snapshot_path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def write_meta(snapshot_path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     mp = meta_path(snapshot_path)
-    tmp = mp.with_name(mp.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    fd, tmp = tempfile.mkstemp(dir=mp.parent, prefix=f".{mp.name}.", suffix=".tmp")  # never shared between writers
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other users
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(meta, indent=2, sort_keys=True, default=str))
     os.replace(tmp, mp)
     return mp
 

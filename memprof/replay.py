@@ -10,9 +10,31 @@ Semantics follow ``torch/utils/viz/MemoryViz.js`` (``annotate_snapshot`` and
   alloc of the same address is never freed (it stays alive to the end).
 * A free with no alloc before it is an allocation alive before the recorded window
   (e.g. the ring buffer wrapped, or history was enabled late); it is alive from the start.
-* ``active_allocated`` blocks in the snapshot's segments that the trace never allocated
-  are alive for the whole window.
-* The peak is the largest total after any action (as the viewer's ``max_size``).
+* ``active_allocated`` (and ``active_pending_free``) blocks in the snapshot's segments that the
+  trace never allocated are alive for the whole window.
+* The peak is the largest total after any action *or before the first one*: a trace that begins
+  by freeing memory allocated before the window peaks at its starting level (the viewer's
+  ``max_size`` starts from 0 and misses it).
+
+Two measures of "allocated", because streams make them differ:
+
+* **held** (``allocated``, ``peak_bytes``): memory a tensor holds until the allocator can reuse
+  it, including blocks awaiting free: after ``record_stream`` a freed block stays unusable until
+  the other stream's work completes (``free_completed``). This is what the viewer draws.
+* **torch-counted** (``torch_allocated``, ``peak_torch_bytes``): PyTorch's own counter
+  (``torch.cuda.memory_allocated`` / ``max_memory_allocated``) drops at ``free_requested``.
+  It counts blocks (requests rounded up to 512 B), so ``peak_torch_bytes`` is in block bytes and
+  equals ``torch.cuda.max_memory_allocated`` for the window. ``awaiting_free`` (requested bytes) is
+  the memory freed by torch's count but not yet reusable.
+
+The held measure is in the trace's requested bytes, as the viewer draws it.
+
+Private pools (CUDA graphs, ``torch.cuda.MemPool``): each allocation's pool is the
+``segment_pool_id`` of the snapshot segment holding its address ('(0, 0)' — the default pool —
+when no segment at dump time holds it); :func:`pool_totals` sums them per pool.
+
+A wrapped ring buffer (``_record_memory_history(max_entries=N)`` overflowed) is inferred from
+the trace itself when no metadata says N: see :func:`trace_begins_mid_run`.
 
 Everything is vectorised: sorting by address pairs allocs with frees, and the
 timeline is a cumulative sum of signed sizes.
@@ -53,9 +75,19 @@ class Replay:
         free_idx (event index of the free; -1 when still alive at the end),
         alloc_us, free_us (float, NaN when unknown: before/after the window),
         alive_at_start, alive_at_end (bool), source (0 trace, 1 freed without a recorded
-        alloc, 2 active block in the snapshot never allocated in the trace).
-    ``timeline`` — one row per trace event that changed allocated bytes, plus a first row for
-        the state before the window: idx (-1 for that first row), time_us, delta, allocated.
+        alloc, 2 active block in the snapshot never allocated in the trace),
+        torch_free_idx (event index where torch's own counter drops it: the ``free_requested``
+        when the free waited for another stream, else free_idx; -1 alive at the end; -2 never
+        counted in the window: a block already awaiting free when the window began),
+        pool (the segment_pool_id of the segment holding it, '(0, 0)' when unknown),
+        block_size (bytes its block occupies: the request rounded up to 512 B, or its snapshot
+        block when alive at dump time).
+    ``timeline`` — one row per trace event that changed allocated bytes (held or torch-counted),
+        plus a first row for the state before the window: idx (-1 for that first row), time_us,
+        delta, allocated (held, incl. blocks awaiting free; requested bytes), awaiting_free (requested
+        bytes freed by torch's count but still held: ``allocated - awaiting_free`` is torch's semantics
+        in requested bytes), torch_allocated (as ``torch.cuda.memory_allocated`` counts it: torch's
+        semantics in block bytes, see block_size).
     ``reserved`` — one row per segment event plus a first row: idx, time_us, delta, reserved.
     """
 
@@ -67,6 +99,9 @@ class Replay:
     peak_bytes: int
     peak_idx: int
     peak_time_us: float
+    peak_torch_bytes: int
+    peak_torch_idx: int
+    peak_torch_time_us: float
     peak_reserved_bytes: int
     peak_reserved_time_us: float
     start_us: float
@@ -83,6 +118,11 @@ class Replay:
     def at_peak(self) -> pd.DataFrame:
         """Allocations alive at the peak, largest first."""
         return self.alive_at(self.peak_idx).sort_values("size", ascending=False, kind="stable")
+
+    @property
+    def has_trace(self) -> bool:
+        """False when the trace is empty: only the state at dump time is known."""
+        return self.n_events > 0
 
     @property
     def duration_us(self) -> float:
@@ -156,8 +196,10 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     del rel, order, o_addr, o_alloc, same_next, next_is_free, prev_is_alloc, a_pos, orphan_pos, last_at_addr, is_alloc, is_free
 
     blk = snap.blocks
-    blk = blk[(blk["device"].to_numpy() == device) & (blk["state"].to_numpy() == "active_allocated")]
+    bst = blk["state"].to_numpy()
+    blk = blk[(blk["device"].to_numpy() == device) & ((bst == "active_allocated") | (bst == "active_pending_free"))]
     blk = blk[~np.isin(blk["addr"].to_numpy(), alive_end_addrs)]
+    blk_pending = blk["state"].to_numpy() == "active_pending_free"
     seg_stream = snap.segments["stream"].to_numpy()
 
     n_t, n_o, n_b = len(alloc_idx), len(orphan_idx), len(blk)
@@ -178,34 +220,61 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     allocations["free_us"] = np.where(fi >= 0, t_us[np.maximum(fi, 0)] if n else np.nan, np.nan)
     allocations["alive_at_start"] = ai < 0
     allocations["alive_at_end"] = fi < 0
+    allocations["block_size"] = _block_sizes(allocations, snap, device, n_t + n_o, blk["size"].to_numpy())
+    pending = np.concatenate([np.zeros(n_t + n_o, dtype=bool), blk_pending])
+    allocations["torch_free_idx"] = _torch_free_idx(action, addr, ai, fi, allocations["addr"].to_numpy(), pending)
+    allocations["pool"] = pool_of(snap, device, allocations["addr"].to_numpy())
     allocations = allocations.sort_values(["alloc_idx", "free_idx"], kind="stable", ignore_index=True)
 
-    # Allocated-bytes timeline: +size at allocs, -size at frees, starting from what was alive before.
+    # Allocated-bytes timelines: +size at allocs, -size at frees, starting from what was alive before.
     sizes = allocations["size"].to_numpy()
-    initial = int(sizes[allocations["alloc_idx"].to_numpy() < 0].sum())
-    d_idx = np.concatenate([allocations["alloc_idx"].to_numpy(), allocations["free_idx"].to_numpy()])
-    d_val = np.concatenate([sizes, -sizes])
+    bsizes = allocations["block_size"].to_numpy()
+    ai = allocations["alloc_idx"].to_numpy()
+    fi = allocations["free_idx"].to_numpy()
+    tfi = allocations["torch_free_idx"].to_numpy()
+    waits = (tfi != fi) & ((tfi >= 0) | (tfi == -2))  # freed by torch's count before the memory came back
+    initial = int(sizes[ai < 0].sum())
+    initial_torch = int(bsizes[(ai < 0) & (tfi != -2)].sum())
+    initial_wait = int(sizes[tfi == -2].sum())
+    # Every allocation changes all measures at its alloc and its free; one that waited for another
+    # stream also at its free_requested (torch's count drops, the wait starts) - few rows.
+    req = np.flatnonzero(waits & (tfi >= 0))
+    d_idx = np.concatenate([ai, fi, tfi[req]])
+    d_held = np.concatenate([sizes, -sizes, np.zeros(len(req), dtype=np.int64)])
+    d_torch = np.concatenate([bsizes, np.where(waits, 0, -bsizes), -bsizes[req]])
+    d_wait = np.concatenate([np.zeros(len(sizes), dtype=np.int64), np.where(waits, -sizes, 0), sizes[req]])
     keep = d_idx >= 0
-    d_idx, d_val = d_idx[keep], d_val[keep]
+    d_idx, d_held, d_torch, d_wait = d_idx[keep], d_held[keep], d_torch[keep], d_wait[keep]
     o = np.argsort(d_idx, kind="stable")
-    d_idx, d_val = d_idx[o], d_val[o]
-    del keep, o
-    allocated = initial + np.cumsum(d_val)
+    d_idx, d_held, d_torch, d_wait = d_idx[o], d_held[o], d_torch[o], d_wait[o]
+    del keep, o, req
+    # one row per event index (an alloc counts in every measure at once)
+    last = np.ones(len(d_idx), dtype=bool)
+    last[:-1] = d_idx[:-1] != d_idx[1:]
+    allocated = (initial + np.cumsum(d_held))[last]
+    torch_allocated = (initial_torch + np.cumsum(d_torch))[last]
+    waiting = (initial_wait + np.cumsum(d_wait))[last]
+    d_idx = d_idx[last]
+    delta = np.diff(_prepend(initial, allocated, np.int64))
     timeline = pd.DataFrame(
         {
             "idx": _prepend(-1, d_idx, np.int64),
             "time_us": _prepend(t_us[0] if n else 0.0, t_us[d_idx], np.float64),
-            "delta": _prepend(initial, d_val, np.int64),
+            "delta": _prepend(initial, delta, np.int64),
             "allocated": _prepend(initial, allocated, np.int64),
+            "awaiting_free": _prepend(initial_wait, waiting, np.int64),
+            "torch_allocated": _prepend(initial_torch, torch_allocated, np.int64),
         },
         copy=False,
     )
-    del d_val
-    if len(allocated):
-        k = int(np.argmax(allocated))
-        peak_bytes, peak_idx, peak_t = int(allocated[k]), int(d_idx[k]), float(t_us[d_idx[k]])
-    else:
-        peak_bytes, peak_idx, peak_t = initial, -1, float(t_us[0]) if n else 0.0
+    del d_held, d_torch, d_wait, delta
+    # The peak includes the state before the first event (row 0); the first maximum wins.
+    held = timeline["allocated"].to_numpy()
+    k = int(np.argmax(held))
+    peak_bytes, peak_idx, peak_t = int(held[k]), int(timeline["idx"].iloc[k]), float(timeline["time_us"].iloc[k])
+    tc = timeline["torch_allocated"].to_numpy()
+    kt = int(np.argmax(tc))
+    peak_torch = (int(tc[kt]), int(timeline["idx"].iloc[kt]), float(timeline["time_us"].iloc[kt]))
 
     reserved = _reserved_timeline(snap, device, action, size, t_us)
     r = reserved["reserved"].to_numpy()
@@ -220,12 +289,189 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
         peak_bytes=peak_bytes,
         peak_idx=peak_idx,
         peak_time_us=peak_t,
+        peak_torch_bytes=peak_torch[0],
+        peak_torch_idx=peak_torch[1],
+        peak_torch_time_us=peak_torch[2],
         peak_reserved_bytes=int(r[rk]),
         peak_reserved_time_us=float(reserved["time_us"].iloc[rk]),
         start_us=float(t_us[0]) if n else 0.0,
         end_us=float(t_us[-1]) if n else 0.0,
         oom_events=oom,
     )
+
+
+def _block_sizes(a: pd.DataFrame, snap: Snapshot, device: int, n_trace: int, snapshot_blocks: np.ndarray) -> np.ndarray:
+    """Bytes each allocation's block occupies, as torch's counters count them.
+
+    The request rounded up to 512 B (at least 512), as the caching allocator rounds it; for an
+    allocation still alive at dump time, the size of its block in the snapshot (which also holds
+    an unsplit remainder). ``snapshot_blocks``: sizes of the rows after ``n_trace`` (snapshot blocks).
+    """
+    size = a["size"].to_numpy()
+    out = np.maximum(ROUND, (size + ROUND - 1) // ROUND * ROUND).astype(np.int64)
+    out[n_trace:] = snapshot_blocks
+    blk = snap.blocks
+    st = blk["state"].to_numpy()
+    blk = blk[(blk["device"].to_numpy() == device) & ((st == "active_allocated") | (st == "active_pending_free"))]
+    alive = np.flatnonzero(a["free_idx"].to_numpy()[:n_trace] < 0)
+    if len(blk) and len(alive):
+        m = pd.Series(blk["size"].to_numpy(), index=blk["addr"].to_numpy())
+        m = m[~m.index.duplicated()]
+        found = m.reindex(a["addr"].to_numpy()[alive]).to_numpy()
+        ok = ~np.isnan(found)
+        out[alive[ok]] = found[ok].astype(np.int64)
+    return out
+
+
+ROUND = 512
+
+
+def _torch_free_idx(action: np.ndarray, addr: np.ndarray, alloc_idx: np.ndarray, free_idx: np.ndarray,
+                    a_addr: np.ndarray, pending: np.ndarray) -> np.ndarray:
+    """Where torch's counter drops each allocation: at a ``free_requested`` that preceded its free.
+
+    The first ``free_requested`` of the allocation's address after its alloc (and before its free,
+    when it has one) is the moment ``torch.cuda.memory_allocated`` falls; without one, the free
+    itself. A block awaiting free at dump time with no request in the trace was requested before
+    the window: -2 (never counted). Vectorised with a forward as-of join by address.
+    """
+    out = free_idx.copy()
+    # Only a request NOT directly followed by its completion differs from the free itself.
+    is_req = action == A_FREE_REQ
+    lone = is_req.copy()
+    if len(action) > 1:
+        lone[:-1] &= ~((action[1:] == A_FREE_DONE) & (addr[1:] == addr[:-1]))
+    req = np.flatnonzero(lone)
+    if len(req) and len(a_addr):
+        left = pd.DataFrame({"start": alloc_idx, "addr": a_addr, "row": np.arange(len(a_addr))}).sort_values("start", kind="stable")
+        right = pd.DataFrame({"req": req, "addr": addr[req]})
+        m = pd.merge_asof(left, right, left_on="start", right_on="req", by="addr", direction="forward",
+                          allow_exact_matches=False)
+        r = m["req"].to_numpy()
+        rows = m["row"].to_numpy()
+        found = ~np.isnan(r)
+        r = np.where(found, r, -1).astype(np.int64)
+        fi = free_idx[rows]
+        use = found & ((fi < 0) | (r < fi))
+        out[rows[use]] = r[use]
+        pending_rows = pending[rows] & ~use
+        out[rows[pending_rows]] = -2
+    else:
+        out[pending] = -2
+    return out
+
+
+def pool_of(snap: Snapshot, device: int, addrs: np.ndarray) -> pd.Categorical:
+    """The memory pool ('(0, 0)' default; a CUDA graph's or MemPool's id otherwise) holding each address.
+
+    Pools are known for segments alive when the snapshot was taken; other addresses get '(0, 0)'.
+    """
+    seg = snap.segments
+    seg = seg[seg["device"].to_numpy() == device].sort_values("address", kind="stable")
+    names = sorted(set(seg["pool_id"].astype(str)) | {DEFAULT_POOL})
+    codes = np.full(len(addrs), names.index(DEFAULT_POOL), dtype=np.int16)
+    if len(seg) and len(addrs) and len(names) > 1:
+        start = seg["address"].to_numpy()
+        end = start + seg["total_size"].to_numpy()
+        k = np.searchsorted(start, addrs, side="right") - 1
+        kk = np.clip(k, 0, len(start) - 1)
+        inside = (k >= 0) & (addrs < end[kk])
+        seg_code = np.searchsorted(np.array(names, dtype=object), seg["pool_id"].astype(str).to_numpy().astype(object))
+        codes[inside] = seg_code[kk[inside]]
+    return pd.Categorical.from_codes(codes, categories=names)
+
+
+DEFAULT_POOL = "(0, 0)"
+
+
+def pool_totals(snap: Snapshot, rep: Replay) -> pd.DataFrame:
+    """Per memory pool: what the snapshot's segments hold and what was alive at the peak.
+
+    Columns: pool (str; '(0, 0)' is the default pool, others are CUDA graph or MemPool private
+    pools), segments, reserved (bytes of its segments at dump time), allocated (bytes of its
+    allocated blocks at dump time), at_peak (requested bytes alive in it at the held peak),
+    allocations (number of allocations in the window attributed to it).
+    """
+    seg = snap.segments[snap.segments["device"].to_numpy() == rep.device]
+    blk = snap.blocks[(snap.blocks["device"].to_numpy() == rep.device)]
+    blk_pool = seg["pool_id"].reindex(blk["segment"].to_numpy()).to_numpy() if len(blk) else np.zeros(0, dtype=object)
+    alloc_b = np.where(blk["state"].to_numpy() == "active_allocated", blk["size"].to_numpy(), 0)
+    a = rep.allocations
+    alive = rep.alive_at(rep.peak_idx)
+    pools = sorted(set(seg["pool_id"]) | set(a["pool"]) | {DEFAULT_POOL})
+    rows = []
+    for p in pools:
+        rows.append({
+            "pool": str(p),
+            "segments": int((seg["pool_id"] == p).sum()),
+            "reserved": int(seg.loc[seg["pool_id"] == p, "total_size"].sum()),
+            "allocated": int(alloc_b[blk_pool == p].sum()) if len(blk) else 0,
+            "at_peak": int(alive.loc[alive["pool"] == p, "size"].sum()),
+            "allocations": int((a["pool"] == p).sum()),
+        })
+    out = pd.DataFrame(rows, columns=["pool", "segments", "reserved", "allocated", "at_peak", "allocations"])
+    return out[(out[["segments", "allocations"]].sum(axis=1) > 0) | (out["pool"] == DEFAULT_POOL)].reset_index(drop=True)
+
+
+def private_pool_allocated(rep: Replay) -> np.ndarray:
+    """Held bytes in private pools (every pool but the default '(0, 0)') at each row of ``rep.timeline``.
+
+    All zeros when nothing lives in a private pool. The timeline's ``allocated`` includes these bytes.
+    """
+    a = rep.allocations
+    priv = (a["pool"].astype(str) != DEFAULT_POOL).to_numpy()
+    tl_idx = rep.timeline["idx"].to_numpy()
+    if not priv.any():
+        return np.zeros(len(tl_idx), dtype=np.int64)
+    size = a["size"].to_numpy()[priv]
+    ai, fi = a["alloc_idx"].to_numpy()[priv], a["free_idx"].to_numpy()[priv]
+    initial = int(size[ai < 0].sum())
+    d_idx = np.concatenate([ai, fi])
+    d_val = np.concatenate([size, -size])
+    keep = d_idx >= 0
+    d_idx, d_val = d_idx[keep], d_val[keep]
+    o = np.argsort(d_idx, kind="stable")
+    cum = initial + np.cumsum(d_val[o])
+    k = np.searchsorted(d_idx[o], tl_idx, side="right") - 1
+    return np.where(k >= 0, cum[np.maximum(k, 0)] if len(cum) else initial, initial).astype(np.int64)
+
+
+def trace_begins_mid_run(snap: Snapshot, rep: Replay, max_entries: int | None = None) -> dict[str, object]:
+    """Whether the recorded window starts after the work began (a wrapped ring buffer or late start).
+
+    Evidence, from the trace alone: ``frees_before_window`` (frees of memory the trace never
+    allocated), ``entries`` against ``max_entries`` when known; when unknown, a trace length that
+    is a round ring size (a multiple of 1000 or a power of two, >= 1000) while the trace starts by freeing
+    memory allocated before it. Keys: wrapped (bool: the ring buffer filled), begins_mid_run
+    (bool), frees_before_window (int), bytes_before_window (int), entries, max_entries (int or
+    None), reason (str).
+    """
+    n = int(rep.n_events)
+    a = rep.allocations
+    orphans = a[a["source"].to_numpy() == SOURCE_FREE_ONLY]
+    n_orph, b_orph = int(len(orphans)), int(orphans["size"].sum())
+    round_ring = n >= 1000 and (n % 1000 == 0 or _is_power(n, 2))  # max_entries is a round number
+    if max_entries:
+        wrapped = n >= int(max_entries)
+        reason = (f"the trace holds {n:,} entries, the ring buffer's size (max_entries={int(max_entries):,}): its "
+                  "earliest entries were overwritten" if wrapped else "")
+    else:
+        wrapped = round_ring and n_orph > 0
+        reason = (f"the trace holds exactly {n:,} entries (a ring buffer's size) and frees {n_orph:,} allocation(s) "
+                  "it never saw allocated: the ring buffer wrapped" if wrapped else "")
+    begins = wrapped or n_orph > 0
+    if begins and not reason:
+        reason = (f"the trace frees {n_orph:,} allocation(s) ({b_orph:,} B) made before its first entry: history "
+                  "was enabled after the work began (or its start was overwritten)")
+    return {"wrapped": bool(wrapped), "begins_mid_run": bool(begins), "frees_before_window": n_orph,
+            "bytes_before_window": b_orph, "entries": n, "max_entries": int(max_entries) if max_entries else None,
+            "reason": reason}
+
+
+def _is_power(n: int, base: int) -> bool:
+    while n > 1 and n % base == 0:
+        n //= base
+    return n == 1
 
 
 def _reserved_timeline(snap: Snapshot, device: int, action: np.ndarray, size: np.ndarray, t_us: np.ndarray) -> pd.DataFrame:

@@ -232,3 +232,22 @@ def write_demo_folder(folder: str | Path) -> Path:
     write_snapshot(folder / "oom" / "train_oom.pickle", *training_snapshot(iterations=2, layers=8, hidden_mb=16, seed=3, oom=True))
     write_sweep(folder / "sweep_attention")
     return folder
+
+
+def write_run(folder: str | Path, hidden_mb: list[int], iterations: int = 3, layers: int = 6, gz: bool = False) -> Path:
+    """A torchrun-style run folder: ``rank{R}.pickle[.gz]`` + ``.meta.json`` (with ``dist``) per rank,
+    rank R sized by ``hidden_mb[R]`` (ranks that differ). No summaries: readers compute them."""
+    import gzip
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    world = len(hidden_mb)
+    for r, h in enumerate(hidden_mb):
+        snap, meta = training_snapshot(iterations=iterations, layers=layers, hidden_mb=h, seed=r)
+        meta["dist"] = {"rank": r, "local_rank": r % 8, "world_size": world, "group_rank": r // 8, "host": f"node{r // 8}",
+                        "run_id": "synthetic"}
+        p = folder / f"rank{r}.pickle{'.gz' if gz else ''}"
+        with (gzip.open if gz else open)(p, "wb") as f:  # type: ignore[operator]
+            pickle.dump(snap, f, protocol=4)
+        write_meta(p, meta)
+    return folder

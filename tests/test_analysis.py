@@ -250,7 +250,7 @@ def test_oom_report_out_of_memory_and_fragmentation() -> None:
     g.alloc(1000)
     g.oom(8192, device_free=100)
     r = _an(g).oom
-    assert r["requested_bytes"] == 8192 and r["device_free_bytes"] == 100 and r["reason"] == "out of memory"
+    assert r["requested_bytes"] == 8192 and r["device_free_bytes"] == 100 and r["reason"] == "exhaustion"
 
     g = SnapGen()
     base = g.next_addr

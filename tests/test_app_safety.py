@@ -166,6 +166,32 @@ def test_sweep_results_symlink_is_refused(served) -> None:
     assert SECRET not in _text(sweeps.update(0))
 
 
+def test_run_folder_files_leading_outside_are_refused(served) -> None:
+    from app.pages import ranks
+    from app.state import library
+
+    _, root, outside = served
+    run_src = Path(__file__).resolve().parent / "data" / "gpu" / "ranks" / "transformer-small-fsdp-n2"
+    run = root / "run"
+    shutil.copytree(run_src, run)
+    lib = library()
+    lib.entries(rescan=True)
+    assert "2 ranks" in _text(ranks.content("run"))  # a regular run folder is served
+    # a rank's metadata (read by the run summaries) replaced by a symlink out of the folder
+    (run / "rank1.meta.json").unlink()
+    os.symlink(outside / "secret.meta.json", run / "rank1.meta.json")
+    (run / "rank1.summary").unlink()  # so the summary would be recomputed from that metadata
+    with pytest.raises(MemprofError, match="run/rank1.meta.json: leads outside the served folder"):
+        ranks.content("run")
+    assert SECRET not in _text(ranks.layout(run="run"))
+    # a rank snapshot itself replaced by a symlink out of the folder
+    (run / "rank1.meta.json").unlink()
+    (run / "rank0.pickle.gz").unlink()
+    os.symlink(outside / "secret.pickle.gz", run / "rank0.pickle.gz")
+    with pytest.raises(MemprofError, match="run/rank0.pickle.gz: leads outside the served folder"):
+        ranks.content("run")
+
+
 def test_error_boxes_show_relative_paths(served) -> None:
     from app.pages import explain, timeline
     from app.state import library

@@ -196,10 +196,14 @@ def test_single_key_entry_and_big_ints(tmp_path: Path) -> None:
     assert ev["addr"].tolist() == [-1, -(2**63)] and ev["size"].tolist() == [0, 2**63 - 1]
 
 
-def test_int_overflow_is_an_error(tmp_path: Path) -> None:
-    p = write(tmp_path / "s.pickle", {"segments": [], "device_traces": [[{"action": "alloc", "addr": 2**64, "size": 1}]]})
-    with pytest.raises(MemprofError):
-        L.load(p, use_cache=False)
+def test_ints_beyond_int64_are_kept_or_clamped(tmp_path: Path) -> None:
+    # issue 9: no integer field may reject a file. Unsigned 64-bit wraps as C++ holds it; wider clamps.
+    entries = [{"action": "alloc", "addr": 2**64 - 16, "size": 2**64, "stream": 2**63, "time_us": -(2**70)}]
+    p = write(tmp_path / "s.pickle", {"segments": [], "device_traces": [entries]})
+    fast, pure = fast_and_pure(p)
+    assert_same(fast, pure)
+    ev = fast.events.iloc[0]
+    assert (ev["addr"], ev["size"], ev["stream"], ev["time_us"]) == (-16, 2**63 - 1, -(2**63), -(2**63))
 
 
 def test_repeated_entry_falls_back(tmp_path: Path) -> None:
@@ -264,7 +268,7 @@ def test_truncation_is_an_error(tmp_path: Path, suffix: str) -> None:
 def test_fuzz_byte_flips_never_crash() -> None:
     rng = random.Random(1234)
     seeds = [pickle.dumps(make_snapshot(entries=60, devices=d, oom=True, user_metadata=True, seed=d), protocol=pr) for d, pr in ((1, 4), (2, 2), (2, 5))]
-    outcomes = {"ok": 0, "Unsupported": 0, "Malformed": 0}
+    outcomes = {"ok": 0, "Unsupported": 0, "Malformed": 0, "Limit": 0}
     for i in range(4000):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 4)):
@@ -282,6 +286,8 @@ def test_fuzz_byte_flips_never_crash() -> None:
             outcomes["Unsupported"] += 1
         except _fastpickle.Malformed:
             outcomes["Malformed"] += 1
+        except _fastpickle.Limit:
+            outcomes["Limit"] += 1
         except MemoryError:
             pass  # a flipped length may ask for more than the machine has: an error, not a crash
     assert outcomes["Malformed"] > 100 and outcomes["ok"] > 100, outcomes

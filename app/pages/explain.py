@@ -21,9 +21,16 @@ def explain_content(snap_id: int, device: int | None) -> list[Any]:
     m = library().model(snap_id, device)
     v = views.verdict(m)
     at_peak = views.alive_at(m, m.peak_ms)
+    if not m.rep.has_trace:  # an empty trace: no iterations, no verdict, only the state at dump time
+        head = html.Div([html.Div("no history recorded", className="verdict", id="explain-verdict"), html.P(
+            "The snapshot's trace is empty: it holds the state when it was taken, not how memory got there. Below are "
+            "the live blocks at dump time. Record with torch.cuda.memory._record_memory_history() (or `memprof record`) "
+            "for the timeline, the iterations and the verdict.", id="explain-no-history")], className="card")
+    else:
+        head = html.Div([html.Div(v["verdict"], className="verdict", id="explain-verdict"), html.P(v["explanation"]),
+                         html.Ul([html.Li(r) for r in v["remedies"]])], className="card")
     out: list[Any] = [
-        html.Div([html.Div(v["verdict"], className="verdict", id="explain-verdict"), html.P(v["explanation"]),
-                  html.Ul([html.Li(r) for r in v["remedies"]])], className="card"),
+        head,
         html.H4("numbers"),
         common.table("explain-numbers", pd.DataFrame({"quantity": list(v["numbers"]), "value": [str(x) for x in v["numbers"].values()]}), page_size=20),
         html.Div([

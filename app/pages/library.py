@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
 from app import common
-from app.state import library
+from app.state import collapse_runs, library
 
 dash.register_page(__name__, path="/", name="Library", title="memprof · library")
 
@@ -29,8 +30,8 @@ def library_target(trigger: Any, rows: list[dict[str, Any]] | None, selected: li
 
 def layout(**_: Any) -> html.Div:
     lib = library()
-    df = lib.table()
-    df.insert(1, "open", [f"[timeline](/timeline?snap={i})" for i in df["id"]])
+    df = collapse_runs(lib, lib.table())  # a run of many ranks is one row, opening the Ranks page
+    df.insert(1, "open", [f"[ranks](/ranks?run={quote(r)})" if r else f"[timeline](/timeline?snap={i})" for i, r in zip(df["id"], df["run"])])
     tbl = common.table("library-table", df, page_size=20, row_selectable="multi", filter_action="native", selected_rows=[])
     tbl.columns = [{"name": c, "id": c, "presentation": "markdown"} if c == "open" else {"name": c, "id": c} for c in df.columns]
     preview: Any = html.P("No snapshots here yet: record one with `memprof record`.", id="library-empty")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memprof.load import Snapshot
+from memprof.load import A_ALLOC, A_FREE, A_FREE_DONE, A_FREE_REQ, A_OOM, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, Snapshot
 from memprof.replay import Replay
 
 ROUND = 512
@@ -109,50 +109,121 @@ def fragmentation_summary(frag: pd.DataFrame, rep: Replay) -> dict[str, Any]:
     }
 
 
-def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """What the allocator had when it ran out of memory (the first OOM in the trace), or None.
+def _largest_free_at(snap: Snapshot, rep: Replay, idx: int) -> int | None:
+    """The largest free cached block just before event ``idx`` (an OOM), rebuilt from the replay.
 
-    Keys: requested_bytes, device_free_bytes (what CUDA said was free on the device),
-    allocated_bytes and reserved_bytes just before, free_cached_bytes (reserved - allocated),
-    largest_free_block_bytes (largest inactive block in the snapshot's segments, which memprof
-    takes right after an OOM; None without segments), device_total_bytes (from meta), site,
-    time_us, reason ('fragmentation' when the cache held the requested bytes in total but no
-    single block large enough; 'out of memory' otherwise), explanation.
+    The segments alive then are the snapshot's segments, less those allocated after ``idx``, plus
+    those freed after it (segment events); the blocks alive then are the replay's allocations alive
+    at ``idx``, each occupying its block (size rounded to 512 B, or its snapshot block). The
+    largest gap in a segment between those blocks is the largest free block: the allocator merges
+    adjacent free blocks, so one gap is one block. None when no segment is known.
+    """
+    seg = snap.segments[snap.segments["device"].to_numpy() == rep.device]
+    segs = dict(zip(seg["address"].to_numpy().tolist(), seg["total_size"].to_numpy().tolist()))
+    ev = snap.device_events(rep.device)
+    act, addr, size = ev["action"].to_numpy(), ev["addr"].to_numpy(), ev["size"].to_numpy()
+    for k in range(len(act) - 1, idx, -1):  # undo segment events after the OOM, latest first
+        if act[k] in (A_SEG_ALLOC, A_SEG_MAP):
+            segs.pop(int(addr[k]), None)
+        elif act[k] in (A_SEG_FREE, A_SEG_UNMAP):
+            segs[int(addr[k])] = int(size[k])
+    if not segs:
+        return None
+    a = rep.allocations
+    blocks = block_sizes(snap, rep)
+    ai, fi = a["alloc_idx"].to_numpy(), a["free_idx"].to_numpy()
+    alive = (ai < idx) & ((fi > idx) | (fi < 0))
+    b_lo = a["addr"].to_numpy()[alive]
+    b_hi = b_lo + blocks[alive]
+    o = np.argsort(b_lo, kind="stable")
+    b_lo, b_hi = b_lo[o], b_hi[o]
+    largest = 0
+    for s_lo, s_size in segs.items():
+        s_hi = s_lo + s_size
+        k0, k1 = np.searchsorted(b_lo, s_lo, side="left"), np.searchsorted(b_lo, s_hi, side="left")
+        cur = s_lo
+        for lo, hi in zip(b_lo[k0:k1].tolist(), b_hi[k0:k1].tolist()):
+            largest = max(largest, lo - cur)
+            cur = max(cur, min(hi, s_hi))
+        largest = max(largest, s_hi - cur)
+    return int(largest)
+
+
+def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """What the allocator had when it ran out of memory (the last OOM in the trace), or None.
+
+    The OOM of the replayed device; when that device has none, the first OOM on any other device
+    (``device`` says which). Keys: device, requested_bytes, device_free_bytes (what CUDA said was
+    free on the device), allocated_bytes (held, just before) and torch_allocated_bytes (as torch
+    counts it), reserved_bytes, free_cached_bytes (reserved - allocated), largest_free_block_bytes
+    (the largest free cached block at the OOM, rebuilt from the replay; None without segments),
+    oom_events (how many the trace holds; the last one is explained), device_total_bytes (capacity: from meta,
+    else None), outside_cache_bytes (capacity - reserved - free on the device: CUDA context and
+    other processes; None without the capacity), free_total_bytes (free in the cache + free on the
+    device), site, time_us, reason
+    ('fragmentation' when the cache and the device together held the requested bytes but no
+    single block was large enough; 'exhaustion' when the work needs more than there was),
+    remedy, explanation.
     """
     meta = meta or {}
-    if not len(rep.oom_events):
+    oom = rep.oom_events
+    if not len(oom):
+        ev = snap.events
+        other = ev[ev["action"].to_numpy() == A_OOM]
+        if len(other):
+            from memprof.replay import replay
+
+            dev = int(other["device"].iloc[0])
+            r = oom_report(snap, replay(snap, dev), meta)
+            if r is not None:
+                r["explanation"] = f"On cuda:{dev} (not the device shown; use --device {dev}): " + r["explanation"]
+            return r
         if meta.get("status") == "oom":
-            return {"requested_bytes": None, "explanation": "The run stopped with an out-of-memory error, but the trace "
-                    "holds no oom entry (the error came before recording, or outside the caching allocator)."}
+            return {"requested_bytes": None, "device": rep.device, "reason": "unknown",
+                    "explanation": "The run stopped with an out-of-memory error, but the trace holds no oom entry (the "
+                    "error came before recording, or outside the caching allocator)."}
         return None
-    o = rep.oom_events.iloc[0]
+    o = oom.iloc[-1]  # the last: the one that stopped the run and that the snapshot was dumped for
     idx = int(o["idx"])
     tl, rs = rep.timeline, rep.reserved
-    allocated = int(tl["allocated"].to_numpy()[max(np.searchsorted(tl["idx"].to_numpy(), idx, side="right") - 1, 0)])
+    row = max(np.searchsorted(tl["idx"].to_numpy(), idx, side="right") - 1, 0)
+    allocated = int(tl["allocated"].to_numpy()[row])
+    torch_allocated = int(tl["torch_allocated"].to_numpy()[row])
     reserved = int(rs["reserved"].to_numpy()[max(np.searchsorted(rs["idx"].to_numpy(), idx, side="right") - 1, 0)])
-    blk = snap.blocks
-    inactive = blk[(blk["device"].to_numpy() == rep.device) & (blk["state"].to_numpy() == "inactive")]
-    largest = int(inactive["size"].max()) if len(inactive) else (None if not len(snap.segments) else 0)
+    largest = _largest_free_at(snap, rep, idx)
     req = int(o["size"])
     free_cached = max(reserved - allocated, 0)
     dev_free = int(o["device_free"]) if int(o["device_free"]) >= 0 else None
-    total = (meta.get("device") or {}).get("total_memory_bytes")
-    frag = largest is not None and free_cached >= req and largest < req
+    total = (meta.get("device") or {}).get("total_memory_bytes") or meta.get("total_memory")
+    free_total = free_cached + (dev_free or 0)
+    frag = free_total >= req and (largest is None or largest < req) and (largest is not None or dev_free is not None)
     from memprof.format import fmt_bytes as fb
 
-    if frag:
-        why = (f"The cache held {fb(free_cached)} free in total, more than the {fb(req)} asked for, but its largest free "
-               f"block was {fb(largest)}: fragmentation. PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True lets "
-               "segments grow instead of splitting.")
+    if total:
+        other = int(total) - reserved - (dev_free or 0)
+        cap = f" of the device's {fb(total)} ({fb(max(other, 0))} used outside PyTorch's cache: CUDA context, other processes)"
     else:
-        why = (f"The request for {fb(req)} found {fb(dev_free) if dev_free is not None else 'unknown'} free on the device "
-               f"and {fb(free_cached)} free in the cache ({fb(allocated)} allocated, {fb(reserved)} reserved): the work "
-               "simply needs more memory than there is. Make the largest tensors smaller (shorter sequences, smaller "
-               "batch, fused attention) or keep fewer alive at once (activation checkpointing).")
+        cap = f" (the device holds at least {fb(reserved + (dev_free or 0))})" if dev_free is not None else ""
+    state = (f"{fb(allocated)} allocated, {fb(reserved)} reserved{cap}, {fb(free_cached)} of it free in the cache "
+             f"(largest free block {fb(largest) if largest is not None else 'unknown'}), "
+             f"{fb(dev_free) if dev_free is not None else 'unknown'} free on the device")
+    if frag:
+        remedy = ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (segments grow in place instead of being split, so "
+                  "freed memory can be reused for a larger request)")
+        why = (f"The request for {fb(req)} failed with {state}: {fb(free_total)} was free in total, more than asked "
+               f"for, but no single free block was large enough: fragmentation. Remedy: {remedy}.")
+    else:
+        short = req - free_total
+        remedy = ("make the largest tensors smaller (shorter sequences, smaller batch, fused attention such as SDPA) "
+                  "or keep fewer alive at once (activation checkpointing)")
+        why = (f"The request for {fb(req)} failed with {state}: even all free memory together ({fb(free_total)}) is "
+               f"{fb(short)} short of it: exhaustion, the work needs more memory than the device has. Remedy: {remedy}.")
     return {
-        "requested_bytes": req, "device_free_bytes": dev_free, "allocated_bytes": allocated, "reserved_bytes": reserved,
-        "free_cached_bytes": free_cached, "largest_free_block_bytes": largest,
-        "device_total_bytes": int(total) if total else None,
+        "device": rep.device, "requested_bytes": req, "device_free_bytes": dev_free, "allocated_bytes": allocated,
+        "torch_allocated_bytes": torch_allocated, "reserved_bytes": reserved,
+        "free_cached_bytes": free_cached, "largest_free_block_bytes": largest, "oom_events": int(len(oom)),
+        "device_total_bytes": int(total) if total else None, "free_total_bytes": free_total,
+        "outside_cache_bytes": (int(total) - reserved - (dev_free or 0)) if total else None,
         "site": str(snap.site_labels(np.array([int(o["stack_id"])]))[0]), "time_us": float(o["time_us"]),
-        "reason": "fragmentation" if frag else "out of memory", "explanation": why,
+        "reason": "fragmentation" if frag else "exhaustion", "remedy": remedy, "explanation": why,
     }

@@ -120,14 +120,16 @@ def transformer_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, 
     p = 2 * v * d + L * (4 * d * d + 2 * d * dff + 4 * d) + 2 * d
     act_layer = s * b * d * (34 + 5 * h * s / d) * (e / 2)
     mode = str(_opt(w, "mode", default="train"))
-    items = [(f"parameters (P={p:,} x 4 B)", 4 * p)]
-    fixed = 4 * p
+    n = max(int(_opt(w, "shards", default=1)), 1)  # FSDP: each rank holds 1/N of parameters, gradients, AdamW state
+    per = f" / {n} ranks" if n > 1 else ""
+    items = [(f"parameters (P={p:,} x 4 B{per})", 4 * p // n)]
+    fixed = 4 * p // n
     if mode in ("forward_backward", "train"):
-        items.append(("gradients (P x 4 B)", 4 * p))
-        fixed += 4 * p
+        items.append((f"gradients (P x 4 B{per})", 4 * p // n))
+        fixed += 4 * p // n
     if mode == "train":
-        items.append(("AdamW state (2 x P x 4 B)", 8 * p))
-        fixed += 8 * p
+        items.append((f"AdamW state (2 x P x 4 B{per})", 8 * p // n))
+        fixed += 8 * p // n
     if mode == "forward":  # nothing is kept for backward: about one layer's activations and the logits
         items += [(f"one layer's activations (S*B*d*(34+5*h*S/d)*{e}/2)", int(act_layer)), ("logits (B*S*V*4)", b * s * v * 4)]
         per_sample = act_layer / b + s * v * 4
@@ -135,16 +137,50 @@ def transformer_account(w: dict[str, Any]) -> tuple[list[tuple[str, int]], str, 
         items += [(f"activations ({L} layers x S*B*d*(34+5*h*S/d)*{e}/2)", int(L * act_layer)),
                   ("logits and their gradient (2 x B*S*V*4)", 2 * b * s * v * 4)]
         per_sample = L * act_layer / b + 2 * s * v * 4
-    formula = f"{fixed // p} P (params" + (", grads" if mode != "forward" else "") + (", AdamW" if mode == "train" else "") \
+    coef = 4 + (4 if mode in ("forward_backward", "train") else 0) + (8 if mode == "train" else 0)
+    formula = f"{coef} P{per} (params" + (", grads" if mode != "forward" else "") + (", AdamW" if mode == "train" else "") \
         + ") + activations L*S*B*d*(34+5hS/d)*e/2 + logits B*S*V*4 (x2 with their gradient)"
     return items, formula, {"fixed": fixed, "per_sample": per_sample, "b": b}
 
 
-def predict_oom(kind: str, coeffs: dict[str, Any], measured: int, expected: int, total: int | None) -> dict[str, Any]:
-    """Where the device runs out, from the analytic model calibrated on the measured peak."""
+def predict_oom(kind: str, coeffs: dict[str, Any], measured: int, expected: int, total: int | None,
+                failing: int | None = None, measured_reserved: int | None = None) -> dict[str, Any]:
+    """Where the device runs out, from the analytic model calibrated on the measured peak.
+
+    ``failing``: the parameter value (seq_len or batch size) this very file shows failing with an
+    out-of-memory error. Its measured peak stops at the failure, so it cannot calibrate the model
+    (the uncalibrated account is used), and the prediction never exceeds what failed: at most
+    ``failing - 1`` fits.
+
+    ``measured_reserved`` (the allocator's reserved peak): the device must hold what the allocator
+    reserves, not only what is allocated; calibrated on it, the model gives the lower end of the
+    range (``max_fitting_reserved``): the allocator frees its cache and retries before it fails, so
+    the truth lies between the two.
+    """
     if not total or not expected:
         return {}
-    scale = measured / expected if expected else 1.0
+    scale = measured / expected if expected and not failing else 1.0
+    out = _predict(kind, coeffs, scale, total)
+    if out and measured_reserved and not failing and measured_reserved > measured:
+        low = _predict(kind, coeffs, measured_reserved / expected, total)
+        out["max_fitting_reserved"] = min(low["max_fitting"], out["max_fitting"])
+        out["note"] += (f"; reserved peaked at {measured_reserved / measured:.2f}x allocated here: if the cache "
+                        f"grows alike, {out['max_fitting_reserved']:,} is the largest that fits")
+    if out and failing:
+        if out["max_fitting"] >= failing:
+            out["max_fitting"] = int(failing) - 1
+            out["note"] += f"; capped: this run failed at {out['parameter']} = {int(failing):,}"
+        else:
+            out["note"] += f"; this run failed at {out['parameter']} = {int(failing):,}"
+        if "first_power_of_two_oom" in out:
+            out["first_power_of_two_oom"] = min(out["first_power_of_two_oom"], 2 ** math.ceil(math.log2(failing)))
+        if "first_oom" in out:
+            out["first_oom"] = min(out["first_oom"], int(failing))
+        out["observed_failing"] = int(failing)
+    return out
+
+
+def _predict(kind: str, coeffs: dict[str, Any], scale: float, total: int) -> dict[str, Any]:
     if kind == "attention" and coeffs.get("k_sq"):
         b, d, e = coeffs["b"], coeffs["d"], coeffs["e"]
         a2, a1 = scale * coeffs["k_sq"] * b * e, scale * coeffs["n_lin"] * b * d * e
@@ -154,7 +190,7 @@ def predict_oom(kind: str, coeffs: dict[str, Any], measured: int, expected: int,
             first_bad *= 2
         return {"parameter": "seq_len", "max_fitting": int(s_max), "first_power_of_two_oom": int(first_bad),
                 "device_total_bytes": int(total), "calibration": scale,
-                "note": f"memory grows as S^2: about {fmt(a2 * coeffs['s'] ** 2)} of the peak is in S x S matrices"}
+                "note": f"memory grows as S^2: about {fmt(a2 * coeffs['s'] ** 2)} of the expected peak is in S x S matrices"}
     if kind == "transformer" and coeffs.get("per_sample"):
         fixed, per = scale * coeffs["fixed"], scale * coeffs["per_sample"]
         bmax = (total - fixed) / per
@@ -201,12 +237,19 @@ def explain_peak(analysis: "Analysis") -> PeakExplanation:
     w = meta.get("workload") or {}
     kind = str(w.get("kind", "")) if isinstance(w, dict) else ""
     if kind in ("attention", "transformer"):
-        opts = {**w, **(w.get("options") or {})} if isinstance(w.get("options"), dict) else w
+        opts = {**w, **(w.get("options") or {})} if isinstance(w.get("options"), dict) else dict(w)
+        if opts.get("distributed") == "fsdp":  # memprof record transformer --distributed fsdp under torchrun
+            opts["shards"] = int((meta.get("dist") or {}).get("world_size") or 1)
         items, formula, coeffs = (attention_account if kind == "attention" else transformer_account)(opts)
         out.analytic = pd.DataFrame({"item": [i for i, _ in items], "expected_bytes": np.array([b for _, b in items], dtype=np.int64)})
         out.expected_bytes = int(sum(b for _, b in items))
         out.difference_bytes = out.measured_bytes - out.expected_bytes
         out.formula = formula
         total_mem = ((meta.get("device") or {}).get("total_memory_bytes"))
-        out.predicted_oom = predict_oom(kind, coeffs, out.measured_bytes, out.expected_bytes, total_mem)
+        failed = meta.get("status") == "oom" or len(rep.oom_events) > 0
+        param = ("seq_len", "sequence_length", "context_length") if kind == "attention" else ("batch", "batch_size")
+        failing = _opt(opts, *param) if failed else None
+        out.predicted_oom = predict_oom(kind, coeffs, out.measured_bytes, out.expected_bytes, total_mem,
+                                        int(failing) if failing else None,
+                                        meta.get("peak_reserved_bytes") or rep.peak_reserved_bytes)
     return out

@@ -12,9 +12,10 @@ from memprof.format import fmt_bytes
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="compare two snapshots: peak, categories and source lines at the peak")
-    p.add_argument("a", help="snapshot A (the baseline)")
-    p.add_argument("b", help="snapshot B (compared with A)")
+    p.add_argument("a", help="snapshot A (the baseline), or a run folder with --ranks")
+    p.add_argument("b", nargs="?", default=None, help="snapshot B (compared with A)")
     add_report_options(p, top=10, top_help="how many source lines to list")
+    p.add_argument("--ranks", type=int, nargs=2, metavar=("A", "B"), help="with a run folder: compare rank B with rank A")
     return p
 
 
@@ -39,13 +40,15 @@ def render(d: dict, a: str, b: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from memprof.analysis import analyze
+    from memprof.commands.run_report import diff_paths
 
-    an_a = analyze(args.a, device=args.device, use_cache=not args.no_cache)
-    an_b = analyze(args.b, device=args.device, use_cache=not args.no_cache)
+    a, b = diff_paths(args)  # A B, or RUN --ranks A B (those two ranks' snapshots)
+    an_a = analyze(a, device=args.device, use_cache=not args.no_cache)
+    an_b = analyze(b, device=args.device, use_cache=not args.no_cache)
     d = an_a.diff(an_b).to_dict(args.top)
     if args.json:
         json.dump(d, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(render(d, args.a, args.b))
+        print(render(d, a, b))
     return 0

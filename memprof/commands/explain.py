@@ -16,6 +16,7 @@ from memprof.format import fmt_bytes, fmt_us
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="why memory peaks where it does, and whether the allocator sets the pace")
     p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present")
+    p.add_argument("--rank", type=int, default=None, help="SNAPSHOT is a run folder (RUN/rank{R}.pickle.gz): explain this rank")
     add_report_options(p, top=8, top_help="how many source lines to list at the peak")
     return p
 
@@ -38,12 +39,19 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
     return {
         "snapshot": an.snap.source,
         "device": an.rep.device,
+        "history": bool(an.rep.has_trace),
+        "window": _window(an),
+        "state": {"allocated_bytes": int(an.snap.state_totals()["allocated"].get(an.rep.device, 0)),
+                  "reserved_bytes": int(an.snap.state_totals()["reserved"].get(an.rep.device, 0))},
         "phase_source": str(an.phases["source"].iloc[0]) if len(an.phases) else None,
         "phases": [{k: _num(v) for k, v in r.items()} for r in an.phases.to_dict("records")],
         "iterations": [{k: _num(v) for k, v in r.items()} for r in its.to_dict("records")],
         "leak": {k: _num(v) for k, v in an.leak.items()},
         "verdict": an.verdict.to_dict(),
         "peak_bytes": int(an.rep.peak_bytes),
+        "peak_torch_bytes": int(an.rep.peak_torch_bytes),
+        "max_awaiting_free_bytes": int(an.rep.timeline["awaiting_free"].max()),
+        "pools": _pools(an),
         "peak_us": float(an.rep.peak_time_us),
         "peak_by_category": pd_["by_category"],
         "peak_by_site": pd_["by_site"],
@@ -59,7 +67,11 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
 def render(d: dict[str, Any], start_us: float) -> str:
     v = d["verdict"]
     lines = [f"{d['snapshot']}  (device {d['device']})", ""]
+    if not d["history"]:
+        return "\n".join(lines + _render_state(d))
     its = d["iterations"]
+    if d["window"]["begins_mid_run"]:
+        lines += [f"NOTE  the trace begins mid-run: {d['window']['reason']}", ""]
     lines.append(f"ITERATIONS  ({len(its)}, phases from {d['phase_source']})")
     for it in its[:8]:
         lines.append(f"  #{it['iteration']:<3} peak {fmt_bytes(it['peak_bytes']):>10} at +{fmt_us(it['peak_us'] - start_us):>9}"
@@ -73,6 +85,12 @@ def render(d: dict[str, Any], start_us: float) -> str:
     for r in v["remedies"]:
         lines.append(f"  - {r}")
     lines += ["", f"PEAK  {fmt_bytes(d['peak_bytes'])} at +{fmt_us(d['peak_us'] - start_us)}"]
+    if d["max_awaiting_free_bytes"]:
+        lines.append(f"  memory held, incl. up to {fmt_bytes(d['max_awaiting_free_bytes'])} awaiting free on another stream "
+                     f"(record_stream); allocated as torch counts it (max_memory_allocated): {fmt_bytes(d['peak_torch_bytes'])}")
+    for p in d["pools"]:
+        lines.append(f"  pool {p['pool']:<10} {fmt_bytes(p['at_peak']):>10} at the peak, {fmt_bytes(p['reserved']):>10} reserved"
+                     + ("  (default pool)" if p["pool"] == "(0, 0)" else "  (private: CUDA graph or MemPool)"))
     total = max(d["peak_bytes"], 1)
     for c, b in d["peak_by_category"].items():
         lines.append(f"  {c:<16} {fmt_bytes(b):>10}  {b / total:6.1%}")
@@ -88,7 +106,8 @@ def render(d: dict[str, Any], start_us: float) -> str:
             lines.append(f"    {fmt_bytes(b):>10}  {k}")
     po = d["predicted_oom"]
     if po:
-        lines.append(f"  out of memory predicted at {po['parameter']} > {po['max_fitting']:,} "
+        rng = f"{po['max_fitting_reserved']:,} to " if po.get("max_fitting_reserved") else ""
+        lines.append(f"  out of memory predicted above {po['parameter']} = {rng}{po['max_fitting']:,} "
                      f"(device {fmt_bytes(po['device_total_bytes'])}); {po['note']}")
     f = d["fragmentation"]
     if f:
@@ -101,11 +120,51 @@ def render(d: dict[str, Any], start_us: float) -> str:
     return "\n".join(lines)
 
 
+def _window(an: Any) -> dict[str, Any]:
+    """Whether the trace begins mid-run (wrapped ring buffer or late start); see trace_begins_mid_run."""
+    from memprof.replay import trace_begins_mid_run
+
+    return trace_begins_mid_run(an.snap, an.rep, (an.meta.get("record") or {}).get("max_entries"))
+
+
+def _pools(an: Any) -> list[dict[str, Any]]:
+    """Per-pool totals when the snapshot has private pools (CUDA graphs, MemPool); [] otherwise."""
+    from memprof.replay import pool_totals
+
+    pt = pool_totals(an.snap, an.rep)
+    return [{k: (str(v) if k == "pool" else int(v)) for k, v in r.items()} for r in pt.to_dict("records")] if len(pt) > 1 else []
+
+
+def _render_state(d: dict[str, Any]) -> list[str]:
+    """No history recorded: what the snapshot does hold, said plainly (no iterations, no verdict)."""
+    st = d["state"]
+    lines = ["STATE AT DUMP TIME  (no allocation history was recorded: the trace is empty, so there are no",
+             "  iterations, no peak over time and no verdict; record with torch.cuda.memory._record_memory_history()",
+             "  or `memprof record` to see how memory got here)",
+             f"  allocated {fmt_bytes(st['allocated_bytes'])} in blocks ({fmt_bytes(d['peak_bytes'])} requested), "
+             f"reserved {fmt_bytes(st['reserved_bytes'])}"]
+    if d["peak_by_site"]:
+        lines.append("  largest source lines of the live blocks:")
+        for s in d["peak_by_site"]:
+            lines.append(f"    {fmt_bytes(s['bytes']):>10}  {s['share']:6.1%}  x{s['count']:<4} {s['site']}")
+    f = d["fragmentation"]
+    if f:
+        r = f["at_peak_reserved"]
+        lines.append(f"  reserved: {fmt_bytes(r['allocated'])} allocated, {fmt_bytes(r['rounding_waste'])} rounding waste, "
+                     f"{fmt_bytes(r['free_cached'])} free in the cache")
+    if d["oom"]:
+        lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from memprof.analysis import analyze
     from memprof.load import load
     from memprof.meta import read_meta
+    from memprof.commands import run_report
 
+    if run_report.wants_run(args):  # a torchrun run folder: the ranks, or one rank (--rank) through this same run()
+        return run_report.explain(args, run)
     snap = load(args.snapshot, use_cache=not args.no_cache)
     an = analyze(snap, device=args.device, meta=read_meta(args.snapshot))
     d = explain_dict(an, args.top)

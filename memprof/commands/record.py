@@ -3,6 +3,9 @@
     memprof record attention [--impl naive|compiled|sdpa] [--seq-len 1024] [--d 64] ...
     memprof record transformer [--size small|...|tiny] [--mode train] [--compile] ...
     memprof record [-o out.pickle] -- python train.py ARGS
+    memprof record [-o RUN] -- torchrun --nproc-per-node N train.py ARGS    # RUN/rank{R}.pickle.gz per rank
+    torchrun --nproc-per-node N -m memprof record [-o RUN] -- python train.py ARGS
+    torchrun --nproc-per-node N -m memprof record transformer --distributed ddp|fsdp [-o RUN]
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def transformer_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-heads", type=int, default=None)
     p.add_argument("--d-ff", type=int, default=None)
     p.add_argument("--positions", default="rope", help="rope or learned")
+    p.add_argument("--distributed", default="none", choices=("none", "ddp", "fsdp"),
+                   help="under torchrun: wrap the model with DDP or FSDP2 fully_shard (one snapshot per rank in RUN/)")
     add_common(p, suppress=True)
     return p
 
@@ -80,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="record a workload (attention, transformer) or your script into a snapshot",
         description="Record a built-in workload or your own script. "
         "`memprof record attention --help` and `memprof record transformer --help` list the workload options; "
-        "`memprof record [OPTIONS] -- python train.py ARGS` records a script from its first line.",
+        "`memprof record [OPTIONS] -- python train.py ARGS` records a script from its first line; "
+        "`memprof record [-o RUN] -- torchrun ... train.py` records every rank into RUN/rank{R}.pickle.gz.",
     )
     add_common(p)
     p.add_argument("target", nargs=argparse.REMAINDER, help="attention ARGS | transformer ARGS | -- python SCRIPT ARGS")
@@ -119,12 +125,15 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress"}
     wopts = {k: v for k, v in vars(sub).items() if k not in common}
 
+    from memprof.recorder import dist
     from memprof.recorder.runner import record_workload
     from memprof.workloads import build, resolve_device
 
-    device = resolve_device(o["device"])
+    info = dist.rank_env()
+    device = resolve_device(dist.device_name(o["device"], info))
     workload = build(kind, **wopts)
     path = o["output"] or default_path(workload.slug(), device.type, o["gzip"])
+    path = dist.output_path(path, True if info is not None and o["gzip"] else None)  # torchrun: RUN/rank{R}...
     meta = record_workload(
         workload, path, device, steps=o["steps"], warmup=o["warmup"], max_entries=o["max_entries"], stacks=o["stacks"],
         compress=o["gzip"] or str(path).endswith(".gz"), command=_command(sys.argv[1:] if sys.argv[1:2] == ["record"] else ["record", *target]),
@@ -156,6 +165,10 @@ def summary(meta: dict[str, Any]) -> str:
 def run_script(args: argparse.Namespace, target: list[str]) -> int:
     """Run ``python SCRIPT ARGS`` (or ``python -m MODULE ARGS``) in this process, recording from its first line."""
     argv = list(target)
+    from memprof.commands import record_torchrun
+
+    if record_torchrun.is_launcher(argv):  # memprof record -- torchrun ...: every worker, RUN/rank{R}.pickle.gz
+        return record_torchrun.run_launcher(args, argv)
     if os.path.basename(argv[0]).startswith("python"):
         argv = argv[1:]
     if not argv:
@@ -181,8 +194,12 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
     from memprof.recorder.runner import OOM_ERRORS
     from memprof.workloads import resolve_device
 
-    device = resolve_device(args.device)
-    path = args.output or default_path(f"script-{name}", device.type, args.gzip)
+    from memprof.recorder import dist
+
+    info = dist.rank_env()
+    device = resolve_device(dist.device_name(args.device, info))
+    path = args.output or default_path(f"script-{name}", device.type, args.gzip or info is not None)
+    path = dist.output_path(path, True if info is not None and args.gzip else None)  # torchrun: RUN/rank{R}...
     old_argv, old_path = sys.argv, list(sys.path)
     sys.argv = list(argv)
     if module is None:

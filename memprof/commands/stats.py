@@ -9,28 +9,49 @@ from typing import Any
 
 from memprof.commands import add_report_options
 from memprof.format import fmt_bytes, fmt_us
-from memprof.load import load
+from memprof.load import A_OOM, load
 from memprof.meta import read_meta
-from memprof.replay import Replay, replay
+from memprof.replay import Replay, pool_totals, replay, trace_begins_mid_run
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="summary of a snapshot: entries, peak, what is alive at the peak")
-    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json)")
+    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json), or a run folder RUN/rank{R}.pickle.gz")
     add_report_options(p, top=10, top_help="how many allocations alive at the peak to list")
     return p
 
 
-def wrapped(snap: Any, meta: dict[str, Any], device: int) -> bool:
-    """True when the trace filled its ring buffer (``max_entries``), so its start was overwritten."""
-    counts = snap.info.get("entries_per_device") or [0]
+def window(snap: Any, rep: Replay, meta: dict[str, Any]) -> dict[str, Any]:
+    """Whether the trace begins mid-run (ring buffer wrapped, or history enabled late); see trace_begins_mid_run."""
     max_entries = (meta.get("record") or {}).get("max_entries") or snap.info.get("max_entries")
-    return bool(max_entries) and counts[device] >= int(max_entries)
+    return trace_begins_mid_run(snap, rep, max_entries)
+
+
+def devices_table(snap: Any) -> list[dict[str, Any]]:
+    """Every device that holds memory or trace entries: entries, oom events, state at dump time."""
+    counts = list(snap.info.get("entries_per_device") or [])
+    totals = snap.state_totals()
+    ev = snap.events
+    ooms = ev.loc[ev["action"].to_numpy() == A_OOM, "device"].value_counts().to_dict() if len(ev) else {}
+    out = []
+    for d in range(max(snap.n_devices, 1)):
+        n = counts[d] if d < len(counts) else 0
+        t = totals.loc[d].to_dict() if d in totals.index else {}
+        if not n and not t:
+            continue
+        out.append({"device": d, "entries": int(n), "oom_events": int(ooms.get(d, 0)),
+                    **{k: int(t.get(k, 0)) for k in ("allocated", "reserved", "active", "pending_free", "segments", "pools")}})
+    return out
 
 
 def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[str, Any]:
     at_peak = rep.at_peak().head(top)
     sites = snap.site_labels(at_peak["stack_id"].to_numpy(), at_peak["alloc_idx"].to_numpy())
+    if not rep.has_trace:  # no history: a block without frames is simply unattributed
+        sites[at_peak["stack_id"].to_numpy() < 0] = "<no stack recorded for this block>"
+    win = window(snap, rep, meta)
+    pools = pool_totals(snap, rep)
+    devs = devices_table(snap)
     return {
         "snapshot": snap.source,
         "device": rep.device,
@@ -39,15 +60,24 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
         "duration_us": rep.duration_us,
         "has_time": bool(snap.info.get("has_time", True)),
         "has_frames": bool(snap.info.get("has_frames", False)),
+        "history": bool(rep.has_trace),
+        "state_allocated_bytes": next((r["allocated"] for r in devs if r["device"] == rep.device), 0),
         "peak_allocated_bytes": int(rep.peak_bytes),
         "peak_time_us": rep.peak_time_us,
         "peak_idx": int(rep.peak_idx),
+        "peak_torch_allocated_bytes": int(rep.peak_torch_bytes),
+        "peak_torch_time_us": rep.peak_torch_time_us,
+        "max_awaiting_free_bytes": int(rep.timeline["awaiting_free"].max()),
         "peak_reserved_bytes": int(rep.peak_reserved_bytes),
         "peak_reserved_time_us": rep.peak_reserved_time_us,
         "allocations": int(len(rep.allocations)),
         "alive_before_window": int((rep.allocations["alloc_idx"] < 0).sum()),
-        "wrapped": wrapped(snap, meta, rep.device),
+        "wrapped": bool(win["wrapped"]),
+        "window": win,
         "oom_events": int(len(rep.oom_events)),
+        "devices_with_memory": devs,
+        "oom_devices": [d["device"] for d in devs if d["oom_events"]],
+        "pools": pools.to_dict("records") if len(pools) > 1 else [],
         "allocator_peak_bytes": meta.get("peak_allocated_bytes"),
         "top_at_peak": [
             {"size": int(s), "frame": str(f), "alloc_us": None if a != a else float(a), "stack_id": int(k)}
@@ -57,33 +87,86 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
     }
 
 
-def render(d: dict[str, Any]) -> str:
-    lines = [
+def _render_state(d: dict[str, Any]) -> list[str]:
+    """An empty trace: the state the segments hold at dump time, said plainly."""
+    return [
         f"{d['snapshot']}  (device {d['device']} of {d['devices']})",
-        f"  entries          {d['entries']:,}" + ("" if d["has_time"] else "  (no timestamps: times are entry indices)"),
-        f"  duration         {fmt_us(d['duration_us'])}",
-        f"  peak allocated   {fmt_bytes(d['peak_allocated_bytes'])}  ({d['peak_allocated_bytes']:,} B) "
-        f"at +{fmt_us(d['_peak_rel_us'])}",
-        f"  peak reserved    {fmt_bytes(d['peak_reserved_bytes'])}",
-        f"  allocations      {d['allocations']:,}  ({d['alive_before_window']:,} alive before the recorded window)",
-        f"  trace wrapped    {'YES: the ring buffer filled, the earliest events are lost' if d['wrapped'] else 'no'}",
+        "  history          NONE: no allocation history was recorded (the trace is empty); below is the state",
+        "                   when the snapshot was taken. Record with torch.cuda.memory._record_memory_history()",
+        "                   (or `memprof record`) to see how memory got there.",
+        f"  allocated        {fmt_bytes(d['state_allocated_bytes'])}  ({d['state_allocated_bytes']:,} B in allocated blocks, as "
+        f"torch.cuda.memory_allocated counts; {d['peak_allocated_bytes']:,} B requested by the live tensors)",
+        f"  reserved         {fmt_bytes(d['peak_reserved_bytes'])}",
+        f"  segments         {_row(d).get('segments', 0):,} holding {d['allocations']:,} live blocks"
+        + (f" ({fmt_bytes(_row(d)['pending_free'])} awaiting free on another stream)" if _row(d).get("pending_free") else ""),
     ]
+
+
+def _row(d: dict[str, Any]) -> dict[str, Any]:
+    return next((r for r in d["devices_with_memory"] if r["device"] == d["device"]), {})
+
+
+def render(d: dict[str, Any]) -> str:
+    if not d["history"]:
+        lines = _render_state(d)
+    else:
+        lines = [
+            f"{d['snapshot']}  (device {d['device']} of {d['devices']})",
+            f"  entries          {d['entries']:,}" + ("" if d["has_time"] else "  (no timestamps: times are entry indices)"),
+            f"  duration         {fmt_us(d['duration_us'])}",
+            f"  peak allocated   {fmt_bytes(d['peak_allocated_bytes'])}  ({d['peak_allocated_bytes']:,} B) "
+            f"at +{fmt_us(d['_peak_rel_us'])}  (requested bytes held, incl. blocks awaiting free on another stream)",
+        ]
+        lines.append(f"  peak as torch    {fmt_bytes(d['peak_torch_allocated_bytes'])}  ({d['peak_torch_allocated_bytes']:,} B; "
+                     "allocated as torch.cuda.max_memory_allocated counts it: blocks of 512 B, freed at free_requested)")
+        if d["max_awaiting_free_bytes"] > 0:
+            lines.append(f"  awaiting free    up to {fmt_bytes(d['max_awaiting_free_bytes'])} freed but held until another stream's work completed")
+        w = d["window"]
+        lines += [
+            f"  peak reserved    {fmt_bytes(d['peak_reserved_bytes'])}",
+            f"  allocations      {d['allocations']:,}  ({d['alive_before_window']:,} alive before the recorded window)",
+            f"  trace wrapped    {'YES: ' + w['reason'] if d['wrapped'] else 'no'}",
+        ]
+        if w["begins_mid_run"] and not d["wrapped"]:
+            lines.append(f"  window           the trace begins mid-run: {w['reason']}")
+    devs = d["devices_with_memory"]
+    if len(devs) > 1 or (devs and devs[0]["device"] != d["device"]):
+        lines.append("  devices:")
+        for r in devs:
+            lines.append(f"    cuda:{r['device']}  {r['entries']:>9,} entries  allocated {fmt_bytes(r['allocated']):>10}  "
+                         f"reserved {fmt_bytes(r['reserved']):>10}" + (f"  {r['oom_events']} OOM" if r["oom_events"] else "")
+                         + ("   <- shown" if r["device"] == d["device"] else ""))
+    if d["pools"]:
+        lines.append("  memory pools (CUDA graphs / MemPool are private pools):")
+        for p in d["pools"]:
+            lines.append(f"    {p['pool']:<16} reserved {fmt_bytes(p['reserved']):>10}  allocated {fmt_bytes(p['allocated']):>10}  "
+                         f"at the peak {fmt_bytes(p['at_peak']):>10}")
     if d.get("allocator_peak_bytes"):
         ap = d["allocator_peak_bytes"]
-        diff = (d["peak_allocated_bytes"] - ap) / ap * 100 if ap else 0.0
-        lines.append(f"  allocator peak   {fmt_bytes(ap)} (torch.cuda.max_memory_allocated; replay differs by {diff:+.2f}%)")
+        diff = (d["peak_torch_allocated_bytes"] - ap) / ap * 100 if ap else 0.0
+        lines.append(f"  allocator peak   {fmt_bytes(ap)} (torch.cuda.max_memory_allocated recorded beside the file; "
+                     f"the replay as torch counts differs by {diff:+.2f}%)")
     if d["oom_events"]:
         lines.append(f"  OUT OF MEMORY    {d['oom_events']} oom event(s) in the trace")
+    for o in d["oom_devices"]:
+        if o != d["device"]:
+            lines.append(f"  OUT OF MEMORY    on cuda:{o} (not the device shown: use --device {o})")
     if d["unknown_actions"]:
         lines.append(f"  note             unknown trace actions ignored: {', '.join(d['unknown_actions'])}")
     if d["top_at_peak"]:
-        lines.append("  largest allocations alive at the peak:")
+        lines.append("  largest allocations alive at the peak:" if d["history"] else "  largest live blocks:")
         for t in d["top_at_peak"]:
             lines.append(f"    {fmt_bytes(t['size']):>11}  {t['frame']}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    from memprof.run import is_run
+
+    if is_run(args.snapshot):  # a torchrun run folder: every rank and the imbalance
+        from memprof.commands import run_report
+
+        return run_report.stats(args)
     snap = load(args.snapshot, use_cache=not args.no_cache)
     device = snap.default_device() if args.device is None else args.device
     snap.check_device(device)

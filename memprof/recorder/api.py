@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from typing import Any, Iterator
 
 import torch
@@ -32,9 +33,18 @@ def record(
     ``device``: cuda, mps or cpu (default: cuda if available, else mps, else cpu). On CUDA the
     allocator's history is recorded; on CPU torch.profiler's memory events; on MPS a dispatch
     tracker. The snapshot is written even when the body raises (status ``oom`` or ``error``);
-    the exception then propagates.
+    the exception then propagates. A window that recorded nothing has status ``empty``.
+
+    In a torchrun worker (``RANK``/``WORLD_SIZE`` set) the snapshot goes to the run folder
+    ``<path without suffix>/rank{RANK}.pickle[.gz]`` with the rank in its metadata (``dist``), a
+    bare ``cuda`` means the local rank's GPU, the rank's summary is written beside it, and a
+    SIGTERM from torchrun (another rank failed) still writes it (status ``terminated``).
     """
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    from memprof.recorder import dist
+
+    info = dist.rank_env()
+    dev = device if isinstance(device, torch.device) else resolve_device(dist.device_name(device, info))
+    path = dist.output_path(path, compress)
     rec = Recording(dev, max_entries=max_entries, stacks=stacks, backend=backend).start()
     meta = base_meta(dev)
     meta.update(
@@ -44,6 +54,25 @@ def record(
         record={"max_entries": max_entries, "stacks": stacks, "context": "all", "backend": rec.backend,
                 "history_kwargs": rec.history_kwargs},
     )  # fmt: skip
+    done = threading.Lock()
+
+    def finish(status: str | None = None) -> None:
+        if not done.acquire(blocking=False):
+            return  # written already (by the SIGTERM path or the normal end)
+        if status is not None and meta["status"] == "ok":
+            meta["status"], meta["error"] = status, "the launcher terminated this rank (SIGTERM), e.g. after another rank failed"
+        snap = rec.stop(sync=status is None)
+        meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
+        if status is None:  # resolving CUDA events waits for the device: not when terminated
+            meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
+        meta["phases"] = list(rec.timer.ranges)
+        dist.finalize_status(meta, snap)
+        write_snapshot(path, snap, compress)
+        write_meta(path, meta)
+        if info is not None and status is None:
+            dist.write_rank_summary(path, meta)
+
+    term = dist.TermDump(finish) if info is not None else None
     try:
         yield rec
     except OOM_ERRORS as e:
@@ -54,9 +83,6 @@ def record(
             meta["status"], meta["error"] = "error", f"{type(e).__name__}: {e}"
         raise
     finally:
-        snap = rec.stop()
-        meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
-        meta["timings_ms"], meta["cpu_timings_ms"] = rec.timings()
-        meta["phases"] = list(rec.timer.ranges)
-        write_snapshot(path, snap, compress)
-        write_meta(path, meta)
+        if term is not None:
+            term.close()
+        finish()

@@ -109,11 +109,14 @@ class PreexistingTracker:
         self.freed_at: dict[int, int] = {}
         self.active = True
         for t in tensors:
+            # A DTensor (FSDP2): its local shard holds the storage. The shard object itself, not a
+            # to_local() alias, whose death would look like the storage's.
+            t = getattr(t, "_local_tensor", t)
             try:
                 st = t.untyped_storage()
+                ptr = int(st.data_ptr())
             except (RuntimeError, NotImplementedError):
                 continue
-            ptr = int(st.data_ptr())
             if not ptr:
                 continue
             self.sizes[ptr] = max(self.sizes.get(ptr, 0), int(st.nbytes()))
@@ -181,8 +184,11 @@ class Recording:
         _ACTIVE.append(self)
         return self
 
-    def stop(self) -> dict[str, Any]:
-        """End the window and return the snapshot dict (also when a step raised)."""
+    def stop(self, sync: bool = True) -> dict[str, Any]:
+        """End the window and return the snapshot dict (also when a step raised).
+
+        ``sync=False`` skips waiting for the device (a rank terminated while a collective waits
+        on a dead peer would wait forever)."""
         if self._snapshot is not None:
             return self._snapshot
         if self in _ACTIVE:
@@ -191,7 +197,8 @@ class Recording:
             if self.has_metadata:
                 cuda_backend.set_metadata("")
             try:
-                torch.cuda.synchronize(self.device)
+                if sync:
+                    torch.cuda.synchronize(self.device)
             except RuntimeError:
                 pass
             self._snapshot = cuda_backend.snapshot()

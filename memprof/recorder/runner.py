@@ -15,6 +15,7 @@ import torch
 from memprof import __version__
 from memprof.meta import write_meta
 from memprof.recorder.core import PhaseTimer, Recording
+from memprof.recorder.dist import TermDump, finalize_status, write_rank_summary
 from memprof.recorder.snapshot_io import empty_snapshot, write_snapshot
 from memprof.workloads import Workload, storage_addrs
 
@@ -51,13 +52,19 @@ def free_memory(device: torch.device) -> None:
 
 
 def base_meta(device: torch.device) -> dict[str, Any]:
-    return {
+    from memprof.recorder.dist import rank_env
+
+    meta = {
         "memprof_version": __version__,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": device_info(device),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
+    info = rank_env()
+    if info is not None:  # a torchrun worker: its place in the run
+        meta["dist"] = info
+    return meta
 
 
 def tensor_addrs(workload: Workload) -> dict[str, list[list[int]]]:
@@ -114,6 +121,17 @@ def record_workload(
     n_profiled = profile_steps + 1 if profile_steps > 0 else 0  # + the profiler's warm-up step
     bar = _progress(warmup + n_profiled + (2 * steps if path else steps), workload.slug(), progress)
     stage = "setup"
+
+    def on_sigterm(status: str) -> None:  # torchrun stops this rank (another one failed): keep what it recorded
+        meta.update(status=status, error=f"the launcher terminated this rank (SIGTERM) during {stage}, e.g. after another rank failed")
+        if path is not None:
+            snap = rec.stop(sync=False) if rec is not None and rec.started else empty_snapshot()
+            if rec is not None:
+                meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = rec.peaks()
+            write_snapshot(path, snap, compress)
+            write_meta(path, meta)
+
+    term = TermDump(on_sigterm) if meta.get("dist") and path is not None else None
     try:
         workload.setup(device)
         stage = "warm-up"
@@ -164,6 +182,8 @@ def record_workload(
             snap = _record_oom_step(workload, device, max_entries, stacks)
     finally:
         bar.close()
+        if term is not None:
+            term.close()
     if rec is not None:
         pa, pr = rec.peaks()
         meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = pa, pr
@@ -176,8 +196,12 @@ def record_workload(
     del rec
     free_memory(device)
     if path is not None:
-        write_snapshot(path, snap if snap is not None else empty_snapshot(), compress)
+        snap = snap if snap is not None else empty_snapshot()
+        finalize_status(meta, snap)
+        write_snapshot(path, snap, compress)
         write_meta(path, meta)
+        if meta.get("dist"):
+            write_rank_summary(path, meta)
         meta["snapshot_path"] = str(Path(path))
     return meta
 

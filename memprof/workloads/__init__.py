@@ -100,6 +100,8 @@ def storage_addrs(tensors: Iterable[torch.Tensor | None]) -> list[list[int]]:
     for t in tensors:
         if t is None or not isinstance(t, torch.Tensor):
             continue
+        if hasattr(t, "to_local"):  # a DTensor (FSDP2): this rank's shard is what it holds
+            t = t.to_local()
         try:
             st = t.untyped_storage()
         except (RuntimeError, NotImplementedError):

@@ -145,6 +145,7 @@ class TransformerWorkload(Workload):
         positions: str = "rope",
         lr: float = 1e-4,
         seed: int = 0,
+        distributed: str = "none",
     ) -> None:
         super().__init__()
         if size not in PRESETS:
@@ -157,6 +158,9 @@ class TransformerWorkload(Workload):
             d_model=d_model or pd_, num_layers=num_layers or pl, num_heads=num_heads or ph, d_ff=d_ff or pf,
             positions=positions, lr=lr, seed=seed,
         )  # fmt: skip
+        if distributed != "none":  # DDP / FSDP2 under torchrun (memprof.workloads.distributed)
+            self.options["distributed"] = distributed
+        self._own_group = False
         self.phases = {"forward": ("forward",), "forward_backward": ("forward", "backward"), "train": ("forward", "backward", "optimizer")}[mode]
         self.model: nn.Module | None = None
         self.fwd: Any = None
@@ -168,7 +172,13 @@ class TransformerWorkload(Workload):
         self.device = device
         torch.manual_seed(o["seed"])
         self.model = TransformerLM(o["vocab"], o["context"], o["d_model"], o["num_layers"], o["num_heads"], o["d_ff"], o["positions"]).to(device)
-        self.fwd = torch.compile(self.model) if o["compile"] else self.model
+        wrapped: nn.Module = self.model
+        if o.get("distributed", "none") != "none":
+            from memprof.workloads import distributed
+
+            self._own_group = distributed.init(device)
+            wrapped = distributed.wrap(self.model, o["distributed"], device)
+        self.fwd = torch.compile(wrapped) if o["compile"] else wrapped
         g = torch.Generator(device="cpu").manual_seed(o["seed"])
         self.x = torch.randint(0, o["vocab"], (o["batch"], o["context"]), generator=g).to(device)
         self.y = torch.randint(0, o["vocab"], (o["batch"], o["context"]), generator=g).to(device)
@@ -221,4 +231,13 @@ class TransformerWorkload(Workload):
         o = self.options
         mode = {"forward": "fwd", "forward_backward": "fwdbwd", "train": "train"}[o["mode"]]
         comp = "compiled" if o["compile"] else "eager"
-        return f"transformer-{o['size']}-ctx{o['context']}-b{o['batch']}-{mode}-{comp}-{o['dtype']}"
+        dist = f"-{o['distributed']}" if o.get("distributed", "none") != "none" else ""
+        return f"transformer-{o['size']}-ctx{o['context']}-b{o['batch']}-{mode}-{comp}-{o['dtype']}{dist}"
+
+    def teardown(self) -> None:
+        own = self._own_group
+        super().teardown()
+        if own:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
