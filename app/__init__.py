@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
-         ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"))
+         ("Flame", "/flame"), ("Allocator", "/allocator"), ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"), ("Live", "/live"))
 
 
 def create_app(root: str | os.PathLike[str], cache_bytes: int | None = None):  # -> dash.Dash
@@ -41,7 +41,15 @@ def create_app(root: str | os.PathLike[str], cache_bytes: int | None = None):  #
         + [dcc.Link(name, href=href, id=f"nav-{name.lower()}", className="nav-link") for name, href in PAGES],
         className="navbar",
     )
-    app.layout = html.Div([nav, html.Main([html.Div(id="app-error"), dash.page_container], className="page")])
+    app.layout = html.Div([dcc.Location(id="nav-url"), nav,
+                           html.Main([html.Div(id="app-error"), dash.page_container], className="page")])
+
+    @app.callback([dash.Output(f"nav-{name.lower()}", "href") for name, _ in PAGES], dash.Input("nav-url", "search"))
+    def keep_selection(search: str | None) -> list[str]:  # every page link keeps the selected snapshot and device
+        from app.common import nav_hrefs
+
+        return nav_hrefs(search)
+
     app.callback(dash.Output("app-error", "children"), dash.Input("_pages_location", "pathname"),
                  prevent_initial_call=True)(_clear_error)
     app.server.before_request(lambda: _check_callback_request(app))

@@ -92,7 +92,7 @@ def test_csv_export_is_the_filtered_sorted_table(ctx) -> None:
                  key=lambda i: a["size"][i])
     assert [int(r["row"]) for r in got] == exp
     assert [int(r["size"]) for r in got] == [int(a["size"][i]) for i in exp]
-    assert list(got[0]) == ["row", "size", "size_h", "alloc_ms", "free_ms", "lifetime_ms", "phase", "category", "site"]
+    assert list(got[0]) == list(allocations.ALLOC_COLUMNS)
     assert all(r["size_h"].endswith(("B", "KiB", "MiB", "GiB")) for r in got)
     # the same page-visible values
     rows, _, _ = allocations.page(0, 5, sort, "{category} scontains activation && {size} >= 1 MiB", key)

@@ -484,6 +484,9 @@ def test_serve_warns_off_loopback(monkeypatch, capsys, tmp_path: Path) -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
     ran: list[tuple[str, int]] = []
     monkeypatch.setattr(dash.Dash, "run", lambda self, host, port, debug=False, **kw: ran.append((host, port)))
+    from memprof.commands import serve
+
+    monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)  # binds nothing beyond loopback in tests
     shutil.copy(TINY, tmp_path / "a.pickle.gz")
     try:
         assert main(["serve", str(tmp_path), "--host", "0.0.0.0", "--port", "8211"]) == 0

@@ -204,3 +204,16 @@ def test_allocations_filter_by_text_and_units(server: str, driver: Any) -> None:
     cell("size").send_keys("> 50 MiB", Keys.ENTER)
     _wait(lambda: _css(d, "#allocations-count")[0].text.startswith(f"{n_big:,} of {n_all:,}"), what="size filter with units applied")
     _no_severe(d, "allocations filters")
+
+
+def test_whatif_panel(server: str, driver: Any) -> None:
+    d = driver
+    d.get(server + "/explain?snap=h100/transformer-small-train-eager-bf16.pickle.gz")
+    box = _wait(lambda: _css(d, "#whatif-alloc-conf"), what="what-if panel")[0]
+    box.send_keys("expandable_segments:True")
+    _css(d, "#whatif-run")[0].click()
+    fits = _wait(lambda: _css(d, "#whatif-fits"), what="what-if result")[0]
+    assert fits.text.startswith("fits")
+    assert "max_memory_reserved" in _css(d, "#whatif-numbers")[0].text
+    _shot(d, "explain-whatif")
+    _no_severe(d, "explain what-if")

@@ -21,16 +21,24 @@ from memprof.format import fmt_bytes
 
 dash.register_page(__name__, path="/allocations", name="Allocations", title="memprof · allocations")
 
-NUMERIC_COLUMNS = ("row", "size", "alloc_ms", "free_ms", "lifetime_ms")
+NUMERIC_COLUMNS = ("row", "size", "alloc_ms", "free_ms", "lifetime_ms", "stream")
 BYTE_COLUMNS = ("size",)
 ALIASES = {"size_h": "size"}  # the human-readable size filters as the byte count when given a number
 MAX_PAGE_SIZE = 500
 MAX_EXPORT_ROWS = 250_000
-ALLOC_COLUMNS = ("row", "size", "size_h", "alloc_ms", "free_ms", "lifetime_ms", "phase", "category", "site")
+ALLOC_COLUMNS = ("row", "size", "size_h", "alloc_ms", "free_ms", "lifetime_ms", "phase", "category", "site", "stream", "addr")
+
+
+def hex_addrs(a: pd.Series) -> list[str]:
+    """Block addresses as PyTorch's viewer writes them (``0x7f3a...``); '' when unknown (-1)."""
+    v = a.to_numpy()
+    if v.dtype.kind not in "iu":
+        return [str(x) for x in v]  # already text
+    return [f"0x{int(x):x}" if x >= 0 else "" for x in v]
 
 
 def alloc_frame(m: views.TimelineModel, df: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Display columns: row, size, size_h, alloc_ms, free_ms, lifetime_ms, phase, category, site."""
+    """Display columns: row, size, size_h, alloc_ms, free_ms, lifetime_ms, phase, category, site, stream, addr (hex)."""
     d = m.allocs if df is None else df
     return pd.DataFrame({
         "row": d.index.to_numpy(),
@@ -42,6 +50,8 @@ def alloc_frame(m: views.TimelineModel, df: pd.DataFrame | None = None) -> pd.Da
         "phase": d["phase"].to_numpy(),
         "category": d["category"].to_numpy(),
         "site": d["site"].to_numpy(),
+        "stream": d["stream"].to_numpy() if "stream" in d else 0,
+        "addr": hex_addrs(d["addr"]) if "addr" in d else "",
     })
 
 
@@ -115,11 +125,11 @@ def alive(t_ms: Any, key: dict[str, Any]) -> Any:
 
 # --- what the callbacks return ------------------------------------------------
 
-def table_frame(m: views.TimelineModel, with_size_h: bool = False) -> pd.DataFrame:
+def table_frame(m: views.TimelineModel, with_size_h: bool = False, with_addr: bool = False) -> pd.DataFrame:
     """The whole table before paging, in replay order, with the values the table shows.
 
-    Columns: row, size, size_h (only with ``with_size_h``: formatting a million sizes costs a
-    second), alloc_ms, free_ms (NaN while alive at the end), lifetime_ms, phase, category, site."""
+    Columns: row, size, size_h and addr (hex) only when asked for (formatting a million values costs
+    a second), alloc_ms, free_ms (NaN while alive at the end), lifetime_ms, phase, category, site, stream."""
     a = m.allocs
     df = pd.DataFrame({
         "row": np.arange(len(a)),
@@ -130,9 +140,12 @@ def table_frame(m: views.TimelineModel, with_size_h: bool = False) -> pd.DataFra
         "phase": a["phase"].array,  # the column's own array: no copy through Python strings
         "category": a["category"].array,
         "site": a["site"].array,
+        "stream": a["stream"].to_numpy() if "stream" in a else np.zeros(len(a), dtype=np.int64),
     })
     if with_size_h:
         df.insert(2, "size_h", [fmt_bytes(int(s)) for s in df["size"].to_numpy()])
+    if with_addr:
+        df["addr"] = hex_addrs(a["addr"]) if "addr" in a else ""
     return df
 
 
@@ -142,8 +155,10 @@ def query(key: Any, sort_by: Any, filter_query: Any) -> tuple[views.TimelineMode
     sid, dev = parse_key(key)
     m = library().model(sid, dev)
     node = filters.parse(filter_query or "")
-    sorts_size_h = isinstance(sort_by, list) and any(isinstance(s, dict) and s.get("column_id") == "size_h" for s in sort_by)
-    df = table_frame(m, with_size_h=sorts_size_h or "size_h" in filters.referenced_columns(node))
+    refs = filters.referenced_columns(node)
+    if isinstance(sort_by, list):
+        refs |= {s["column_id"] for s in sort_by if isinstance(s, dict) and isinstance(s.get("column_id"), str)}
+    df = table_frame(m, with_size_h="size_h" in refs, with_addr="addr" in refs)
     df = filters.apply_filter(df, node, byte_columns=BYTE_COLUMNS, aliases=ALIASES)
     return m, df, filters.sort_order(df, sort_by)
 
@@ -169,10 +184,13 @@ def export_csv(key: Any, sort_by: Any, filter_query: Any) -> dict[str, Any]:
 
     Text cells that a spreadsheet would evaluate as a formula are prefixed with ``'`` (the
     frames come from an untrusted file)."""
-    _, df, order = query(key, sort_by, filter_query)
+    m, df, order = query(key, sort_by, filter_query)
     out = df.iloc[order[:MAX_EXPORT_ROWS]].copy()
     if "size_h" not in out.columns:
         out.insert(2, "size_h", [fmt_bytes(int(s)) for s in out["size"].to_numpy()])
+    if "addr" not in out.columns:
+        a = m.allocs
+        out["addr"] = hex_addrs(a["addr"].iloc[out["row"].to_numpy()]) if "addr" in a else ""
     for c in ("phase", "category", "site"):
         out[c] = filters.csv_safe(out[c].tolist())
     name = library().get(parse_key(key)[0]).rel.replace("/", "_").split(".")[0]
