@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 from dash import dash_table, dcc, html
 
+from app import state
 from app.state import library
 from memprof import figures, views
 from memprof.errors import MemprofError
@@ -16,7 +17,7 @@ from memprof.format import fmt_bytes, fmt_us
 
 
 def error_box(e: Exception) -> html.Div:
-    return html.Div(f"memprof: {e}", className="error")
+    return html.Div(f"memprof: {state.error_message(e)}", className="error")
 
 
 def guard(fn: Any, *args: Any) -> Any:
@@ -28,10 +29,7 @@ def guard(fn: Any, *args: Any) -> Any:
 
 
 def parse_device(device: Any) -> int | None:
-    try:
-        return None if device in (None, "") else int(device)
-    except (TypeError, ValueError):
-        raise MemprofError("device must be an integer") from None
+    return state.parse_device(device)
 
 
 def resolve_key(snap: Any) -> Any:
@@ -112,13 +110,18 @@ DEFAULT_DETAIL = 80
 def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None, k: int = DEFAULT_DETAIL) -> tuple[list[dict[str, Any]], list[int]]:
     """Trace data for one (file, device, range, detail), cached per view."""
     lib = library()
-    e = lib.get(snap_id)
     k = int(k) if k in DETAIL_LEVELS else DEFAULT_DETAIL
-    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6), k)
+    key = (*lib.identity(snap_id), device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6), k)
     return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1, k=k))
 
 
 def timeline_figure(snap_id: int, device: int | None, height: int = 540) -> tuple[Any, list[int]]:
-    m = library().model(snap_id, device)
-    traces, rows = timeline_view(snap_id, device, None, None)
-    return figures.plot_timeline(m, height=height, traces=traces), rows
+    """The full-range figure, cached with the views: many clients opening one page share one figure (never mutated)."""
+    lib = library()
+
+    def make() -> tuple[Any, list[int]]:
+        m = lib.model(snap_id, device)
+        traces, rows = timeline_view(snap_id, device, None, None)
+        return figures.plot_timeline(m, height=height, traces=traces), rows
+
+    return lib.views.get_or_make(("figure", *lib.identity(snap_id), device, height), make)

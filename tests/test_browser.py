@@ -182,6 +182,30 @@ def test_pages(server: str, driver: Any) -> None:
         _no_severe(d, name)
 
 
+def test_allocations_filter_by_text_and_units(server: str, driver: Any) -> None:
+    """Typing in the table's filter cells filters on the server (issue 14: text filters did nothing)."""
+    from selenium.webdriver.common.keys import Keys
+
+    from app.state import library
+
+    d = driver
+    m = library().model(library().get("h100/transformer-small-train-eager-bf16.pickle.gz").id)
+    n_all, n_act = len(m.allocs), int((m.allocs["category"].str.contains("activation", regex=False)).sum())
+    n_big = int(((m.allocs["category"].str.contains("activation", regex=False)) & (m.allocs["size"] > 50 * 2**20)).sum())
+    d.get(server + "/allocations?snap=h100/transformer-small-train-eager-bf16.pickle.gz")
+    _wait(lambda: _css(d, "#allocations-table td"), what="allocations rows")
+    _wait(lambda: f"{n_all:,} of {n_all:,}" in _css(d, "#allocations-count")[0].text, what="unfiltered count")
+
+    def cell(col: str) -> Any:
+        return _css(d, f'#allocations-table th.dash-filter[data-dash-column="{col}"] input')[0]
+
+    cell("category").send_keys("activation", Keys.ENTER)
+    _wait(lambda: _css(d, "#allocations-count")[0].text.startswith(f"{n_act:,} of {n_all:,}"), what="category filter applied")
+    cell("size").send_keys("> 50 MiB", Keys.ENTER)
+    _wait(lambda: _css(d, "#allocations-count")[0].text.startswith(f"{n_big:,} of {n_all:,}"), what="size filter with units applied")
+    _no_severe(d, "allocations filters")
+
+
 def test_whatif_panel(server: str, driver: Any) -> None:
     d = driver
     d.get(server + "/explain?snap=h100/transformer-small-train-eager-bf16.pickle.gz")

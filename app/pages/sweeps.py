@@ -24,11 +24,7 @@ def read_sweep(i: int) -> pd.DataFrame:
     found = library().sweeps()
     if not isinstance(i, int) or not 0 <= i < len(found):
         raise MemprofError(f"no sweep with id {i}")
-    path = found[i][2]
-    try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError) as e:
-        raise MemprofError(f"{found[i][1]}/results.csv: unreadable ({e})") from None
+    df = library().read_csv(found[i][2])  # checked at open: a regular file inside the served folder
     missing = [c for c in SWEEP_REQUIRED if c not in df.columns]
     if missing:
         raise MemprofError(f"{found[i][1]}/results.csv: missing column(s) {', '.join(missing)}")
@@ -114,7 +110,7 @@ def layout(sweep: str | None = None, **_: Any) -> html.Div:
     found = library().sweeps()
     if not found:
         return html.Div([html.H2("Sweeps"), html.P("No sweep results (results.csv) under the served folder.", id="sweeps-empty")])
-    value = int(sweep) if sweep and sweep.isdigit() and int(sweep) < len(found) else 0
+    value = int(sweep) if isinstance(sweep, str) and sweep.isascii() and sweep.isdigit() and len(sweep) < 9 and int(sweep) < len(found) else 0
     return html.Div([
         html.H2("Sweeps"),
         dcc.Dropdown(id="sweeps-select", options=[{"label": rel, "value": i} for i, rel, _ in found], value=value, clearable=False),

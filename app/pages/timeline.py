@@ -11,7 +11,8 @@ import dash
 from dash import Input, Output, Patch, State, callback, dcc, html
 
 from app import common
-from app.state import library
+from app.state import library, parse_key
+from memprof import figures
 from memprof.format import fmt_bytes, fmt_us
 
 dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof · timeline")
@@ -63,7 +64,7 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
         r = (None, None)  # the detail changed before any zoom: redraw the whole range
     if r is None or not key:
         raise PreventUpdate
-    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key.get("k", common.DEFAULT_DETAIL))
+    traces, rows = common.timeline_view(*parse_key(key), *r, k=key.get("k", common.DEFAULT_DETAIL))
     patch = Patch()
     patch["data"] = traces
     return patch, rows
@@ -106,7 +107,7 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
     if not isinstance(row, (int, float)):
         cn = pt.get("curveNumber")
         row = rows[cn] if rows and isinstance(cn, int) and 0 <= cn < len(rows) else -1
-    m = library().model(int(key["snap"]), key.get("device"))
+    m = library().model(*parse_key(key))
     t = pt.get("x")
     alive = dcc.Link(f"What is alive at {t:.3f} ms", href=f"/allocations?snap={key['snap']}" + ("" if key.get("device") is None else f"&device={key['device']}") + f"&t={t:.6f}") if isinstance(t, (int, float)) else ""
     if not isinstance(row, (int, float)) or row < 0 or row >= len(m.allocs):
