@@ -232,6 +232,30 @@ class Snapshot:
         return labels[np.where(fid >= 0, fid, none)]
 
 
+    def site_categorical(self, stack_ids: np.ndarray, alloc_idx: np.ndarray | None = None) -> pd.Categorical:
+        """:meth:`site_labels` as a categorical (one code per row, each label stored once).
+
+        Same labels; on 10M allocations a string column costs seconds to build and to read back.
+        """
+        uf = self.user_frame_ids()
+        labels = np.array(
+            [_frame_label(f, l, n) for f, l, n in zip(self.frames["filename"], self.frames["line"], self.frames["name"])]
+            + [NO_FRAMES_LABEL, BEFORE_RECORDING_LABEL],
+            dtype=object,
+        )
+        cats, code_of = np.unique(labels.astype(str), return_inverse=True)  # frames may share a label
+        sid = np.asarray(stack_ids, dtype=np.int64)
+        fid = np.full(len(sid), -1, dtype=np.int64)
+        if len(uf):
+            ok = sid >= 0
+            fid[ok] = uf[sid[ok]]
+        none: Any = len(labels) - 2
+        if alloc_idx is not None:
+            none = np.where(np.asarray(alloc_idx) < 0, len(labels) - 1, len(labels) - 2)
+        codes = code_of.reshape(-1)[np.where(fid >= 0, fid, none)]
+        return pd.Categorical.from_codes(codes.astype(np.int32), categories=pd.Index(cats.astype(object), dtype=object))
+
+
 def _frame_label(filename: str, line: int, name: str) -> str:
     """'file.py:line:function'; a C++ frame (``stacks="all"``) without its argument list."""
     if str(filename).endswith(".py"):

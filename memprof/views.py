@@ -142,6 +142,13 @@ class TimelineModel:
     analysis: Any = None
 
 
+def _labels(col: pd.Series) -> Any:
+    """A label column as it is when categorical (codes: no per-row strings built), else as str."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.array.remove_unused_categories() if len(col) else col.astype(str).to_numpy()
+    return col.astype(str).to_numpy()
+
+
 def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any = None) -> TimelineModel:
     """Assemble the :class:`TimelineModel`; ``analysis`` is a :mod:`memprof.analysis` result when available."""
     t0 = rep.start_us
@@ -149,9 +156,9 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
     if analysis is not None:
         ph = analysis.phases[["phase", "iteration", "start_us", "end_us"]].copy()
         al = analysis.allocations
-        cat = al["category"].astype(str).to_numpy()
-        phase = al["phase"].astype(str).to_numpy() if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
-        site = al["site"].astype(str).to_numpy() if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
+        cat = _labels(al["category"])
+        phase = _labels(al["phase"]) if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
+        site = _labels(al["site"]) if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
     else:
         ph = phases_table(snap, meta, rep.device)
         cat = categorize(rep, meta, ph)

@@ -56,6 +56,16 @@ def phase_of(idx: np.ndarray, phases: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     return names[k], iters[k]
 
 
+def as_categorical(labels: np.ndarray) -> pd.Categorical:
+    """A few distinct strings over many rows as a categorical (categories in order of appearance).
+
+    A plain string column of 10M rows costs seconds to build (Arrow strings) and to read back;
+    codes cost a factorize.
+    """
+    codes, uniq = pd.factorize(np.asarray(labels, dtype=object))
+    return pd.Categorical.from_codes(codes, categories=pd.Index(np.asarray(uniq, dtype=object), dtype=object))
+
+
 def _meta_match(a: pd.DataFrame, ranges: Any) -> np.ndarray:
     """Allocations starting inside one of ``ranges`` ([[addr, nbytes], ...]), alive at end or of that size."""
     n = len(a)
@@ -146,12 +156,12 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
         m = _meta_match(a, meta.get(META_KEYS[name]))
         cat[m], src[m] = name, "meta"
 
-    a["phase"] = ph
+    a["phase"] = as_categorical(ph)
     a["iteration"] = it.astype(np.int64)
-    a["free_phase"] = fph
+    a["free_phase"] = as_categorical(fph)
     a["free_iteration"] = fit.astype(np.int64)
     a["category"] = pd.Categorical(cat, categories=CATEGORIES)
-    a["category_source"] = src
-    a["site"] = snap.site_labels(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
+    a["category_source"] = as_categorical(src)
+    a["site"] = snap.site_categorical(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
     a["lifetime_us"] = a["free_us"] - a["alloc_us"]
     return a
