@@ -102,7 +102,7 @@ def p95(v: list[float]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("snapshots", type=Path, nargs="+")
+    ap.add_argument("snapshots", type=Path, nargs="*")
     ap.add_argument("--old", type=Path, help="the code tree before (e.g. main exported with git archive)")
     ap.add_argument("--new", type=Path, default=Path(__file__).resolve().parents[1])
     ap.add_argument("--rounds", type=int, default=1)

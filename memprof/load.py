@@ -903,7 +903,7 @@ def _write_cache(snap: Snapshot, where: Path) -> None:
 def _read_cache(source: str, where: Path) -> Snapshot:
     import pyarrow.feather as feather
 
-    tables = {name: feather.read_table(where / f"{name}.arrow", memory_map=True).to_pandas() for name in _TABLES}
+    tables = {name: feather.read_table(where / f"{name}.arrow", memory_map=True).to_pandas(split_blocks=True) for name in _TABLES}
     frames = feather.read_table(where / "stack_frames.arrow", memory_map=True).column("frame").to_numpy()
     offsets = feather.read_table(where / "stack_offsets.arrow", memory_map=True).column("offset").to_numpy()
     info = json.loads((where / "info.json").read_text())

@@ -57,7 +57,7 @@ def _read(where: Path, device: int) -> Replay:
     import pyarrow.feather as feather
 
     scalars = json.loads((where / "replay.json").read_text())
-    tables = {name: feather.read_table(where / f"{name}.arrow", memory_map=True).to_pandas() for name in _TABLES}
+    tables = {name: feather.read_table(where / f"{name}.arrow", memory_map=True).to_pandas(split_blocks=True) for name in _TABLES}
     names = {f.name for f in fields(Replay)}
     if set(scalars) | set(_TABLES) != names or scalars.get("device") != device:
         raise ValueError("stale replay cache")

@@ -230,8 +230,14 @@ def iteration_peaks(t_ms: np.ndarray, allocated: np.ndarray, phases: pd.DataFram
 
 def step_view(x: np.ndarray, y: np.ndarray, x0: float | None, x1: float | None, n_buckets: int = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
     """The min/max-reduced step curve over the visible range, ending at the range's right edge."""
-    idx = minmax_step(x, y, x0, x1, n_buckets)
+    from memprof.pyramid import for_curve
+
+    idx = minmax_step(x, y, x0, x1, n_buckets, levels=for_curve(y) if len(y) > PYRAMID_FROM else None)
     return x[idx], y[idx]
+
+
+#: Curves longer than this are reduced through a min/max pyramid (built once per curve).
+PYRAMID_FROM = 200_000
 
 
 @dataclass

@@ -127,3 +127,31 @@ def test_reserved_gets_its_own_axis_only_when_it_dwarfs_allocated() -> None:
     assert t["yaxis"] == "y2" and fig["yaxis2"]["overlaying"] == "y" and fig["yaxis2"]["side"] == "right"
     assert np.all(np.asarray(t["y"]) * figures.MIB == 10 * m.peak_bytes)
     assert "reserved" in fig["yaxis2"]["title"]["text"] and "allocated" in fig["yaxis"]["title"]["text"]
+
+
+def test_pyramid_keeps_the_envelope_of_every_window() -> None:
+    from memprof import pyramid
+    from memprof.downsample import minmax_step, step_envelope_ok, visible_slice
+
+    rng = np.random.default_rng(3)
+    n = 300_000
+    x = np.cumsum(rng.integers(1, 5, n)).astype(np.float64)
+    y = np.cumsum(rng.integers(-1000, 1001, n)).astype(np.int64)
+    y[rng.integers(0, n, 5)] += 10**9  # isolated spikes must survive any zoom
+    levels = pyramid.build(y)
+    assert len(levels) >= 3
+    for _ in range(60):
+        a = float(rng.uniform(x[0] - 10, x[-1]))
+        b = a + float(rng.uniform(1, x[-1] - x[0]))
+        idx = minmax_step(x, y, a, b, 500, levels=levels)
+        full = minmax_step(x, y, a, b, 500)
+        lo, hi = visible_slice(x, a, b)
+        # same envelope as the full curve (independent check: plain max/min of the slice)
+        assert step_envelope_ok(x, y, idx, a, b)
+        assert y[idx].max() == y[lo:hi].max() and y[idx].min() == y[lo:hi].min()
+        assert idx[0] == lo and idx[-1] == hi - 1  # the point in force at the left edge, one past the right
+        assert np.all(np.diff(idx) > 0) and len(idx) <= 3 * 500 + 2
+        assert y[full].max() == y[idx].max()
+    # the whole range: no window given
+    idx = minmax_step(x, y, None, None, 1000, levels=levels)
+    assert y[idx].max() == y.max() and y[idx].min() == y.min() and idx[0] == 0 and idx[-1] == n - 1

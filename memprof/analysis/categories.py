@@ -107,7 +107,7 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
         frame, 'file.py:line:function'), lifetime_us (float; NaN when alive before or after the window).
     """
     meta = meta or {}
-    a = rep.allocations.copy()
+    a = rep.allocations.copy(deep=False)  # copy-on-write (pandas 3): columns are added, never changed in place
     ai = a["alloc_idx"].to_numpy()
     fi = a["free_idx"].to_numpy()
     ph, it = phase_of(ai, phases)
@@ -160,7 +160,7 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     a["iteration"] = it.astype(np.int64)
     a["free_phase"] = as_categorical(fph)
     a["free_iteration"] = fit.astype(np.int64)
-    a["category"] = pd.Categorical(cat, categories=CATEGORIES)
+    a["category"] = as_categorical(cat).set_categories(list(CATEGORIES))
     a["category_source"] = as_categorical(src)
     a["site"] = snap.site_categorical(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
     a["lifetime_us"] = a["free_us"] - a["alloc_us"]
