@@ -145,7 +145,7 @@ class TimelineModel:
 def _labels(col: pd.Series) -> Any:
     """A label column as it is when categorical (codes: no per-row strings built), else as str."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        return col.array.remove_unused_categories() if len(col) else col.astype(str).to_numpy()
+        return col.array
     return col.astype(str).to_numpy()
 
 
