@@ -304,7 +304,7 @@ def stacked_polygons(model: TimelineModel, x0: float | None = None, x1: float | 
         total_t.append(t)
         total_y.append(cur)
     polys = []
-    cats = al["category"].to_numpy()
+    cats = al["category"].array  # read per drawn polygon only (a categorical: no per-row strings)
     for i in range(m):
         ch = changes[i]
         xs_top: list[float] = []
