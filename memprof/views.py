@@ -180,7 +180,8 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
             "alloc_idx": a["alloc_idx"].to_numpy(),
             "free_idx": a["free_idx"].to_numpy(),
             "alive_at_end": a["alive_at_end"].to_numpy(),
-        }
+        },
+        copy=False,  # no consolidation copy of millions of rows (columns are never changed in place)
     )
     phases = pd.DataFrame(
         {
