@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 PAGES = (("Library", "/"), ("Timeline", "/timeline"), ("Allocations", "/allocations"), ("Explain", "/explain"),
-         ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"))
+         ("Flame", "/flame"), ("Allocator", "/allocator"), ("Compare", "/compare"), ("Sweeps", "/sweeps"), ("Ranks", "/ranks"), ("Live", "/live"))
 
 
 def create_app(root: str | os.PathLike[str]):  # -> dash.Dash
@@ -37,5 +37,12 @@ def create_app(root: str | os.PathLike[str]):  # -> dash.Dash
         + [dcc.Link(name, href=href, id=f"nav-{name.lower()}", className="nav-link") for name, href in PAGES],
         className="navbar",
     )
-    app.layout = html.Div([nav, html.Main(dash.page_container, className="page")])
+    app.layout = html.Div([dcc.Location(id="nav-url"), nav, html.Main(dash.page_container, className="page")])
+
+    @app.callback([dash.Output(f"nav-{name.lower()}", "href") for name, _ in PAGES], dash.Input("nav-url", "search"))
+    def keep_selection(search: str | None) -> list[str]:  # every page link keeps the selected snapshot and device
+        from app.common import nav_hrefs
+
+        return nav_hrefs(search)
+
     return app

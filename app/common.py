@@ -54,7 +54,45 @@ def summary_line(m: views.TimelineModel) -> str:
 
 def page_links(snap_id: int, device: int | None) -> html.Div:
     q = f"?snap={snap_id}" + ("" if device is None else f"&device={device}")
-    return html.Div([dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain")], className="links")
+    links: list[Any] = [dcc.Link(n, href=f"/{n.lower()}{q}") for n in ("Timeline", "Allocations", "Explain", "Flame", "Allocator")]
+    return html.Div(links + device_links(snap_id, device), className="links")
+
+
+def device_links(snap_id: int, device: int | None) -> list[Any]:
+    """For a snapshot with several devices' traces: one link per device, to this same page (a
+    query-only href), the one shown marked; with one device, nothing."""
+    try:
+        m = library().model(snap_id, device)
+    except MemprofError:
+        return []
+    counts = m.snap.info.get("entries_per_device") or []
+    if m.snap.n_devices < 2:
+        return []
+    out: list[Any] = [html.Span("device:", className="sub", style={"marginLeft": "18px", "marginRight": "6px"})]
+    for i in range(m.snap.n_devices):
+        n = counts[i] if i < len(counts) else 0
+        label = f"{i} ({n:,} events)"
+        out.append(html.B(label, id="device-current") if i == m.device else dcc.Link(label, href=f"?snap={snap_id}&device={i}"))
+    return [html.Span(out, id="device-select")]
+
+
+#: Pages that show one snapshot (``?snap=&device=``): the header's links and the top navigation lead to these.
+SNAPSHOT_PAGES = ("/timeline", "/allocations", "/explain", "/flame", "/allocator")
+
+
+def nav_hrefs(search: str | None) -> list[str]:
+    """The top navigation's hrefs (in :data:`app.PAGES` order) for a page whose query string is
+    ``search``: the selected snapshot and device travel to Timeline, Allocations and Explain (and
+    the first of Compare's ``snaps``); Library, Compare and Sweeps keep their own."""
+    from urllib.parse import parse_qs, urlencode
+
+    from app import PAGES
+
+    q = parse_qs((search or "").lstrip("?"))
+    snap = (q.get("snap") or [""])[0] or (q.get("snaps") or [""])[0].split(",")[0]
+    keep = {k: v for k, v in (("snap", snap.strip()), ("device", (q.get("device") or [""])[0].strip())) if v}
+    tail = ("?" + urlencode(keep)) if "snap" in keep else ""
+    return [href + tail if href in SNAPSHOT_PAGES else href for _, href in PAGES]
 
 
 def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_table.DataTable:
@@ -66,12 +104,17 @@ def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_ta
         style_header={"fontWeight": "bold", "backgroundColor": "#f3f4f6"}, **kw)
 
 
-def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None) -> tuple[list[dict[str, Any]], list[int]]:
-    """Trace data for one (file, device, range), cached per view."""
+#: How many of the largest allocations the timeline draws as blocks (the Timeline's detail control).
+DETAIL_LEVELS = (80, 300, 1000)
+
+
+def timeline_view(snap_id: int, device: int | None, x0: float | None, x1: float | None, k: int = DETAIL_LEVELS[0]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Trace data for one (file, device, range, detail), cached per view."""
     lib = library()
     e = lib.get(snap_id)
-    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6))
-    return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1))
+    k = int(k) if k in DETAIL_LEVELS else DETAIL_LEVELS[0]
+    key = (str(e.path), e.mtime_ns, device, None if x0 is None else round(x0, 6), None if x1 is None else round(x1, 6), k)
+    return lib.views.get_or_make(key, lambda: figures.timeline_traces(lib.model(snap_id, device), x0, x1, k=k))
 
 
 def timeline_figure(snap_id: int, device: int | None, height: int = 540) -> tuple[Any, list[int]]:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from memprof.analysis import analyze
 from memprof.errors import MemprofError
+from memprof.format import fmt_bytes
 from memprof.load import iter_snapshot_files
 from memprof.meta import read_meta
 from memprof.views import TimelineModel, build_model
@@ -72,10 +73,15 @@ class Library:
     """The snapshots and sweep folders under one root folder."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()
+        self.only: Path | None = None  # ``memprof serve FILE``: a library of that one snapshot
+        p = Path(root).resolve()
+        if p.is_file():
+            self.only, p = p, p.parent
+        self.root = p
         if not self.root.is_dir():
-            raise MemprofError(f"{root}: no such folder")
+            raise MemprofError(f"{root}: no such file or folder")
         self._entries: list[Entry] | None = None
+        self.uploads: list[Path] = []  # snapshots dropped into the dashboard: kept in a private temp folder (app.upload)
         self.models = LRU(6)
         self.views = LRU(64)
 
@@ -88,11 +94,14 @@ class Library:
     def entries(self, rescan: bool = False) -> list[Entry]:
         if self._entries is None or rescan:
             out = []
-            for p in iter_snapshot_files(self.root):
+            for p in ([self.only] if self.only else iter_snapshot_files(self.root)):
                 if not self.inside(p) or p.name == "results.json":
                     continue  # a symlink pointing outside the served folder is never served
                 st = p.stat()
                 out.append(Entry(len(out), p, p.relative_to(self.root).as_posix(), st.st_mtime_ns, st.st_size))
+            for p in self.uploads:  # after the folder's own, under their own prefix; never inside the root
+                st = p.stat()
+                out.append(Entry(len(out), p, "uploaded/" + p.name, st.st_mtime_ns, st.st_size))
             self._entries = out
         return self._entries
 
@@ -114,9 +123,20 @@ class Library:
         raise MemprofError("no such snapshot in the served folder")
 
     def default_entry(self) -> Entry | None:
-        """The most recently modified snapshot (what the app opens on)."""
+        """The most recently recorded snapshot (what the app opens on): by its metadata's ``created``
+        time, else its file's modification time (a copy or checkout changes mtimes, not recordings)."""
         entries = self.entries()
-        return max(entries, key=lambda e: (e.mtime_ns, e.size)) if entries else None
+        return max(entries, key=lambda e: (self.recorded_ns(e), e.size)) if entries else None
+
+    def recorded_ns(self, e: Entry) -> int:
+        """When ``e`` was recorded (metadata ``created``), else its mtime, in ns since the epoch."""
+        created = self.meta(e).get("created")
+        if isinstance(created, str) and created:
+            try:
+                return int(pd.Timestamp(created).value)
+            except (ValueError, TypeError, OverflowError):
+                pass
+        return e.mtime_ns
 
     def meta(self, e: Entry) -> dict[str, Any]:
         try:
@@ -147,14 +167,15 @@ class Library:
 
     def sweeps(self) -> list[tuple[int, str, Path]]:
         """Folders holding a ``results.csv``: (id, relative folder, csv path)."""
-        found = sorted(p for p in self.root.rglob("results.csv") if p.is_file() and self.inside(p))
+        found = sorted(p for p in self.root.rglob("results.csv") if p.is_file() and self.inside(p)) if self.only is None else []
         return [(i, p.parent.relative_to(self.root).as_posix() or ".", p) for i, p in enumerate(found)]
 
     def table(self) -> pd.DataFrame:
         """One row per snapshot with its metadata (the Library page).
 
         Columns: id, name, workload, options, device, status, peak_allocated_mib,
-        peak_reserved_mib, forward_ms, backward_ms, file_mib, modified.
+        peak_reserved_mib, forward_ms, backward_ms, file_size (e.g. '13.2 KiB'), recorded (metadata
+        ``created``, else the file's mtime; UTC).
         """
         rows = []
         for e in self.entries():
@@ -172,11 +193,11 @@ class Library:
                 "peak_reserved_mib": _mib(m.get("peak_reserved_bytes")),
                 "forward_ms": _ms(tm.get("forward")),
                 "backward_ms": _ms(tm.get("backward")),
-                "file_mib": round(e.size / 2**20, 2),
-                "modified": pd.Timestamp(e.mtime_ns, unit="ns").strftime("%Y-%m-%d %H:%M"),
+                "file_size": fmt_bytes(e.size),
+                "recorded": pd.Timestamp(self.recorded_ns(e), unit="ns").strftime("%Y-%m-%d %H:%M"),
             })
         return pd.DataFrame(rows, columns=["id", "name", "workload", "options", "device", "status", "peak_allocated_mib",
-                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_mib", "modified"])
+                                           "peak_reserved_mib", "forward_ms", "backward_ms", "file_size", "recorded"])
 
 
 def collapse_runs(lib: Library, df: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from memprof.errors import MemprofError
 from memprof.load import Snapshot, load
 from memprof.replay import Replay, replay
 
-__all__ = ["MemprofError", "Snapshot", "Replay", "load", "replay", "record", "phase", "__version__"]
+__all__ = ["MemprofError", "Snapshot", "Replay", "load", "replay", "record", "phase", "predict", "__version__"]
 
 
 def __getattr__(name: str):  # lazy: only the recorder imports torch
@@ -20,4 +20,8 @@ def __getattr__(name: str):  # lazy: only the recorder imports torch
         from memprof import recorder
 
         return getattr(recorder, name)
+    if name == "predict":  # the module is callable: memprof.predict(step_fn, *inputs)
+        import memprof.predict as _predict
+
+        return _predict
     raise AttributeError(name)

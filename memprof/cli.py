@@ -19,7 +19,7 @@ from memprof.escape import EscapingWriter, printable
 #: Subcommand modules under memprof.commands, in help order. Each has
 #: ``register(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``;
 #: heavy imports (torch, plotly, dash) happen inside ``run`` only.
-COMMANDS = ("record", "sweep", "stats", "explain", "diff", "serve", "report", "export")
+COMMANDS = ("record", "sweep", "stats", "explain", "diff", "check", "whatif", "predict", "serve", "report", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet in this checkout
             raise
         p = mod.register(sub)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _parser=p)
     return parser
 
 
@@ -67,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if extra and not getattr(args, "_accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")  # the subcommand's usage, not the top level's
     args._extra = extra
+    args._argv = argv
     stdout = sys.stdout
     try:
         if args.max_bytes:

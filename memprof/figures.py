@@ -14,7 +14,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from memprof.format import fmt_bytes
-from memprof.replay import private_pool_allocated
 from memprof.views import TimelineModel, stacked_polygons, step_view
 
 MIB = float(1 << 20)
@@ -77,17 +76,59 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces.append({"type": "scatter", "x": sx, "y": sy / MIB, "mode": "lines", "line": {"width": 0, "shape": "hv"},
                    "hoverinfo": "skip", "showlegend": False, "name": "largest allocations"})
     rows.append(-1)
-    counted = torch_counted(model)
     ax, ay = step_view(model.t_alloc, model.allocated, x0, x1, n_buckets)
     traces.append({"type": "scatter", "x": ax, "y": ay / MIB, "mode": "lines", "fill": "tonexty",
                    "fillcolor": "rgba(160,160,160,0.35)", "line": {"width": 1.5, "color": "#222", "shape": "hv"},
-                   "name": "held (incl. awaiting free on another stream)" if counted is not None else "allocated",
-                   "hovertemplate": ("held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
-                                     if counted is not None else "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>")})
+                   "name": "allocated", "hovertemplate": "allocated %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
     rows.append(-1)
+    _stream_and_pool_traces(model, x0, x1, n_buckets, traces, rows)
+    rx, ry = step_view(model.t_res, model.reserved, x0, x1, n_buckets)
+    if len(rx) and rx[-1] < (model.end_ms if x1 is None else x1):
+        rx = np.append(rx, model.end_ms if x1 is None else min(x1, model.end_ms))
+        ry = np.append(ry, ry[-1])
+    traces.append({"type": "scatter", "x": rx, "y": ry / MIB, "mode": "lines",
+                   "line": {"width": 1.5, "color": "#7F3C8D", "dash": "dash", "shape": "hv"},
+                   "name": "reserved", "hovertemplate": "reserved %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+    if reserved_on_own_axis(model):
+        traces[-1].update(yaxis="y2", name="reserved (right axis)")
+    rows.append(-1)
+    it = model.iterations
+    if len(it):
+        traces.append({"type": "scatter", "x": it["peak_ms"].to_numpy(), "y": it["peak_bytes"].to_numpy() / MIB,
+                       "mode": "markers", "marker": {"symbol": "triangle-down", "size": 10, "color": "#F58518"},
+                       "name": "iteration peaks", "customdata": np.c_[it["iteration"].to_numpy(), it["ramp_ms"].to_numpy()],
+                       "hovertemplate": "iteration %{customdata[0]} peak %{y:.1f} MiB<br>ramp %{customdata[1]:.3f} ms<extra></extra>"})
+        rows.append(-1)
+    traces.append({"type": "scatter", "x": [model.peak_ms], "y": [model.peak_bytes / MIB], "mode": "markers",  # label: peak_label()
+                   "marker": {"symbol": "star", "size": 14, "color": "#D62728"},
+                   "name": "peak", "hovertemplate": "peak %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+    rows.append(-1)
+    if len(model.oom_ms):
+        traces.append({"type": "scatter", "x": model.oom_ms, "y": [model.peak_bytes / MIB] * len(model.oom_ms),
+                       "mode": "markers+text", "marker": {"symbol": "x", "size": 14, "color": "#000"}, "text": ["OOM"] * len(model.oom_ms),
+                       "textposition": "bottom center", "name": "out of memory", "hovertemplate": "OOM at %{x:.3f} ms<extra></extra>"})
+        rows.append(-1)
+    return traces, rows
+
+
+AWAITING_FREE_COLOR = "rgba(245,133,24,0.45)"
+
+
+def _stream_and_pool_traces(model: TimelineModel, x0: float | None, x1: float | None, n_buckets: int,
+                            traces: list[dict[str, Any]], rows: list[int]) -> None:
+    """Append to ``traces`` (whose last trace is the allocated curve) and ``rows``.
+
+    Two streams: the allocated curve is the memory held (incl. blocks awaiting free); torch's count
+    (freed at free_requested) follows as a dotted line, and the awaiting-free part as its own band
+    between them (a copy of the held curve filled down to it). Private pools: their held bytes as
+    a line. Nothing when neither occurs.
+    """
+    from memprof.replay import private_pool_allocated
+
+    counted = torch_counted(model)
     if counted is not None:
-        # Two streams: torch's counter (freed at free_requested) as a line, and the memory still held
-        # until free_completed above it as its own band (a copy of the held curve filled down to it).
+        traces[-1]["name"] = "held (incl. awaiting free on another stream)"
+        traces[-1]["hovertemplate"] = "held %{y:.1f} MiB at %{x:.3f} ms (incl. blocks awaiting free)<extra></extra>"
         cx, cy = step_view(model.t_alloc, counted, x0, x1, n_buckets)
         traces.append({"type": "scatter", "x": cx, "y": cy / MIB, "mode": "lines",
                        "line": {"width": 1.2, "color": "#555", "shape": "hv", "dash": "dot"},
@@ -107,36 +148,6 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
                        "name": "in private pools (CUDA graphs / MemPool)",
                        "hovertemplate": "in private pools %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
         rows.append(-1)
-    rx, ry = step_view(model.t_res, model.reserved, x0, x1, n_buckets)
-    if len(rx) and rx[-1] < (model.end_ms if x1 is None else x1):
-        rx = np.append(rx, model.end_ms if x1 is None else min(x1, model.end_ms))
-        ry = np.append(ry, ry[-1])
-    traces.append({"type": "scatter", "x": rx, "y": ry / MIB, "mode": "lines",
-                   "line": {"width": 1.5, "color": "#7F3C8D", "dash": "dash", "shape": "hv"},
-                   "name": "reserved", "hovertemplate": "reserved %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
-    if reserved_on_own_axis(model):
-        traces[-1].update(yaxis="y2", name="reserved (right axis)")
-    rows.append(-1)
-    it = model.iterations
-    if len(it):
-        traces.append({"type": "scatter", "x": it["peak_ms"].to_numpy(), "y": it["peak_bytes"].to_numpy() / MIB,
-                       "mode": "markers", "marker": {"symbol": "triangle-down", "size": 10, "color": "#F58518"},
-                       "name": "iteration peaks", "customdata": np.c_[it["iteration"].to_numpy(), it["ramp_ms"].to_numpy()],
-                       "hovertemplate": "iteration %{customdata[0]} peak %{y:.1f} MiB<br>ramp %{customdata[1]:.3f} ms<extra></extra>"})
-        rows.append(-1)
-    traces.append({"type": "scatter", "x": [model.peak_ms], "y": [model.peak_bytes / MIB], "mode": "markers+text",
-                   "marker": {"symbol": "star", "size": 14, "color": "#D62728"}, "text": [f"peak {fmt_bytes(model.peak_bytes)}"],
-                   "textposition": "top center", "name": "peak", "hovertemplate": "peak %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
-    rows.append(-1)
-    if len(model.oom_ms):
-        traces.append({"type": "scatter", "x": model.oom_ms, "y": [model.peak_bytes / MIB] * len(model.oom_ms),
-                       "mode": "markers+text", "marker": {"symbol": "x", "size": 14, "color": "#000"}, "text": ["OOM"] * len(model.oom_ms),
-                       "textposition": "bottom center", "name": "out of memory", "hovertemplate": "OOM at %{x:.3f} ms<extra></extra>"})
-        rows.append(-1)
-    return traces, rows
-
-
-AWAITING_FREE_COLOR = "rgba(245,133,24,0.45)"
 
 
 def torch_counted(model: TimelineModel) -> np.ndarray | None:
@@ -184,11 +195,25 @@ def phase_shapes(phases: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def phase_labels(phases: pd.DataFrame) -> list[dict[str, Any]]:
-    return [
-        {"x": (float(s) + float(e)) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom", "showarrow": False,
-         "text": f"{p[:3]}{'' if i < 0 else i}", "font": {"size": 10, "color": "#555"}}
-        for p, i, s, e in zip(phases["phase"], phases["iteration"], phases["start_ms"], phases["end_ms"])
-    ]
+    """Full phase names above their bands (``forward 0``, ``optimizer 2``), on two staggered rows so
+    that a short phase's label does not sit on its neighbours'; the hover gives the phase's times."""
+    order = np.argsort(phases["start_ms"].to_numpy(dtype=float), kind="stable")
+    out = []
+    for k, j in enumerate(order):
+        p, i = str(phases["phase"].iloc[j]), int(phases["iteration"].iloc[j])
+        s, e = float(phases["start_ms"].iloc[j]), float(phases["end_ms"].iloc[j])
+        out.append({"x": (s + e) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom", "showarrow": False,
+                    "yshift": 2 + 13 * (k % 2), "text": p if i < 0 else f"{p} {i}", "font": {"size": 10, "color": "#555"},
+                    "hovertext": f"{p}{'' if i < 0 else f' {i}'}: {s:.3f} to {e:.3f} ms ({e - s:.3f} ms)"})
+    return out
+
+
+def peak_label(model: TimelineModel) -> dict[str, Any]:
+    """The peak's label as an annotation with an arrow, off to the upper left on a white box: clear of
+    the reserved line, which runs at or above the peak."""
+    return {"x": model.peak_ms, "y": model.peak_bytes / MIB, "xref": "x", "yref": "y", "text": f"peak {fmt_bytes(model.peak_bytes)}",
+            "showarrow": True, "arrowhead": 2, "ax": -60, "ay": 40, "bgcolor": "rgba(255,255,255,0.9)",
+            "bordercolor": "#D62728", "borderwidth": 1, "font": {"size": 11, "color": "#D62728"}}
 
 
 def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | None = None, k: int = 80, height: int = 520,
@@ -198,10 +223,10 @@ def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | Non
     if traces is None:
         traces, _ = timeline_traces(model, x0, x1, k)
     layout: dict[str, Any] = {
-        "height": height, "margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "template": _template("plotly_white"),
+        "height": height, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "template": _template("plotly_white"),
         "xaxis": {"title": {"text": "time since trace start (ms)"}},
         "yaxis": {"title": {"text": "memory (MiB)"}, "rangemode": "tozero"},
-        "shapes": phase_shapes(model.phases), "annotations": phase_labels(model.phases) if len(model.phases) <= 40 else [],
+        "shapes": phase_shapes(model.phases), "annotations": (phase_labels(model.phases) if len(model.phases) <= 40 else []) + [peak_label(model)],
         "hovermode": "closest", "legend": {"orientation": "h", "y": -0.18}, "uirevision": model.source,
     }
     if reserved_on_own_axis(model):
@@ -249,21 +274,64 @@ def plot_category_bars(df: pd.DataFrame, title: str = "alive at the peak, by cat
     return fig
 
 
-def plot_compare(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], phases: Sequence[pd.DataFrame] | None = None) -> go.Figure:
-    """Allocated memory of several snapshots on one time axis. ``curves``: (label, t_ms, bytes),
-    already aligned (see :func:`memprof.views.align_offset`)."""
+def plot_compare(curves: Sequence[tuple[Any, ...]], phases: Sequence[pd.DataFrame] | None = None,
+                 x_title: str = "time since first forward (ms)") -> go.Figure:
+    """Allocated memory of several snapshots on one time axis.
+
+    ``curves``: (label, t_ms, bytes) or (label, t_ms, bytes, own_t_ms), already aligned (see
+    :func:`memprof.views.warp`); ``own_t_ms`` (each point's time on its own clock) shows on hover.
+    ``phases``: one phases table per curve (phase, iteration, start_ms, end_ms on the aligned axis):
+    each snapshot's own phases are drawn as a strip above the plot in its colour, and the first
+    one's as background bands. The y axis starts at 0."""
     fig = go.Figure()
     palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2")
-    for i, (label, x, y) in enumerate(curves):
-        fig.add_trace(go.Scatter(x=x, y=np.asarray(y) / MIB, mode="lines", name=label,
+    for i, c in enumerate(curves):
+        label, x, y = c[0], c[1], c[2]
+        own = c[3] if len(c) > 3 else None
+        fig.add_trace(go.Scatter(x=x, y=np.asarray(y) / MIB, mode="lines", name=f"{i + 1} · {label}" if phases else label, customdata=own,
                                  line={"shape": "hv", "color": palette[i % len(palette)], "width": 1.5},
-                                 hovertemplate=f"{label}<br>%{{y:.1f}} MiB at %{{x:.3f}} ms<extra></extra>"))
-    if phases is not None and len(phases):
-        fig.update_layout(shapes=phase_shapes(phases[0]))
-    fig.update_layout(height=420, template="plotly_white", margin={"l": 60, "r": 20, "t": 30, "b": 50},
-                      xaxis_title="time since first forward (ms)", yaxis_title="allocated (MiB)", hovermode="x unified",
-                      legend={"orientation": "h", "y": -0.2})
+                                 hovertemplate=f"{label}<br>%{{y:.1f}} MiB at %{{x:.3f}} ms"
+                                 + (" (%{customdata:.3f} ms on its own clock)" if own is not None else "") + "<extra></extra>"))
+    shapes: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    n = len(phases) if phases is not None else 0
+    strip = 0.045
+    if n:
+        shapes += phase_shapes(phases[0])
+        for i, ph in enumerate(phases):
+            y0 = 1.02 + i * strip
+            color = palette[i % len(palette)]
+            for p, s, e in zip(ph["phase"], ph["start_ms"], ph["end_ms"]):
+                shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": float(s), "x1": float(e), "y0": y0,
+                               "y1": y0 + strip * 0.8, "line": {"width": 1, "color": color},
+                               "fillcolor": PHASE_COLORS.get(str(p), "rgba(120,120,120,0.08)").replace("0.10", "0.45").replace("0.12", "0.45")})
+            annotations.append({"x": 0, "xref": "paper", "xanchor": "right", "y": y0 + strip * 0.4, "yref": "paper",
+                                "text": f"{i + 1}", "showarrow": False, "font": {"size": 10, "color": color}})
+    fig.update_layout(height=420 + 18 * n, template="plotly_white", margin={"l": 60, "r": 20, "t": 30 + int(420 * strip * n), "b": 50},
+                      xaxis_title=x_title, yaxis={"title": "allocated (MiB)", "rangemode": "tozero"}, hovermode="x unified",
+                      legend={"orientation": "h", "y": -0.2}, shapes=shapes, annotations=annotations)
     return fig
+
+
+SWEEP_PALETTE = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2", "#EECA3B", "#FF9DA6", "#9D755D", "#BAB0AC")
+#: One colour per implementation or mode, whatever else a plot shows, so a series keeps its colour in every sweep plot.
+FAMILY_COLORS = {"naive": "#E45756", "compiled": "#4C78A8", "sdpa": "#54A24B", "forward": "#4C78A8",
+                 "forward_backward": "#F58518", "train": "#B279A2", "eager": "#E45756"}
+
+
+def family_color(label: str) -> str:
+    """The colour of a sweep series from its label: the first word (``sdpa d=64``) or, for a speedup
+    label (``impl=sdpa d=64 vs impl=naive``), the first value that names an implementation or mode;
+    other names get a colour from a hash of the name (stable across plots and runs)."""
+    import zlib
+
+    head = str(label).split(" vs ")[0].split()
+    vals = [w.split("=", 1)[-1] for w in head]
+    for v in vals:
+        if v in FAMILY_COLORS:
+            return FAMILY_COLORS[v]
+    first = vals[0] if vals else ""
+    return SWEEP_PALETTE[zlib.crc32(first.encode()) % len(SWEEP_PALETTE)]
 
 
 def _numeric_x(v: pd.Series) -> bool:
@@ -274,7 +342,6 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
     """One line per ``by`` value of ``y`` against ``x`` on log axes (``x`` categorical when not numeric,
     in file order); OOM rows marked with an x labelled OOM at the top. Error bars from ``<phase>_std``."""
     fig = go.Figure()
-    palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2", "#EECA3B", "#FF9DA6", "#9D755D", "#BAB0AC")
     std = y.replace("_ms", "_std") if y.endswith("_ms") else None
     status = df["status"].astype(str) if "status" in df else pd.Series("ok", index=df.index)
     ok = df[status == "ok"]
@@ -284,12 +351,11 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
     order = list(dict.fromkeys(df[x].astype(str)))
     groups = list(df.groupby(by, sort=True)) if by in df else [("all", df)]
     # Colour by the series' first word (the implementation, or the mode), dash style by the rest (d, dtype...).
-    families = list(dict.fromkeys(str(k).split(" ")[0] for k, _ in groups))
     variants = list(dict.fromkeys(" ".join(str(k).split(" ")[1:]) for k, _ in groups))
     dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
     for key, g in groups:
         fam, var = str(key).split(" ")[0], " ".join(str(key).split(" ")[1:])
-        color = palette[families.index(fam) % len(palette)]
+        color = family_color(fam)
         dash = dashes[variants.index(var) % len(dashes)]
         g = g.sort_values(x) if numeric else g.iloc[np.argsort([order.index(v) for v in g[x].astype(str)], kind="stable")]
         gs = status.loc[g.index]
@@ -318,11 +384,83 @@ def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
     fig = go.Figure()
     numeric = _numeric_x(df[x])
     order = list(dict.fromkeys(df[x].astype(str)))
+    seen: dict[str, int] = {}
     for key, g in df.groupby("series", sort=True):
         g = g.sort_values(x) if numeric else g
-        fig.add_trace(go.Scatter(x=g[x] if numeric else g[x].astype(str), y=g["speedup"], mode="lines+markers", name=str(key)))
+        color = family_color(str(key))
+        seen[color] = seen.get(color, -1) + 1  # same implementation, other variant: same colour, next dash
+        fig.add_trace(go.Scatter(x=g[x] if numeric else g[x].astype(str), y=g["speedup"], mode="lines+markers", name=str(key),
+                                 line={"color": color, "dash": ("solid", "dash", "dot", "dashdot", "longdash")[seen[color] % 5]}))
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888")
     xaxis: dict[str, Any] = {"type": "log", "title": x} if numeric else {"type": "category", "title": x, "categoryorder": "array", "categoryarray": order}
     fig.update_layout(title="speedup over the baseline (step time; >1 is faster)", template="plotly_white", height=380,
                       margin={"l": 60, "r": 20, "t": 40, "b": 50}, xaxis=xaxis, yaxis_title="×", legend={"font": {"size": 10}})
+    return fig
+
+
+def plot_icicle(tree: pd.DataFrame, title: str = "", height: int = 640) -> go.Figure:
+    """The call tree of :func:`memprof.flame.call_tree` as an icicle: the root on top, callees below,
+    each box as wide as the bytes alive under it (``branchvalues='total'``); click a box to zoom in."""
+    from memprof.flame import hover_text
+
+    total = int(tree["bytes"].iloc[0]) if len(tree) else 0
+    fig = go.Figure(go.Icicle(
+        ids=tree["id"], labels=tree["label"], parents=tree["parent"], values=tree["bytes"], branchvalues="total",
+        text=hover_text(tree, total), hovertemplate="%{text}<extra></extra>", textinfo="label",
+        tiling={"orientation": "v"}, root={"color": "#e5e7eb"}, marker={"colorscale": "YlOrRd", "colors": tree["depth"]},
+        maxdepth=16,
+    ))
+    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, template="plotly_white")
+    return fig
+
+
+def plot_segments(segments: pd.DataFrame, blocks: pd.DataFrame, free_ranges: pd.DataFrame, title: str = "",
+                  max_segments: int = 200) -> go.Figure:
+    """The allocator's segments (one row each, by address) and their blocks at one event.
+
+    ``blocks`` needs seg, offset, size, category, label (hover), awaiting_free; every row is drawn
+    as a share of its own segment (so a 2 MiB and a 20 GiB segment are equally readable; the row's
+    label gives its size). Free ranges (cached, reusable) in light grey; blocks awaiting a free on
+    another stream hatched."""
+    seg = segments.sort_values("addr").head(max_segments)
+    ylab = {int(s): f"0x{int(a):x} · {fmt_bytes(int(z))}" for s, a, z in zip(seg["seg"], seg["addr"], seg["size"])}
+    size = dict(zip(seg["seg"].astype(int), seg["size"].astype(float)))
+    fig = go.Figure()
+    b = blocks[blocks["seg"].isin(list(ylab))]
+    for cat, g in b.groupby("category", sort=True):
+        sz = g["seg"].map(size).to_numpy(float)
+        fig.add_trace(go.Bar(y=g["seg"].map(ylab), x=g["size"] / sz, base=g["offset"] / sz, orientation="h", name=str(cat),
+                             marker={"color": category_color(str(cat)), "line": {"width": 0.5, "color": "#fff"},
+                                     "pattern": {"shape": ["/" if w else "" for w in g["awaiting_free"]]}},
+                             text=g["label"], hovertemplate="%{text}<extra></extra>", textposition="none"))
+    f = free_ranges[free_ranges["seg"].isin(list(ylab))]
+    if len(f):
+        sz = f["seg"].map(size).to_numpy(float)
+        fig.add_trace(go.Bar(y=f["seg"].map(ylab), x=f["size"] / sz, base=f["offset"] / sz, orientation="h", name="free (cached)",
+                             marker={"color": "rgba(200,200,200,0.45)", "line": {"width": 0.5, "color": "#bbb"}},
+                             text=[f"free {fmt_bytes(int(s))} at +{fmt_bytes(int(o))}" for s, o in zip(f["size"], f["offset"])],
+                             hovertemplate="%{text}<extra></extra>", textposition="none"))
+    fig.update_layout(title=title, barmode="overlay", template="plotly_white", height=140 + 22 * len(seg),
+                      margin={"l": 200, "r": 20, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.08 if len(seg) > 10 else -0.3},
+                      xaxis={"title": "offset within the segment (share of its size)", "range": [0, 1], "tickformat": ".0%"},
+                      yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 10}}, bargap=0.25)
+    return fig
+
+
+def plot_segment_timeline(lt: pd.DataFrame, t_now_ms: float | None = None, max_segments: int = 300) -> go.Figure:
+    """Each cached segment's life (``lt``: addr, size, t0_ms, t1_ms, from
+    :func:`memprof.allocator_state.segment_lifetimes` with times added) as a bar on its own row, by
+    address; a vertical line at ``t_now_ms``. Click a time to see the allocator state then."""
+    d = lt.sort_values("addr").head(max_segments)
+    labels = [f"0x{int(a):x} · {fmt_bytes(int(s))}" for a, s in zip(d["addr"], d["size"])]
+    fig = go.Figure(go.Bar(y=labels, x=(d["t1_ms"] - d["t0_ms"]).to_numpy(), base=d["t0_ms"].to_numpy(), orientation="h",
+                           marker={"color": "#7F3C8D", "opacity": 0.55}, name="segment",
+                           customdata=np.c_[d["t0_ms"].to_numpy(), d["t1_ms"].to_numpy()],
+                           hovertemplate="%{y}<br>cached from %{customdata[0]:.3f} to %{customdata[1]:.3f} ms<extra></extra>"))
+    if t_now_ms is not None:
+        fig.add_vline(x=t_now_ms, line_color="#D62728", line_width=1.5)
+    fig.update_layout(title="cached segments over time (click a time to see the state then)", template="plotly_white",
+                      height=120 + 14 * len(d), margin={"l": 200, "r": 20, "t": 40, "b": 40}, bargap=0.3,
+                      xaxis_title="time since trace start (ms)", yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 9}},
+                      showlegend=False, clickmode="event")
     return fig

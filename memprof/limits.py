@@ -290,6 +290,11 @@ def check_expansion(root: Any, nbytes: int, source: str) -> None:
         segments = root.get("segments") or []
         traces = root.get("device_traces") or []
         annotations = root.get("external_annotations") or []
+        for key in ("allocator_settings", "user_metadata"):  # kept as they are: JSON, reports
+            v = root.get(key)
+            if v is not None and not isinstance(v, dict):
+                raise MemprofError(f"{source}: its {key} is a {type(v).__name__}, not a dict: not a snapshot this tool understands")
+            check_depth(v, key, source)
     else:
         return
     cap = max(row_floor(), nbytes)
@@ -352,6 +357,50 @@ def check_expansion(root: Any, nbytes: int, source: str) -> None:
             f"{source}: its shared references expand to more than {cap:,} rows (trace entries, segments, "
             f"blocks and frames), more than a {_fmt(nbytes)} snapshot can hold",
         )
+
+
+def _children(o: Any) -> Any:
+    return (x for kv in o.items() for x in kv) if isinstance(o, dict) else iter(o)
+
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def check_depth(root: Any, what: str, source: str) -> None:
+    """Refuse a structure nested deeper than :func:`max_depth` or referring to itself.
+
+    Iterative (no recursion) and O(distinct containers): the depth counted while unpickling can be
+    fooled by lists filled through memo copies after they were themselves added; this walk cannot.
+    """
+    if not isinstance(root, _CONTAINERS):
+        return
+    limit = max_depth()
+    height: dict[int, int] = {}  # id -> height of a container fully walked
+    on_path = {id(root)}
+    stack: list[list[Any]] = [[root, _children(root), 1]]  # container, its items, 1 + tallest child so far
+    while stack:
+        top = stack[-1]
+        for c in top[1]:
+            if not isinstance(c, _CONTAINERS):
+                continue
+            h = height.get(id(c))
+            if h is None:
+                if id(c) in on_path:
+                    raise MemprofError(f"{source}: its {what} refers to itself: not a snapshot this tool understands")
+                if len(stack) + 1 > limit:
+                    raise limit_error("depth", f"{source}: its {what}")
+                on_path.add(id(c))
+                stack.append([c, _children(c), 1])
+                break
+            if len(stack) + h > limit:
+                raise limit_error("depth", f"{source}: its {what}")
+            top[2] = max(top[2], h + 1)
+        else:
+            stack.pop()
+            on_path.discard(id(top[0]))
+            height[id(top[0])] = top[2]
+            if stack:
+                stack[-1][2] = max(stack[-1][2], top[2] + 1)
 
 
 def _check_device(d: Any, what: str, source: str) -> None:

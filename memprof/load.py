@@ -22,11 +22,10 @@ import os
 import pickle
 import shutil
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +33,7 @@ import pandas as pd
 from memprof import limits
 from memprof.errors import MemprofError, UnsafePickleError
 from memprof.escape import printable
+from memprof.meta import snapshot_beside
 from memprof.safe_pickle import safe_load, scan
 
 CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
@@ -256,47 +256,10 @@ class Snapshot:
         return pd.Categorical.from_codes(codes.astype(np.int32), categories=pd.Index(cats.astype(object), dtype=object))
 
 
-def _frame_label(filename: str, line: int, name: str) -> str:
-    """'file.py:line:function'; a C++ frame (``stacks="all"``) without its argument list."""
-    if str(filename).endswith(".py"):
-        return f"{os.path.basename(filename)}:{line}:{name}"
-    n = str(name)
-    depth, cut = 0, len(n)
-    for i, ch in enumerate(n):  # the first '(' outside template brackets ends the qualified name
-        if ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth -= 1
-        elif ch == "(" and depth == 0 and not n.startswith("(anonymous", i):
-            cut = i
-            break
-    base = os.path.basename(str(filename))
-    return f"{n[:cut]}" + (f" ({base})" if base and base != "??" else "")
-
-
 NO_FRAMES_LABEL = "<no Python frames: autograd engine thread or C++>"
 BEFORE_RECORDING_LABEL = "<allocated before recording started>"
 
 _LIB_MARKERS = ("/torch/", "/site-packages/", "/dist-packages/", "/lib/python3", "<frozen ", "/threading.py")
-
-
-#: C++ frames that say nothing about who allocated: the unwinder, the allocator, tensor factories, runtimes.
-_PLUMBING_PREFIXES = (
-    "torch::unwind::", "torch::CapturedTraceback", "torch::(anonymous namespace)::gather", "c10::cuda::CUDACachingAllocator",
-    "c10::CachingDeviceAllocator", "c10::", "at::empty", "at::detail::empty", "at::native::empty", "at::TensorBase::",
-    "at::native::resize", "at::native::(anonymous namespace)::create_out", "at::(anonymous namespace)::create_out",
-    "at::cuda::", "std::", "__libc", "_start", "start_thread", "clone", "_Py", "Py", "??", "THPVariable_", "pybind11::",
-    "torch::autograd::python", "torch::autograd::THPVariable", "void at::native::", "cudaMalloc",
-    "torch::cuda::(anonymous namespace)::gather", "at::TensorIteratorBase::", "at::TensorIterator::", "at::meta::",
-    "pthread", "__clone",
-)
-
-
-def _is_plumbing(name: str) -> bool:
-    n = str(name).lstrip()
-    head = n.split("(")[0]
-    return ((not n) or n.startswith(_PLUMBING_PREFIXES) or "CUDACachingAllocator" in n or "unwind" in head
-            or "set_output_raw_strided" in n or "create_out" in head)
 
 
 def _is_library_file(filename: str) -> bool:
@@ -428,6 +391,47 @@ def _normalise(raw: Any, source: str) -> dict[str, Any]:
     if not isinstance(raw.get("segments", []), list) or not isinstance(raw.get("device_traces", []), list):
         raise MemprofError(f"{source}: 'segments' and 'device_traces' must be lists: not a snapshot this tool understands")
     return raw
+
+
+# ---------------------------------------------------------------------------
+# C++ frames (stacks="all")
+
+
+def _frame_label(filename: str, line: int, name: str) -> str:
+    """'file.py:line:function'; a C++ frame (``stacks="all"``) without its argument list."""
+    if str(filename).endswith(".py"):
+        return f"{os.path.basename(filename)}:{line}:{name}"
+    n = str(name)
+    depth, cut = 0, len(n)
+    for i, ch in enumerate(n):  # the first '(' outside template brackets ends the qualified name
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and not n.startswith("(anonymous", i):
+            cut = i
+            break
+    base = os.path.basename(str(filename))
+    return f"{n[:cut]}" + (f" ({base})" if base and base != "??" else "")
+
+
+#: C++ frames that say nothing about who allocated: the unwinder, the allocator, tensor factories, runtimes.
+_PLUMBING_PREFIXES = (
+    "torch::unwind::", "torch::CapturedTraceback", "torch::(anonymous namespace)::gather", "c10::cuda::CUDACachingAllocator",
+    "c10::CachingDeviceAllocator", "c10::", "at::empty", "at::detail::empty", "at::native::empty", "at::TensorBase::",
+    "at::native::resize", "at::native::(anonymous namespace)::create_out", "at::(anonymous namespace)::create_out",
+    "at::cuda::", "std::", "__libc", "_start", "start_thread", "clone", "_Py", "Py", "??", "THPVariable_", "pybind11::",
+    "torch::autograd::python", "torch::autograd::THPVariable", "void at::native::", "cudaMalloc",
+    "torch::cuda::(anonymous namespace)::gather", "at::TensorIteratorBase::", "at::TensorIterator::", "at::meta::",
+    "pthread", "__clone",
+)
+
+
+def _is_plumbing(name: str) -> bool:
+    n = str(name).lstrip()
+    head = n.split("(")[0]
+    return ((not n) or n.startswith(_PLUMBING_PREFIXES) or "CUDACachingAllocator" in n or "unwind" in head
+            or "set_output_raw_strided" in n or "create_out" in head)
 
 
 # ---------------------------------------------------------------------------
@@ -911,8 +915,10 @@ def _read_cache(source: str, where: Path) -> Snapshot:
 
 
 def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
-    """Load a snapshot file (``.pickle``, ``.pickle.gz``, ``.json``) as columns, using the cache when fresh."""
-    p = Path(path)
+    """Load a snapshot file (``.pickle``, ``.pickle.gz``, ``.json``) as columns, using the cache when fresh.
+
+    A ``NAME.meta.json`` stands for the snapshot beside it."""
+    p = snapshot_beside(path)
     if not p.exists():
         raise MemprofError(f"no such file: {p}")
     if p.is_dir():

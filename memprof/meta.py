@@ -41,10 +41,25 @@ def stem(path: str | os.PathLike[str]) -> Path:
     """The snapshot path without its snapshot suffix: ``a/b.pickle.gz`` -> ``a/b``."""
     p = Path(path)
     name = p.name
+    if name.endswith(".meta.json"):
+        return p.with_name(name[: -len(".meta.json")])
     for suf in SNAPSHOT_SUFFIXES:
         if name.endswith(suf) and not name.endswith(".meta.json"):
             return p.with_name(name[: -len(suf)])
     return p.with_name(p.stem)
+
+
+def snapshot_beside(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or for a ``NAME.meta.json`` the snapshot ``NAME.pickle[.gz]`` (or ``.json``) beside it."""
+    p = Path(path)
+    if not p.name.endswith(".meta.json"):
+        return p
+    base = stem(p)
+    for suf in SNAPSHOT_SUFFIXES:
+        cand = base.with_name(base.name + suf)
+        if cand.is_file():
+            return cand
+    raise MemprofError(f"{p} is memprof's metadata file, and no snapshot {base.name}.pickle[.gz] is beside it")
 
 
 def meta_path(snapshot_path: str | os.PathLike[str]) -> Path:

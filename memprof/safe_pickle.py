@@ -100,12 +100,21 @@ class _Input:
         self.pos = 0
         self.base = 0  # absolute offset of buf[0]
         self.frame_end = -1  # absolute end of the current FRAME, -1 outside one
+        self.lim = 0  # reads ending at or before buf[lim] need no check: min(buffer end, frame end)
+
+    def _set_lim(self) -> None:
+        self.lim = len(self.buf) if self.frame_end < 0 else min(len(self.buf), self.frame_end - self.base)
+
+    def set_frame(self, end: int) -> None:
+        self.frame_end = end
+        self._set_lim()
 
     def frame_check(self, n: int) -> None:
         """An opcode and its argument lie within one FRAME, or wholly after its end."""
         at = self.base + self.pos
         if at == self.frame_end:
             self.frame_end = -1
+            self._set_lim()
         elif at + n > self.frame_end:
             raise _Malformed("an opcode runs past the end of its FRAME")
 
@@ -124,8 +133,14 @@ class _Input:
             chunks.append(c)
             have += len(c)
         self.buf, self.pos = b"".join(chunks), 0
+        self._set_lim()
 
     def take(self, n: int) -> bytes:
+        p = self.pos
+        e = p + n
+        if e <= self.lim:  # the common case: in the buffer and in the frame
+            self.pos = e
+            return self.buf[p:e]
         if self.frame_end >= 0:
             self.frame_check(n)
         self.need(n)
@@ -144,6 +159,7 @@ class _Input:
         n -= avail
         self.base += len(self.buf)
         self.buf, self.pos = b"", 0
+        self._set_lim()
         while n > 0:
             c = self.f.read(min(n, 1 << 24))
             if not c:
@@ -215,7 +231,12 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
         ops += 1
         if not ops & 0xFFF:
             over_memory()
-        op = inp.take(1)[0]
+        p = inp.pos
+        if p < inp.lim:
+            op = inp.buf[p]
+            inp.pos = p + 1
+        else:
+            op = inp.take(1)[0]
         if op in _NOARG_PUSH0:
             stack.append(0)
         elif op == 0x94:  # MEMOIZE
@@ -227,8 +248,18 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
         elif op in (0x7D, 0x5D, 0x29, 0x8F):  # EMPTY_DICT/LIST/TUPLE/SET
             stack.append(1)
             cost += C_CONTAINER
-        elif op in (0x68, 0x6A):  # BINGET / LONG_BINGET
-            idx = int.from_bytes(inp.take(1 if op == 0x68 else 4), "little")
+        elif op == 0x68:  # BINGET (the most common opcode of a snapshot)
+            p = inp.pos
+            if p < inp.lim:
+                idx = inp.buf[p]
+                inp.pos = p + 1
+            else:
+                idx = inp.take(1)[0]
+            if idx >= len(memo):
+                raise _Malformed("memo key not found")
+            stack.append(memo[idx])
+        elif op == 0x6A:  # LONG_BINGET
+            idx = int.from_bytes(inp.take(4), "little")
             if idx >= len(memo):
                 raise _Malformed("memo key not found")
             stack.append(memo[idx])
@@ -254,6 +285,21 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
         elif op in _FIXED_INT:
             inp.take(_FIXED_INT[op])
             stack.append(0)
+        elif op == 0x73 and len(stack) >= 3 and not (marks and marks[-1] > len(stack) - 3):  # SETITEM
+            v, k = stack.pop(), stack.pop()
+            d = (v if v > k else k) + 1
+            if d > stack[-1]:
+                if d > max_depth:
+                    too_deep(d)
+                stack[-1] = d
+            cost += 2 * C_ITEM
+        elif op == 0x61 and len(stack) >= 2 and not (marks and marks[-1] > len(stack) - 2):  # APPEND
+            d = stack.pop() + 1
+            if d > stack[-1]:
+                if d > max_depth:
+                    too_deep(d)
+                stack[-1] = d
+            cost += C_ITEM
         elif op in (0x61, 0x65, 0x73, 0x75, 0x90):  # APPEND, APPENDS, SETITEM, SETITEMS, ADDITEMS
             if op == 0x61:
                 lo = len(stack) - 1
@@ -300,7 +346,7 @@ def _scan(inp: _Input, source: str, max_bytes: int, max_depth: int) -> None:
             if inp.frame_end >= 0 and inp.offset != inp.frame_end:
                 raise _Malformed("a FRAME inside a FRAME")
             inp.need(n)
-            inp.frame_end = inp.offset + n
+            inp.set_frame(inp.offset + n)
         elif op == 0x80:  # PROTO
             inp.take(1)
         elif op == 0x8A:  # LONG1

@@ -180,3 +180,16 @@ def test_pages(server: str, driver: Any) -> None:
             assert "OOM" in d.execute_script("return JSON.stringify(document.querySelector('#sweeps-forward .js-plotly-plot').data.map(t => t.text || ''));")
         _shot(d, name)
         _no_severe(d, name)
+
+
+def test_whatif_panel(server: str, driver: Any) -> None:
+    d = driver
+    d.get(server + "/explain?snap=h100/transformer-small-train-eager-bf16.pickle.gz")
+    box = _wait(lambda: _css(d, "#whatif-alloc-conf"), what="what-if panel")[0]
+    box.send_keys("expandable_segments:True")
+    _css(d, "#whatif-run")[0].click()
+    fits = _wait(lambda: _css(d, "#whatif-fits"), what="what-if result")[0]
+    assert fits.text.startswith("fits")
+    assert "max_memory_reserved" in _css(d, "#whatif-numbers")[0].text
+    _shot(d, "explain-whatif")
+    _no_severe(d, "explain what-if")

@@ -67,13 +67,22 @@ def test_replay_cache_only_for_cached_snapshots(tmp_path: Path, monkeypatch: pyt
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("replay.json"))
 
 
+def _plain_sites(snap, a: pd.DataFrame) -> np.ndarray:
+    """Site strings computed as the string-column code did: labels per stack, 'before recording' when unseen."""
+    from memprof.load import BEFORE_RECORDING_LABEL
+
+    out = snap.site_labels(a["stack_id"].to_numpy()).astype(object)
+    out[(a["alloc_idx"].to_numpy() < 0) & (a["stack_id"].to_numpy() < 0)] = BEFORE_RECORDING_LABEL
+    return out
+
+
 @pytest.mark.parametrize("path", FILES[:2], ids=lambda p: p.name)
 def test_label_columns_are_categorical_with_the_same_labels(path: Path) -> None:
     an = analyze(path, use_cache=False)
     a = an.allocations
     snap = an.snap
     # the categorical site column holds exactly the strings site_labels gives, row by row
-    plain = snap.site_labels(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
+    plain = _plain_sites(snap, a)
     assert isinstance(a["site"].dtype, pd.CategoricalDtype)
     assert list(a["site"].astype(object)) == list(plain)
     for col in ("phase", "free_phase", "category_source"):
@@ -87,7 +96,7 @@ def test_label_columns_are_categorical_with_the_same_labels(path: Path) -> None:
     by_site = an.peak.by_site
     assert all(isinstance(s, str) for s in by_site["site"])
     alive = an.rep.alive_at(an.rep.peak_idx)
-    labels = snap.site_labels(alive["stack_id"].to_numpy(), alive["alloc_idx"].to_numpy())
+    labels = _plain_sites(snap, alive)
     want: dict[str, int] = {}
     for s, b in zip(labels, alive["size"].to_numpy()):
         want[s] = want.get(s, 0) + int(b)

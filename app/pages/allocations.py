@@ -19,11 +19,19 @@ from memprof.format import fmt_bytes
 dash.register_page(__name__, path="/allocations", name="Allocations", title="memprof · allocations")
 
 
-ALLOC_COLUMNS = ("row", "size", "size_h", "alloc_ms", "free_ms", "lifetime_ms", "phase", "category", "site")
+ALLOC_COLUMNS = ("row", "size", "size_h", "alloc_ms", "free_ms", "lifetime_ms", "phase", "category", "site", "stream", "addr")
+
+
+def hex_addrs(a: pd.Series) -> list[str]:
+    """Block addresses as PyTorch's viewer writes them (``0x7f3a...``); '' when unknown (-1)."""
+    v = a.to_numpy()
+    if v.dtype.kind not in "iu":
+        return [str(x) for x in v]  # already text
+    return [f"0x{int(x):x}" if x >= 0 else "" for x in v]
 
 
 def alloc_frame(m: views.TimelineModel, df: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Display columns: row, size, size_h, alloc_ms, free_ms, lifetime_ms, phase, category, site."""
+    """Display columns: row, size, size_h, alloc_ms, free_ms, lifetime_ms, phase, category, site, stream, addr (hex)."""
     d = m.allocs if df is None else df
     return pd.DataFrame({
         "row": d.index.to_numpy(),
@@ -35,6 +43,8 @@ def alloc_frame(m: views.TimelineModel, df: pd.DataFrame | None = None) -> pd.Da
         "phase": d["phase"].to_numpy(),
         "category": d["category"].to_numpy(),
         "site": d["site"].to_numpy(),
+        "stream": d["stream"].to_numpy() if "stream" in d else 0,
+        "addr": hex_addrs(d["addr"]) if "addr" in d else "",
     })
 
 
@@ -77,6 +87,8 @@ def alloc_page(key: dict[str, Any], page: int, size: int, sort_by: list[dict[str
     m = library().model(int(key["snap"]), key.get("device"))
     al = m.allocs.assign(row=np.arange(len(m.allocs)), lifetime_ms=m.allocs["lifetime_us"] / 1000,
                          alloc_ms=m.allocs["t0_ms"], free_ms=np.where(m.allocs["alive_at_end"], np.nan, m.allocs["t1_ms"]))
+    if "{addr}" in (filter_query or ""):  # search by address: match the hex text the table shows
+        al = al.assign(addr=hex_addrs(al["addr"]))
     al = apply_query(al, filter_query, sort_by)
     size = max(1, min(int(size or 25), 500))
     n_pages = max(1, math.ceil(len(al) / size))

@@ -1,10 +1,11 @@
-"""Compare: two or more snapshots on one time axis aligned by phase, with diff tables."""
+"""Compare: two or more snapshots on one time axis, each phase of each iteration aligned, with diff tables."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import dash
+import numpy as np
 from dash import Input, Output, callback, dcc, html
 
 from app import common
@@ -14,25 +15,41 @@ from memprof import figures, views
 dash.register_page(__name__, path="/compare", name="Compare", title="memprof · compare")
 
 
+def aligned_curves(models: Sequence[views.TimelineModel], labels: Sequence[str]) -> tuple[list[tuple[Any, ...]], list[Any], str]:
+    """Each snapshot's allocated curve and phases on the first one's clock: every phase of every
+    iteration they share is stretched onto the first's (piecewise linear, :func:`memprof.views.warp`);
+    without shared phases, shifted to line up their first forward. Returns (curves, phases, how)."""
+    base = models[0]
+    curves, phases, matched = [], [], 0
+    for lab, m in zip(labels, models):
+        knots = views.phase_knots(base, m)
+        if len(knots[0]) < 2:  # nothing to stretch: line up the first forwards
+            off = views.align_offset(m) - views.align_offset(base)
+            knots = (np.array([off]), np.array([0.0]))
+        else:
+            matched += 1
+        x, y = views.step_view(m.t_alloc, m.allocated, None, None, 1500)
+        curves.append((lab, views.warp(x, knots), y, x))
+        phases.append(m.phases.assign(start_ms=views.warp(m.phases["start_ms"].to_numpy(float), knots),
+                                      end_ms=views.warp(m.phases["end_ms"].to_numpy(float), knots)))
+    how = ("each phase of each iteration aligned to " + labels[0]) if matched == len(models) else "first forwards lined up"
+    return curves, phases, how
+
+
 def compare_content(ids: Sequence[Any], device: int | None = None) -> list[Any]:
-    """Several snapshots on one time axis aligned at their first forward, and diff tables against the first."""
+    """Several snapshots on one time axis, each phase of each iteration aligned to the first, and diff tables against the first."""
     lib = library()
     ids = [lib.get(i).id for i in ids][:6]
     if len(ids) < 2:
         return [html.P("Pick two or more snapshots to compare.", id="compare-hint")]
     models = [lib.model(i, device) for i in ids]
     labels = [lib.get(i).rel for i in ids]
-    curves = []
-    for lab, m in zip(labels, models):
-        off = views.align_offset(m)
-        x, y = views.step_view(m.t_alloc, m.allocated, None, None, 1500)
-        curves.append((lab, x - off, y))
-    base = models[0]
-    ph0 = base.phases.assign(start_ms=base.phases["start_ms"] - views.align_offset(base), end_ms=base.phases["end_ms"] - views.align_offset(base))
-    fig = figures.plot_compare(curves, [ph0])
+    curves, phases, how = aligned_curves(models, labels)
+    fig = figures.plot_compare(curves, phases, x_title=f"time on {labels[0]}'s clock (ms), {how}")
     summ = views.compare_summary(models, labels)
-    cat = views.diff_by(models, labels, "category")
-    site = views.diff_by(models, labels, "site").head(25)
+    mib = {lab: f"{lab} (MiB)" for lab in labels} | {"delta_MiB": "Δ (MiB)"}  # numbers stay sortable; the unit is in the header
+    cat = views.diff_by(models, labels, "category").rename(columns=mib)
+    site = views.diff_by(models, labels, "site").head(25).rename(columns=mib)
     return [
         dcc.Graph(id="compare-graph", figure=fig),
         html.H4("summary"), common.table("compare-summary", summ),

@@ -51,12 +51,28 @@ def sweep_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
     return df, x, ",".join(keys)
 
 
+def in_mib(df: pd.DataFrame) -> pd.DataFrame:
+    """``results.csv`` stores sizes in MB (10^6 B); the dashboard speaks MiB (2^20 B) everywhere:
+    each ``*_mb`` column becomes ``*_mib``, the same bytes."""
+    out = df.copy()
+    for c in [c for c in out.columns if c.endswith("_mb")]:
+        out[c[:-3] + "_mib"] = (pd.to_numeric(out[c], errors="coerce") * 1e6 / 2**20).round(2)
+        out = out.drop(columns=[c])
+    return out
+
+
+def table_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The sweep table without the columns no row fills (a transformer sweep has no seq_len, d or impl)."""
+    blank = [c for c in df.columns if df[c].isna().all() or (df[c].astype(str).str.strip() == "").all()]
+    return df.drop(columns=blank + (["series"] if "series" in df.columns else []))
+
+
 def sweep_content(i: int) -> list[Any]:
     """Sweep folder ``i``: time and peak against seq_len (log axes), OOM marked, speedups, the table."""
-    df, x, keys = sweep_frame(read_sweep(i))
+    df, x, keys = sweep_frame(in_mib(read_sweep(i)))
     figs = []
     for col, title in (("forward_ms", "forward time (ms)"), ("backward_ms", "backward time (ms)"),
-                       ("step_ms", "step time (ms)"), ("peak_allocated_mb", "peak allocated (MB)")):
+                       ("step_ms", "step time (ms)"), ("peak_allocated_mib", "peak allocated (MiB)")):
         if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
             figs.append(html.Div(dcc.Graph(id=f"sweeps-{col.split('_')[0]}", figure=figures.plot_sweep(df, col, x=x, by="series", title=title)),
                                  style={"flex": "1 1 520px"}))
@@ -66,7 +82,7 @@ def sweep_content(i: int) -> list[Any]:
     sp = speedup_frame(df, x)
     if sp is not None and len(sp):
         parts.append(dcc.Graph(id="sweeps-speedup", figure=figures.plot_speedup(sp, x=x)))
-    parts.append(common.table("sweeps-table", df.drop(columns=["series"]), page_size=25, filter_action="native"))
+    parts.append(common.table("sweeps-table", table_frame(df), page_size=25, filter_action="native"))
     return parts
 
 

@@ -12,10 +12,25 @@ from dash import Input, Output, Patch, State, callback, dcc, html
 
 from app import common
 from app.state import library
-from memprof import figures
 from memprof.format import fmt_bytes, fmt_us
 
 dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof · timeline")
+
+
+def state_layout(sid: int, dev: int | None, m: Any) -> html.Div:
+    """An empty trace: no time axis to draw, only what the segments held at dump time (bars of the
+    live blocks by source line). Its graph has its own id, so zoom and click callbacks never fire."""
+    from memprof import figures
+
+    return html.Div([
+        html.H2(library().get(sid).rel, id="timeline-title"),
+        html.P(common.summary_line(m), className="sub", id="timeline-summary"),
+        html.P("No allocation history was recorded in this snapshot (its trace is empty): shown is the state when it "
+               "was taken. Record with torch.cuda.memory._record_memory_history() to see memory over time.",
+               className="sub", id="timeline-no-history"),
+        common.page_links(sid, dev),
+        dcc.Graph(id="timeline-state-graph", figure=figures.plot_state(m), config={"displaylogo": False}),
+    ])
 
 
 def x_range(relayout: dict[str, Any] | None) -> tuple[float | None, float | None] | None:
@@ -46,10 +61,38 @@ def zoom_patch(relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Pa
     r = x_range(relayout)
     if r is None or not key:
         raise PreventUpdate
-    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r)
+    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key.get("k", common.DETAIL_LEVELS[0]))
     patch = Patch()
     patch["data"] = traces
     return patch, rows
+
+
+def folded_stack(frames: Sequence[tuple[str, int, str]]) -> str:
+    """One line per frame, innermost first; a run of two or more library frames (torch's
+    ``Module._call_impl`` chains, site-packages) folds into one line that names their files."""
+    import os
+
+    from memprof.load import _is_library_file
+
+    lines: list[str] = []
+    run: list[tuple[str, int, str]] = []
+
+    def flush() -> None:
+        if len(run) >= 2:
+            files = ", ".join(dict.fromkeys(os.path.basename(f) for f, _, _ in run))
+            lines.append(f"  ⋯ {len(run)} library frames ({files})")
+        else:
+            lines.extend(f"{n}  {f}:{ln}" for f, ln, n in run)
+        run.clear()
+
+    for i, (fn, line, name) in enumerate(frames):
+        if _is_library_file(str(fn)) and i > 0:  # the innermost frame is always shown: it allocated
+            run.append((fn, line, name))
+            continue
+        flush()
+        lines.append(f"{name}  {fn}:{line}")
+    flush()
+    return "\n".join(lines)
 
 
 def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: dict[str, Any]) -> Any:
@@ -63,12 +106,12 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
         row = rows[cn] if rows and isinstance(cn, int) and 0 <= cn < len(rows) else -1
     m = library().model(int(key["snap"]), key.get("device"))
     t = pt.get("x")
-    alive = dcc.Link(f"What is alive at {t:.3f} ms", href=f"/allocations?snap={key['snap']}&t={t:.6f}") if isinstance(t, (int, float)) else ""
+    alive = dcc.Link(f"What is alive at {t:.3f} ms", href=f"/allocations?snap={key['snap']}" + ("" if key.get("device") is None else f"&device={key['device']}") + f"&t={t:.6f}") if isinstance(t, (int, float)) else ""
     if not isinstance(row, (int, float)) or row < 0 or row >= len(m.allocs):
         return html.Div([html.P("No allocation under the cursor."), alive])
     a = m.allocs.iloc[int(row)]
     frames = m.snap.stack(int(a["stack_id"]))
-    stack = "\n".join(f"{name}  {fn}:{line}" for fn, line, name in frames) or "(no stack recorded)"
+    stack = folded_stack(frames) or "(no stack recorded)"
     return html.Div([
         html.B(f"{fmt_bytes(int(a['size']))} · {a['category']}"),
         html.P(f"allocated at {a['t0_ms']:.3f} ms in {a['phase'] or '-'}; freed at "
@@ -80,38 +123,76 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
     ])
 
 
+POLYGON_LINE = {"width": 0.5, "color": "rgba(255,255,255,0.6)"}  # as memprof.figures.timeline_traces draws them
+HIGHLIGHT_LINE = {"width": 3, "color": "#111"}
+
+
+def highlight_patch(click: dict[str, Any] | None, rows: Sequence[int] | None, prev: Any) -> tuple[Patch, int | None]:
+    """Outline the clicked allocation's block (and restore the one outlined before): a Patch of two
+    traces' ``line``, nothing else. Returns (patch, the outlined trace's index)."""
+    from dash.exceptions import PreventUpdate
+
+    pts = (click or {}).get("points") or []
+    cn = pts[0].get("curveNumber") if pts else None
+    if not isinstance(cn, int) or not rows or not 0 <= cn < len(rows) or rows[cn] < 0:
+        raise PreventUpdate  # a curve or marker, not an allocation's block
+    patch = Patch()
+    if isinstance(prev, int) and prev != cn and 0 <= prev < len(rows) and rows[prev] >= 0:
+        patch["data"][prev]["line"] = POLYGON_LINE
+    patch["data"][cn]["line"] = HIGHLIGHT_LINE
+    return patch, cn
+
+
+def detail_control(m: Any) -> html.Div:
+    """How many allocations to draw as blocks: the largest 80 (fast), 300, or 1,000 (every one, when fewer)."""
+    n = len(m.allocs)
+    opts = []
+    for k in common.DETAIL_LEVELS:
+        opts.append({"label": f"{k:,} largest" if k < n else f"all {n:,}", "value": k})
+        if k >= n:
+            break
+    return html.Div([html.Label("allocations drawn as blocks"),
+                     dcc.Dropdown(id="timeline-detail", options=opts, value=common.DETAIL_LEVELS[0], clearable=False, style={"width": "200px"}),
+                     html.Span(f"of {n:,}; the rest is the grey band", className="sub")], className="toolbar")
+
+
+def detail_patch(k: Any, relayout: dict[str, Any] | None, key: dict[str, Any]) -> tuple[Patch, list[int], dict[str, Any]]:
+    """Redraw the visible range with ``k`` blocks: a Patch of the trace data, the rows, and the key remembering ``k``."""
+    r = x_range(relayout) or (None, None)
+    key = {**key, "k": int(k) if k in common.DETAIL_LEVELS else common.DETAIL_LEVELS[0]}
+    traces, rows = common.timeline_view(int(key["snap"]), key.get("device"), *r, k=key["k"])
+    patch = Patch()
+    patch["data"] = traces
+    return patch, rows, key
+
+
 def layout(snap: str | None = None, device: str | None = None, **_: Any) -> html.Div:
     try:
         sid, dev = common.resolve_key(snap), common.parse_device(device)
         m = library().model(sid, dev)
-        state_only = not m.rep.has_trace
-        if state_only:  # an empty trace: no time axis to draw, only what the segments hold
-            fig, rows = figures.plot_state(m), []
-        else:
-            fig, rows = common.timeline_figure(sid, dev)
+        if not m.rep.has_trace:
+            return state_layout(sid, dev, m)
+        fig, rows = common.timeline_figure(sid, dev)
     except Exception as e:
         return html.Div([html.H2("Timeline"), common.error_box(e)])
     return html.Div([
         html.H2(library().get(sid).rel, id="timeline-title"),
         html.P(common.summary_line(m), className="sub", id="timeline-summary"),
-        html.P("No allocation history was recorded in this snapshot (its trace is empty): shown is the state when it "
-               "was taken. Record with torch.cuda.memory._record_memory_history() to see memory over time.",
-               className="sub", id="timeline-no-history") if state_only else html.Div(id="timeline-no-history"),
         common.page_links(sid, dev),
+        detail_control(m),
         html.Div([
             html.Div(dcc.Graph(id="timeline-graph", figure=fig, config={"displaylogo": False, "scrollZoom": True}), className="grow"),
             html.Div(html.Div("Click an allocation in the timeline to see its full stack.", id="timeline-stack"), className="side"),
         ], className="row"),
-        dcc.Store(id="timeline-key", data={"snap": sid, "device": dev, "state_only": state_only}),
+        dcc.Store(id="timeline-key", data={"snap": sid, "device": dev}),
         dcc.Store(id="timeline-rows", data=rows),
+        dcc.Store(id="timeline-highlight", data=None),
     ])
 
 
 @callback(Output("timeline-graph", "figure"), Output("timeline-rows", "data"),
           Input("timeline-graph", "relayoutData"), State("timeline-key", "data"), prevent_initial_call=True)
 def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
-    if key and key.get("state_only"):
-        raise dash.exceptions.PreventUpdate  # the state bars have no time axis to re-aggregate
     return zoom_patch(relayout, key)
 
 
@@ -119,3 +200,17 @@ def zoom(relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
           State("timeline-rows", "data"), State("timeline-key", "data"), prevent_initial_call=True)
 def show_stack(click: dict[str, Any] | None, rows: list[int] | None, key: dict[str, Any]) -> Any:
     return stack_panel(click, rows, key)
+
+
+@callback(Output("timeline-graph", "figure", allow_duplicate=True), Output("timeline-highlight", "data"),
+          Input("timeline-graph", "clickData"), State("timeline-rows", "data"), State("timeline-highlight", "data"),
+          prevent_initial_call=True)
+def highlight(click: dict[str, Any] | None, rows: list[int] | None, prev: Any) -> Any:
+    return highlight_patch(click, rows, prev)
+
+
+@callback(Output("timeline-graph", "figure", allow_duplicate=True), Output("timeline-rows", "data", allow_duplicate=True),
+          Output("timeline-key", "data"), Input("timeline-detail", "value"), State("timeline-graph", "relayoutData"),
+          State("timeline-key", "data"), prevent_initial_call=True)
+def detail(k: Any, relayout: dict[str, Any] | None, key: dict[str, Any]) -> Any:
+    return detail_patch(k, relayout, key)

@@ -162,6 +162,10 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     a["free_iteration"] = fit.astype(np.int64)
     a["category"] = as_categorical(cat).set_categories(list(CATEGORIES))
     a["category_source"] = as_categorical(src)
-    a["site"] = snap.site_categorical(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
+    a["site"] = snap.site_categorical(a["stack_id"].to_numpy())
     a["lifetime_us"] = a["free_us"] - a["alloc_us"]
+    from memprof.load import BEFORE_RECORDING_LABEL
+
+    unseen = (a["alloc_idx"].to_numpy() < 0) & (a["stack_id"].to_numpy() < 0)  # no frames: allocated before the window
+    a.loc[unseen, "site"] = BEFORE_RECORDING_LABEL
     return a

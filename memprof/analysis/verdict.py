@@ -58,6 +58,16 @@ REMEDIES_MISSING = [
     "Record with `memprof record` (it measures each phase's GPU busy time on a profiled step and writes it to the "
     "snapshot's .meta.json) and run `memprof explain` again.",
 ]
+#: The run ran out of memory before its profiled step: there is no timing to judge, and re-recording it will not help.
+REMEDIES_OOM = [
+    "This run ran out of memory before memprof could time and profile a step, so there is no busy time to judge; "
+    "the out-of-memory report says what to change. Record a configuration that fits to get the timing verdict.",
+]
+#: A CPU or MPS run: its memory is exact, but "who sets the pace" needs a GPU's own clock.
+REMEDIES_NOT_CUDA = [
+    "The bytes of this run are exact; whether the allocator or the arithmetic sets the pace is a question about a "
+    "GPU: record the same workload on a CUDA device (`memprof record ... --device cuda`) to get each phase's busy time.",
+]
 #: Said whenever the verdict rests on CUDA-event time instead of measured busy time.
 EVENTS_CAVEAT = (" Caution: these numbers come from CUDA events, and an event pair's elapsed time includes the "
                  "GPU's idle gaps while it waits for the host, so they cannot tell an idle GPU from a busy one "
@@ -154,7 +164,7 @@ def allocator_bound_verdict(rep: Replay, phases: pd.DataFrame, meta: dict[str, A
         v = busy_verdict(meta, nums, gpu, ramp_text, symmetric)
         if v is not None:
             return v
-    nums["basis"] = "cuda events"
+    nums["basis"] = "cuda events" if dev_type == "cuda" else "host timers"  # a CPU run has no CUDA events
     common = [p for p in FINE_PHASES if p in gpu and p in cpu] or [p for p in gpu if p in cpu]
     if not gpu or not common:
         missing = []
@@ -172,7 +182,7 @@ def allocator_bound_verdict(rep: Replay, phases: pd.DataFrame, meta: dict[str, A
             "A memory trace only shows when the host (CPU) asked for memory, not when the GPU did the work, so it "
             "cannot say by itself which side is slow. Missing: " + "; ".join(missing) + "." + ramp_text
             + " Symmetric ramps hint at an allocator-bound loop, but they are not proof on their own.",
-            list(REMEDIES_MISSING),
+            list(REMEDIES_OOM) if meta.get("status") == "oom" else list(REMEDIES_MISSING) if dev_type == "cuda" else list(REMEDIES_NOT_CUDA),
         )
     per = {p: {"cpu_ms": cpu[p], "gpu_ms": gpu[p], "gpu_busy": (gpu[p] / cpu[p]) if cpu[p] > 0 else None} for p in common}
     g_ms, c_ms = sum(gpu[p] for p in common), sum(cpu[p] for p in common)

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json); its .meta.json is read when present")
     p.add_argument("--rank", type=int, default=None, help="SNAPSHOT is a run folder (RUN/rank{R}.pickle.gz): explain this rank")
     add_report_options(p, top=8, top_help="how many source lines to list at the peak")
+    p.add_argument("--no-predict", action="store_true",
+                   help="skip the out-of-memory prediction (memprof predict / the allocator model; seconds to a minute)")
     return p
 
 
@@ -61,6 +63,7 @@ def explain_dict(an: Any, top: int = 8) -> dict[str, Any]:
         "predicted_oom": pd_["predicted_oom"],
         "fragmentation": fragmentation_summary(an.fragmentation, an.rep),
         "oom": an.oom,
+        "device_type": str((an.meta.get("device") or {}).get("type", "cuda")),
     }
 
 
@@ -105,7 +108,9 @@ def render(d: dict[str, Any], start_us: float) -> str:
         for k, b in a["items"].items():
             lines.append(f"    {fmt_bytes(b):>10}  {k}")
     po = d["predicted_oom"]
-    if po:
+    if po and po.get("source") == "simulator":
+        lines.append(f"  device memory needed: {fmt_bytes(po['device_memory_needed'])}; {po['note']}")
+    elif po:
         rng = f"{po['max_fitting_reserved']:,} to " if po.get("max_fitting_reserved") else ""
         lines.append(f"  out of memory predicted above {po['parameter']} = {rng}{po['max_fitting']:,} "
                      f"(device {fmt_bytes(po['device_total_bytes'])}); {po['note']}")
@@ -113,11 +118,36 @@ def render(d: dict[str, Any], start_us: float) -> str:
     if f:
         r = f["at_peak_reserved"]
         lines += ["", f"RESERVED  {fmt_bytes(r['reserved'])} at its peak: {fmt_bytes(r['allocated'])} allocated, "
-                      f"{fmt_bytes(r['rounding_waste'])} rounding waste, {fmt_bytes(r['free_cached'])} free in the cache"
+                      f"{fmt_bytes(r['rounding_waste'])} rounding waste, {fmt_bytes(r['free_cached'])} "
+                      + ("free in the cache" if d.get("device_type", "cuda") == "cuda" else "reserved but free")
                       + ("" if f["reserved_complete"] else " (the trace misses segment events: reserved is a lower bound)")]
     if d["oom"]:
         lines += ["", "OUT OF MEMORY", f"  {d['oom']['explanation']}"]
     return "\n".join(lines)
+
+
+def predicted_oom(an: Any) -> dict[str, Any] | None:
+    """Built-in workloads: where ``memprof predict`` says the recorded device runs out; any other
+    snapshot: the least device memory the allocator model needs for its requests."""
+    from memprof.format import fmt_bytes
+    from memprof.simulator import min_device_memory, requests_from_snapshot
+
+    w = an.meta.get("workload") or {}
+    if w.get("kind") in ("attention", "transformer"):
+        from memprof.predict import workload_oom
+
+        r = workload_oom(an.meta)
+        if r is not None:
+            return r
+    req, conf = requests_from_snapshot(an.snap, an.rep.device)
+    if not len(req):
+        return None
+    need = min_device_memory(req, conf)
+    total = (an.meta.get("device") or {}).get("total_memory_bytes")
+    return {"parameter": "device_memory", "max_fitting": None, "first_failing": None,
+            "device_total_bytes": total, "device_memory_needed": need, "source": "simulator",
+            "note": f"the allocator model needs {fmt_bytes(need)} of device memory for these requests "
+                    f"(from an empty cache, {conf.describe()} settings)"}
 
 
 def _window(an: Any) -> dict[str, Any]:
@@ -168,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
     snap = load(args.snapshot, use_cache=not args.no_cache)
     an = analyze(snap, device=args.device, meta=read_meta(args.snapshot))
     d = explain_dict(an, args.top)
+    if not getattr(args, "no_predict", False):
+        d["predicted_oom"] = predicted_oom(an) or d["predicted_oom"]
     if args.json:
         json.dump(d, sys.stdout, default=_num)
         sys.stdout.write("\n")

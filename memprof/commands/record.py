@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from memprof.errors import MemprofError
 from memprof.format import fmt_bytes
@@ -26,10 +26,7 @@ TRANSFORMER_SIZES = ("tiny", "small", "medium", "large", "xl", "2.7B")
 
 
 class _Parser(argparse.ArgumentParser):
-    """Bad input is one clear line (a MemprofError), never argparse's usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        raise MemprofError(f"{self.prog}: {message}")
+    """A workload's options: a bad flag prints this parser's usage and one error line, as every subcommand does."""
 
 
 def add_common(p: argparse.ArgumentParser, suppress: bool = False) -> None:
@@ -44,6 +41,9 @@ def add_common(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     p.add_argument("--stacks", choices=("python", "all"), default=argparse.SUPPRESS if suppress else "python", help="stack frames to record (CUDA)")
     p.add_argument("--gzip", action="store_true", default=argparse.SUPPRESS if suppress else False, help="write .pickle.gz")
     p.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS if suppress else False, help="no progress bar")
+    p.add_argument("--live", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                   help="publish allocated/reserved bytes, phase and iteration on 127.0.0.1 while running (memprof serve: page Live)")
+    p.add_argument("--live-port", type=int, default=argparse.SUPPRESS if suppress else 8765, help="port of --live (default 8765; 0: any free port)")
 
 
 def attention_parser() -> argparse.ArgumentParser:
@@ -93,8 +93,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _command(argv: list[str]) -> str:
-    return "memprof record " + " ".join(shlex.quote(a) for a in argv)
+def _command(args: argparse.Namespace, fallback: list[str]) -> str:
+    """The command line that reproduces this run: what the user typed after ``memprof`` (from
+    :func:`memprof.cli.main`), else ``fallback`` (the words after ``memprof``)."""
+    argv = getattr(args, "_argv", None) or fallback
+    return "memprof " + " ".join(shlex.quote(str(a)) for a in argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,13 +106,19 @@ def run(args: argparse.Namespace) -> int:
         target = target[1:]
     if not target:
         raise MemprofError("record what? use `memprof record attention`, `memprof record transformer` or `memprof record -- python SCRIPT`")
-    if target[0] in ("attention", "transformer"):
-        return run_workload(args, target)
-    return run_script(args, target)
+    from memprof.native_stderr import NativeStderrFilter
+
+    with NativeStderrFilter() as native:  # torch.profiler's C++ lines stay out of the progress bar
+        rc = run_workload(args, target) if target[0] in ("attention", "transformer") else run_script(args, target)
+    note = native.note()
+    if note:
+        print(note, file=sys.stderr)
+    return rc
 
 
 def _opts(args: argparse.Namespace, sub: argparse.Namespace) -> dict[str, Any]:
-    o = {k: getattr(args, k) for k in ("output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress")}
+    o = {k: getattr(args, k) for k in ("output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress",
+                                       "live", "live_port")}
     o.update({k: v for k, v in vars(sub).items() if k in o})
     if o["steps"] < 1 or o["warmup"] < 0 or o["profile_steps"] < 0:
         raise MemprofError("--steps must be >= 1, --warmup >= 0 and --profile-steps >= 0")
@@ -122,10 +131,11 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     o = _opts(args, sub)
     if kind == "attention" and sub.impl not in ATTN_IMPLS:
         raise MemprofError(f"unknown attention implementation {sub.impl!r} (use {', '.join(ATTN_IMPLS)})")
-    common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress"}
+    common = {"output", "device", "steps", "warmup", "profile_steps", "max_entries", "stacks", "gzip", "no_progress", "live", "live_port"}
     wopts = {k: v for k, v in vars(sub).items() if k not in common}
 
     from memprof.recorder import dist
+    from memprof.recorder.api import live_view
     from memprof.recorder.runner import record_workload
     from memprof.workloads import build, resolve_device
 
@@ -134,11 +144,14 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     workload = build(kind, **wopts)
     path = o["output"] or default_path(workload.slug(), device.type, o["gzip"])
     path = dist.output_path(path, True if info is not None and o["gzip"] else None)  # torchrun: RUN/rank{R}...
+    pub = live_view(o["live_port"] if o["live"] else False, device, None)
     meta = record_workload(
         workload, path, device, steps=o["steps"], warmup=o["warmup"], max_entries=o["max_entries"], stacks=o["stacks"],
-        compress=o["gzip"] or str(path).endswith(".gz"), command=_command(sys.argv[1:] if sys.argv[1:2] == ["record"] else ["record", *target]),
+        compress=o["gzip"] or str(path).endswith(".gz"), command=_command(args, ["record", *target]),
         progress=not o["no_progress"], profile_steps=o["profile_steps"],
     )  # fmt: skip
+    if pub is not None:  # the Live page links to the snapshot from this last message
+        pub.stop(status=meta["status"], snapshot=meta.get("snapshot_path"))
     print(summary(meta))
     if meta["status"] == "oom":
         print(f"memprof: OUT OF MEMORY: {workload.slug()} on {meta['device'].get('name')}: {meta.get('error')}; snapshot {path}", file=sys.stderr)
@@ -156,7 +169,7 @@ def summary(meta: dict[str, Any]) -> str:
         lines.append(f"  peak allocated  {fmt_bytes(meta['peak_allocated_bytes'])}   peak reserved {fmt_bytes(meta.get('peak_reserved_bytes') or 0)}")
     for key, label in (("timings_ms", "time"), ("cpu_timings_ms", "host time")):
         t = meta.get(key) or {}
-        if t:
+        if t and not (key == "cpu_timings_ms" and t == meta.get("timings_ms")):  # CPU runs: one clock, one line
             parts = [f"{k} {v['mean']:.3f}±{v['std']:.3f} ms" for k, v in t.items() if v.get("mean") is not None]
             lines.append(f"  {label:<15} " + ", ".join(parts))
     return "\n".join(lines)
@@ -208,7 +221,8 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
     try:
         with record(path, device=device, max_entries=args.max_entries, stacks=args.stacks,
                     compress=args.gzip or str(path).endswith(".gz"), workload={"kind": "script", "argv": list(argv)},
-                    command=_command(["record", "--", "python", *argv])):  # fmt: skip
+                    command=_command(args, ["record", "--", "python", *argv]),
+                    live=args.live_port if args.live else False):  # fmt: skip
             if module is not None:
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
             else:
@@ -218,8 +232,9 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
     except OOM_ERRORS as e:
         print(f"memprof: OUT OF MEMORY in {name}: {str(e).splitlines()[0] if str(e) else ''}; snapshot {path}", file=sys.stderr)
         status = EXIT_OOM
-    except Exception as e:  # noqa: BLE001 - the user's script: report in one line, keep the snapshot
-        print(f"memprof: {name} raised {type(e).__name__}: {e}; snapshot {path}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - the user's script: show its own traceback, keep the snapshot
+        print(user_traceback(e), end="", file=sys.stderr)
+        print(f"memprof: {name} raised {type(e).__name__} (traceback above); snapshot still written: {path}", file=sys.stderr)
         status = 1
     finally:
         sys.argv, sys.path[:] = old_argv, old_path
@@ -230,3 +245,17 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
     meta["snapshot_path"] = str(path)
     print(summary(meta))
     return status
+
+
+def user_traceback(e: BaseException) -> str:
+    """``e``'s traceback as Python prints it, from the user's first frame on: the frames of
+    memprof and runpy that ran the script are left out."""
+    import runpy
+    import traceback
+
+    here = str(Path(__file__).resolve().parents[1])
+    tb = e.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(here)
+                              or tb.tb_frame.f_code.co_filename in (runpy.__file__, "<frozen runpy>")):
+        tb = tb.tb_next
+    return "".join(traceback.TracebackException(type(e), e, tb).format())

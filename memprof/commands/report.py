@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from memprof.commands import count
 from memprof.errors import MemprofError
 
 
@@ -14,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("b", nargs="?", default=None, help="second snapshot to compare with A")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
     p.add_argument("--device", type=int, default=None, help="device index (default: most entries)")
-    p.add_argument("--top", type=int, default=20, help="how many allocations/sites to list")
+    p.add_argument("--top", type=count, default=20, help="how many allocations/sites to list")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
     return p
 

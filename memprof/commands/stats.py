@@ -79,12 +79,23 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
         "oom_devices": [d["device"] for d in devs if d["oom_events"]],
         "pools": pools.to_dict("records") if len(pools) > 1 else [],
         "allocator_peak_bytes": meta.get("peak_allocated_bytes"),
+        "device_type": str((meta.get("device") or {}).get("type", "cuda")),
+        **simulated_counters(snap, rep.device),
         "top_at_peak": [
             {"size": int(s), "frame": str(f), "alloc_us": None if a != a else float(a), "stack_id": int(k)}
             for s, f, a, k in zip(at_peak["size"], sites, at_peak["alloc_us"], at_peak["stack_id"])
         ],
         "unknown_actions": snap.info.get("unknown_actions", []),
     }
+
+
+def simulated_counters(snap: Any, device: int) -> dict[str, Any]:
+    """torch.cuda.max_memory_allocated/reserved over the window, from the allocator model."""
+    from memprof.simulator import trace_agreement
+
+    sim, agree = trace_agreement(snap, device)
+    return {"simulated_max_memory_allocated": sim.max_allocated, "simulated_max_memory_reserved": sim.max_reserved,
+            "simulation_reproduces_trace": agree}
 
 
 def _render_state(d: dict[str, Any]) -> list[str]:
@@ -117,8 +128,9 @@ def render(d: dict[str, Any]) -> str:
             f"  peak allocated   {fmt_bytes(d['peak_allocated_bytes'])}  ({d['peak_allocated_bytes']:,} B) "
             f"at +{fmt_us(d['_peak_rel_us'])}  (requested bytes held, incl. blocks awaiting free on another stream)",
         ]
-        lines.append(f"  peak as torch    {fmt_bytes(d['peak_torch_allocated_bytes'])}  ({d['peak_torch_allocated_bytes']:,} B; "
-                     "allocated as torch.cuda.max_memory_allocated counts it: blocks of 512 B, freed at free_requested)")
+        if d.get("device_type", "cuda") == "cuda":  # CUDA caching-allocator semantics: meaningless for a CPU run
+            lines.append(f"  peak as torch    {fmt_bytes(d['peak_torch_allocated_bytes'])}  ({d['peak_torch_allocated_bytes']:,} B; "
+                         "allocated as torch.cuda.max_memory_allocated counts it: blocks of 512 B, freed at free_requested)")
         if d["max_awaiting_free_bytes"] > 0:
             lines.append(f"  awaiting free    up to {fmt_bytes(d['max_awaiting_free_bytes'])} freed but held until another stream's work completed")
         w = d["window"]
@@ -144,8 +156,14 @@ def render(d: dict[str, Any]) -> str:
     if d.get("allocator_peak_bytes"):
         ap = d["allocator_peak_bytes"]
         diff = (d["peak_torch_allocated_bytes"] - ap) / ap * 100 if ap else 0.0
-        lines.append(f"  allocator peak   {fmt_bytes(ap)} (torch.cuda.max_memory_allocated recorded beside the file; "
+        src = ("torch.cuda.max_memory_allocated" if d.get("device_type", "cuda") == "cuda" else "the recorder's own count")
+        lines.append(f"  allocator peak   {fmt_bytes(ap)} ({src} recorded beside the file; "
                      f"the replay as torch counts differs by {diff:+.2f}%)")
+    if d["history"] and d.get("simulated_max_memory_allocated") is not None and d.get("device_type", "cuda") == "cuda":
+        lines.append(f"  simulated peaks  {fmt_bytes(d['simulated_max_memory_allocated'])} allocated, "
+                     f"{fmt_bytes(d['simulated_max_memory_reserved'])} reserved (the caching allocator replayed: "
+                     "torch.cuda.max_memory_allocated/reserved since the window began"
+                     + ("" if d.get("simulation_reproduces_trace") else "; it did not reproduce every recorded address") + ")")
     if d["oom_events"]:
         lines.append(f"  OUT OF MEMORY    {d['oom_events']} oom event(s) in the trace")
     for o in d["oom_devices"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -32,35 +33,59 @@ def _bad(s: str) -> list[bool]:
     raise argparse.ArgumentTypeError(f"--compile takes both, yes or no (got {s!r})")
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help lines end with ``(default: ...)``, lists written as on the command line (``256,1024``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        d = action.default
+        if "default" in h or d in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return h
+        if isinstance(d, list):
+            d = {(False, True): "both", (True,): "yes", (False,): "no"}.get(tuple(d)) if all(isinstance(x, bool) for x in d) else ",".join(map(str, d))
+        return f"{h} (default: {d})".replace("%", "%%")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, help="sweep folder (default snapshots/sweep-<kind>-<date>/); re-run with the same --out to resume")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="sweep folder (default: snapshots/sweep-<kind>-<date>/); re-run with the same --out to resume")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")
     p.add_argument("--steps", type=int, default=3, help="measured steps per configuration")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per configuration before timing")
     p.add_argument("--no-snapshots", action="store_true", help="time only; write no snapshots")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("sweep", help="run a grid of attention or transformer configurations into one results table")
+    p = sub.add_parser("sweep", help="run a grid of attention or transformer configurations into one results table",
+                       description="Record every configuration of a grid (one snapshot and one results.csv row each). "
+                       "`memprof sweep attention --help` and `memprof sweep transformer --help` list each grid's options.")
     kinds = p.add_subparsers(dest="sweep_kind", metavar="KIND")
-    a = kinds.add_parser("attention", help="seq_len x d x implementation")
-    a.add_argument("--seq-len", type=_list(int, "seq-len"), default=[256, 1024, 4096, 8192, 16384])
-    a.add_argument("--d", type=_list(int, "d"), default=[16, 32, 64, 128])
-    a.add_argument("--impl", type=_list(str, "impl"), default=["naive", "compiled", "sdpa"])
-    a.add_argument("--batch", type=int, default=8)
-    a.add_argument("--mode", default="forward_backward")
-    a.add_argument("--dtype", default="fp32")
-    a.add_argument("--causal", action="store_true")
+    fmt = _DefaultsFormatter
+    a = kinds.add_parser("attention", help="seq_len x d x implementation", formatter_class=fmt,
+                         description="Attention on Q, K, V of shape (batch, seq_len, d): every seq_len x d x impl. Lists are comma-separated.")
+    a.add_argument("--seq-len", type=_list(int, "seq-len"), default=[256, 1024, 4096, 8192, 16384], metavar="N,N,...",
+                   help="sequence lengths")
+    a.add_argument("--d", type=_list(int, "d"), default=[16, 32, 64, 128], metavar="N,N,...", help="head dimensions")
+    a.add_argument("--impl", type=_list(str, "impl"), default=["naive", "compiled", "sdpa"], metavar="IMPL,...",
+                   help="implementations: naive, compiled (torch.compile of naive), sdpa")
+    a.add_argument("--batch", type=int, default=8, help="batch size")
+    a.add_argument("--mode", default="forward_backward", help="forward or forward_backward")
+    a.add_argument("--dtype", default="fp32", help="fp32 or bf16 (autocast)")
+    a.add_argument("--causal", action="store_true", help="causal mask")
     _common(a)
-    t = kinds.add_parser("transformer", help="size x mode x compile x dtype")
-    t.add_argument("--size", type=_list(str, "size"), default=["small", "medium", "large", "xl", "2.7B"])
-    t.add_argument("--mode", type=_list(str, "mode"), default=["forward", "forward_backward", "train"])
-    t.add_argument("--compile", type=_compile_opts, default=[False, True], help="both, yes or no")
-    t.add_argument("--dtype", type=_list(str, "dtype"), default=["fp32", "bf16"])
-    t.add_argument("--context", type=int, default=512)
-    t.add_argument("--batch", type=int, default=4)
-    t.add_argument("--vocab", type=int, default=10_000)
+    t = kinds.add_parser("transformer", help="size x mode x compile x dtype", formatter_class=fmt,
+                         description="A pre-norm Transformer LM: every size x mode x compile x dtype. Lists are comma-separated.")
+    t.add_argument("--size", type=_list(str, "size"), default=["small", "medium", "large", "xl", "2.7B"], metavar="SIZE,...",
+                   help="model sizes: tiny, small, medium, large, xl, 2.7B")
+    t.add_argument("--mode", type=_list(str, "mode"), default=["forward", "forward_backward", "train"], metavar="MODE,...",
+                   help="forward, forward_backward, train")
+    t.add_argument("--compile", type=_compile_opts, default=[False, True], metavar="both|yes|no",
+                   help="eager, torch.compile, or both")
+    t.add_argument("--dtype", type=_list(str, "dtype"), default=["fp32", "bf16"], metavar="DTYPE,...", help="fp32, bf16 (autocast)")
+    t.add_argument("--context", type=int, default=512, help="context length (tokens)")
+    t.add_argument("--batch", type=int, default=4, help="batch size")
+    t.add_argument("--vocab", type=int, default=10_000, help="vocabulary size")
     _common(t)
     return p
 
@@ -89,8 +114,14 @@ def run(args: argparse.Namespace) -> int:
                 raise MemprofError(f"unknown transformer mode {m!r} (use {', '.join(TRANSFORMER_MODES)})")
         configs = sweep.transformer_grid(args.size, args.mode, args.compile, args.dtype, args.context, args.batch, args.vocab)
     out = Path(args.out or f"snapshots/sweep-{kind}-{datetime.date.today().isoformat()}")
-    df = sweep.run_sweep(configs, out, snapshots=not args.no_snapshots, device=args.device, steps=args.steps,
-                         warmup=args.warmup, progress=not args.no_progress)  # fmt: skip
+    from memprof.native_stderr import NativeStderrFilter
+
+    with NativeStderrFilter() as native:  # torch.profiler's C++ lines stay out of the progress bar
+        df = sweep.run_sweep(configs, out, snapshots=not args.no_snapshots, device=args.device, steps=args.steps,
+                             warmup=args.warmup, progress=not args.no_progress)  # fmt: skip
+    note = native.note()
+    if note:
+        print(note, file=sys.stderr)
     md = sweep.render_markdown(df, f"memprof sweep {kind}")
     (out / "results.md").write_text(md)
     print(sweep.render_terminal(df))

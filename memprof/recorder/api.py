@@ -27,6 +27,7 @@ def record(
     backend: str | None = None,
     workload: dict[str, Any] | None = None,
     command: str | None = None,
+    live: bool | int = False,
 ) -> Iterator[Recording]:
     """Record everything between ``with`` and its end into ``path`` (+ ``.meta.json``).
 
@@ -39,12 +40,18 @@ def record(
     ``<path without suffix>/rank{RANK}.pickle[.gz]`` with the rank in its metadata (``dist``), a
     bare ``cuda`` means the local rank's GPU, the rank's summary is written beside it, and a
     SIGTERM from torchrun (another rank failed) still writes it (status ``terminated``).
+
+    ``live``: True (port 8765) or a port number: publish allocated / reserved bytes, the phase, the
+    iteration and the per-phase growth on 127.0.0.1 while recording (:mod:`memprof.live`; the Live page
+    of ``memprof serve`` follows it and links to the snapshot when the run ends; under torchrun rank R
+    publishes on port + R).
     """
     from memprof.recorder import dist
 
     info = dist.rank_env()
     dev = device if isinstance(device, torch.device) else resolve_device(dist.device_name(device, info))
     path = dist.output_path(path, compress)
+    pub = live_view(live, dev, command)
     rec = Recording(dev, max_entries=max_entries, stacks=stacks, backend=backend).start()
     meta = base_meta(dev)
     meta.update(
@@ -86,3 +93,16 @@ def record(
         if term is not None:
             term.close()
         finish()
+        if pub is not None:  # the Live page links to the snapshot from this last message
+            pub.stop(status=meta["status"], snapshot=str(path))
+
+
+def live_view(live: bool | int, device: torch.device, command: str | None) -> Any:
+    """The publisher ``live`` asks for, started (None when off, or when one already runs in this process)."""
+    if live is False or live is None:
+        return None
+    from memprof import live as live_mod
+
+    if live_mod.ACTIVE is not None:
+        return None
+    return live_mod.start(device, live_mod.DEFAULT_PORT if live is True else int(live), command=command or "")

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
+from memprof import live
 from memprof.meta import phase_label
 from memprof.recorder import cuda as cuda_backend
 
@@ -55,10 +56,15 @@ class PhaseTimer:
         if self.cuda:
             ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             ev0.record()
+        pub = live.ACTIVE  # the live view's phase hook; None (one attribute read) when it is off
+        if pub is not None:
+            pub.enter(name, iteration)
         t0, w0 = time.perf_counter(), time.time_ns() // 1000
         try:
             yield
         finally:
+            if pub is not None:
+                pub.exit(name, iteration)
             if self.cuda:
                 ev1.record()
                 self.gpu.setdefault(name, []).append((ev0, ev1))

@@ -264,6 +264,28 @@ def fuzz_bad_utf8() -> bytes:
     return data[: i + 2] + b"\xffegments" + data[i + 10 :] + b"r\x00\x00\x00\x40"
 
 
+def memo_mutated_deep_list(n: int = 3000, cycle: bool = False) -> bytes:
+    """allocator_settings = {"x": L0} with L0 -> L1 -> ... -> Ln, each list appended to its parent only after
+    being added itself (memo copies): a depth counted as items are added sees 2, the real depth is n."""
+    def get(k: int) -> bytes:
+        return b"h" + bytes([k]) if k < 256 else b"j" + struct.pack("<I", k)
+
+    out = bytearray(P4 + b"}")  # root
+    out += b"\x8c\x0ddevice_traces" + b"]]" + b"}\x8c\x06action\x8c\x05allocsa" + b"a" + b"s"  # one entry
+    out += b"\x8c\x12allocator_settings}\x8c\x01x" + b"]\x94"  # {"x": L0}; L0 = memo 0, stays on the stack
+    out += b"]\x940" * n  # L1..Ln: memo 1..n
+    for k in range(n):
+        out += get(k) + get(k + 1) + b"a0"
+    if cycle:
+        out += get(n) + get(0) + b"a0"
+    out += b"ss."
+    return bytes(out)
+
+
+def memo_mutated_cycle() -> bytes:
+    return memo_mutated_deep_list(10, cycle=True)
+
+
 # --- issue 9: integers and format by bytes -------------------------------------------------
 
 
@@ -304,6 +326,8 @@ SMALL: dict[str, tuple[Callable[[], bytes], str | None]] = {
     "fuzz_frame_nested.pickle": (fuzz_frame_nested, "FRAME"),
     "fuzz_state_is_the_root.pickle": (fuzz_state_is_the_root, "'state' holds a dict"),
     "fuzz_bad_utf8.pickle": (fuzz_bad_utf8, "utf-8"),
+    "memo_mutated_deep_list.pickle": (memo_mutated_deep_list, "levels deep"),
+    "memo_mutated_cycle.pickle": (memo_mutated_cycle, "refers to itself"),
 }
 
 #: Files that must load (identically on both paths).

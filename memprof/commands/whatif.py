@@ -1,0 +1,127 @@
+"""``memprof whatif SNAPSHOT``: replay the recorded requests through the allocator model under
+another configuration (``--alloc-conf``) or device size (``--device-memory``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from memprof.errors import MemprofError
+from memprof.format import fmt_bytes
+
+
+def parse_bytes(text: str) -> int:
+    """``80GB``, ``79.2GiB``, ``85017493504`` -> bytes (GB = 10**9, GiB = 2**30)."""
+    t = text.strip().replace("_", "")
+    units = {"tib": 1 << 40, "gib": 1 << 30, "mib": 1 << 20, "kib": 1 << 10,
+             "tb": 10**12, "gb": 10**9, "mb": 10**6, "kb": 10**3, "b": 1}
+    low = t.lower()
+    for u, mult in units.items():
+        if low.endswith(u):
+            try:
+                return int(float(low[: -len(u)]) * mult)
+            except ValueError:
+                break
+    try:
+        return int(float(t))
+    except ValueError:
+        raise MemprofError(f"cannot read {text!r} as a number of bytes (e.g. 80GB, 79.2GiB, 85017493504)") from None
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("whatif", help="replay a snapshot's requests under other allocator settings or device size")
+    p.add_argument("snapshot", help="snapshot file (.pickle, .pickle.gz or .json)")
+    p.add_argument("--alloc-conf", default=None,
+                   help='PYTORCH_CUDA_ALLOC_CONF to simulate (torch defaults for what it leaves out; "" = defaults), '
+                        'e.g. "expandable_segments:True,max_split_size_mb:128"; default: the recorded settings')
+    p.add_argument("--device-memory", default=None, help="bytes the allocator may reserve (e.g. 80GB, 40GiB); default: unlimited")
+    p.add_argument("--device", type=int, default=None, help="device index (default: the device with most entries)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
+    return p
+
+
+def whatif_dict(snap: Any, device: int, alloc_conf: str | None, device_memory: int | None,
+                meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recorded vs simulated counters; ``simulated`` is :meth:`SimResult.to_dict`."""
+    from memprof.replay import replay
+    from memprof.simulator import AllocConf, requests_from_snapshot, simulate
+
+    req, rec_conf = requests_from_snapshot(snap, device)
+    # like PYTORCH_CUDA_ALLOC_CONF: the settings given, torch's defaults for the rest ("" = defaults)
+    conf = AllocConf.parse(alloc_conf) if alloc_conf is not None else rec_conf
+    base = simulate(req, rec_conf, exact_releases=True)
+    same = conf == rec_conf and device_memory is None
+    # another configuration or device: start from an empty allocator (the recording's cache was
+    # shaped by the recorded configuration), allocating what was alive before the window first
+    sim = base if same else simulate(req.cold(), conf, device_memory=device_memory, recorded_releases=False)
+    # the recorded settings from the same empty start: what the change itself buys
+    baseline = base if same else simulate(req.cold(), rec_conf, recorded_releases=False)
+    rep = replay(snap, device)
+    meta = meta or {}
+    out = {
+        "snapshot": snap.source,
+        "device": device,
+        "recorded": {
+            "alloc_conf": rec_conf.describe(),
+            "max_memory_allocated": meta.get("peak_allocated_bytes"),
+            "max_memory_reserved": meta.get("peak_reserved_bytes"),
+            "trace_peak_reserved_bytes": int(rep.peak_reserved_bytes),
+            "simulated_max_memory_allocated": base.max_allocated,
+            "simulated_max_memory_reserved": base.max_reserved,
+        },
+        "device_memory": device_memory,
+        "start": "recorded" if same else "cold",
+        "baseline": {"simulated_max_memory_allocated": baseline.max_allocated,
+                     "simulated_max_memory_reserved": baseline.max_reserved},
+        **sim.to_dict(),
+    }
+    return out
+
+
+def render(d: dict[str, Any]) -> str:
+    r = d["recorded"]
+    ra = r["max_memory_allocated"] if r["max_memory_allocated"] is not None else r["simulated_max_memory_allocated"]
+    rr = r["max_memory_reserved"] if r["max_memory_reserved"] is not None else r["simulated_max_memory_reserved"]
+    sa, sr = d["simulated_max_memory_allocated"], d["simulated_max_memory_reserved"]
+    f = d["fragmentation_at_max_reserved"]
+    lines = [
+        f"{d['snapshot']}  (device {d['device']})",
+        f"  {'':24} {'recorded':>14} {'simulated':>14} {'change':>12}",
+        f"  {'allocator settings':24} {r['alloc_conf']:>14} {d['alloc_conf']:>14}",
+        f"  {'max_memory_allocated':24} {fmt_bytes(ra):>14} {fmt_bytes(sa):>14} {fmt_bytes(sa - ra):>12}",
+        f"  {'max_memory_reserved':24} {fmt_bytes(rr):>14} {fmt_bytes(sr):>14} {fmt_bytes(sr - rr):>12}",
+        f"  at the reserved peak: {fmt_bytes(f['allocated'])} allocated, {fmt_bytes(f['free_cached'])} cached but free "
+        f"({f['fraction_free']:.1%}), largest free block {fmt_bytes(f['largest_free_block'])}",
+    ]
+    if d["device_memory"]:
+        lines.append(f"  device memory {fmt_bytes(d['device_memory'])}: "
+                     + ("OUT OF MEMORY at request #{request_index} ({b})".format(
+                         request_index=d["oom_request"]["request_index"], b=fmt_bytes(d["oom_request"]["requested_bytes"]))
+                        if d["oom"] else "fits"))
+    br = d["baseline"]["simulated_max_memory_reserved"]
+    if d["start"] == "cold":
+        lines.append(f"  (simulated from an empty allocator; the recorded settings from there reserve {fmt_bytes(br)})")
+    if br and sr != br:
+        lines.append(f"  this change {'saves' if sr < br else 'costs'} {fmt_bytes(abs(sr - br))} of reserved memory "
+                     f"({(sr - br) / br:+.1%})")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memprof.load import load
+    from memprof.meta import read_meta
+
+    snap = load(args.snapshot, use_cache=not args.no_cache)
+    device = snap.default_device() if args.device is None else args.device
+    snap.check_device(device)
+    dm = parse_bytes(args.device_memory) if args.device_memory else None
+    d = whatif_dict(snap, device, args.alloc_conf, dm, read_meta(args.snapshot))
+    if args.json:
+        json.dump(d, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(render(d))
+    return 0
