@@ -30,17 +30,25 @@ def minmax_step(
     x0: float | None = None,
     x1: float | None = None,
     n_buckets: int = DEFAULT_BUCKETS,
+    levels: list | None = None,
 ) -> np.ndarray:
     """Indices into ``x``/``y`` (sorted, unique) that draw the step curve over ``[x0, x1]``.
 
     ``x`` must be sorted ascending. At most ``3 * n_buckets + 2`` indices are returned; when
-    the visible part already has fewer points than that, all of them are.
+    the visible part already has fewer points than that, all of them are. ``levels``: the curve's
+    :func:`memprof.pyramid.build` output, to read a slice of precomputed extremes instead of scanning.
     """
     x = np.asarray(x)
     y = np.asarray(y)
     lo, hi = visible_slice(x, x0, x1)
     if hi - lo <= 3 * n_buckets + 2:
         return np.arange(lo, hi, dtype=np.int64)
+    if levels:  # a min/max pyramid (memprof.pyramid): reduce only its candidates, not every point
+        from memprof.pyramid import candidates
+
+        cand = candidates(levels, lo, hi, n_buckets)
+        if cand is not None:
+            return cand[minmax_step(x[cand], y[cand], x0, x1, n_buckets)]
     xs = x[lo:hi].astype(np.float64)
     ys = y[lo:hi]
     a = xs[0] if x0 is None else max(float(x0), xs[0])

@@ -50,7 +50,7 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     """
     polys, st_x, st_y = stacked_polygons(model, x0, x1, k)
     al = model.allocs
-    sites = al["site"].to_numpy()
+    sites = al["site"].array  # read per drawn polygon only (not 10M labels per view)
     traces: list[dict[str, Any]] = []
     rows: list[int] = []
     shown: set[str] = set()
@@ -102,6 +102,8 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces.append({"type": "scatter", "x": rx, "y": ry / MIB, "mode": "lines",
                    "line": {"width": 1.5, "color": "#7F3C8D", "dash": "dash", "shape": "hv"},
                    "name": "reserved", "hovertemplate": "reserved %{y:.1f} MiB at %{x:.3f} ms<extra></extra>"})
+    if reserved_on_own_axis(model):
+        traces[-1].update(yaxis="y2", name="reserved (right axis)")
     rows.append(-1)
     it = model.iterations
     if len(it):
@@ -180,7 +182,7 @@ def plot_state(model: TimelineModel, k: int = 25, height: int = 520) -> go.Figur
     """
     from memprof.load import BEFORE_RECORDING_LABEL
 
-    a = model.allocs.assign(site=model.allocs["site"].replace(BEFORE_RECORDING_LABEL, "<no stack recorded>"))
+    a = model.allocs.assign(site=model.allocs["site"].astype(object).replace(BEFORE_RECORDING_LABEL, "<no stack recorded>"))
     g = a.groupby("site", sort=False)["size"].agg(["sum", "count"]).sort_values("sum", ascending=False).head(k)
     g = g.iloc[::-1]
     fig = go.Figure(go.Bar(x=g["sum"].to_numpy() / MIB, y=[str(s)[-70:] for s in g.index], orientation="h",
@@ -233,14 +235,44 @@ def plot_timeline(model: TimelineModel, x0: float | None = None, x1: float | Non
     ``traces``: already computed :func:`timeline_traces` output (the app caches it per view)."""
     if traces is None:
         traces, _ = timeline_traces(model, x0, x1, k)
-    fig = go.Figure(data=traces)
-    fig.update_layout(
-        height=height, margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white",
-        xaxis={"title": "time since trace start (ms)"}, yaxis={"title": "memory (MiB)", "rangemode": "tozero"},
-        shapes=phase_shapes(model.phases), annotations=(phase_labels(model.phases) if len(model.phases) <= 40 else []) + [peak_label(model)],
-        hovermode="closest", legend={"orientation": "h", "y": -0.18}, uirevision=model.source,
-    )
-    return fig
+    layout: dict[str, Any] = {
+        "height": height, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "template": _template("plotly_white"),
+        "xaxis": {"title": {"text": "time since trace start (ms)"}},
+        "yaxis": {"title": {"text": "memory (MiB)"}, "rangemode": "tozero"},
+        "shapes": phase_shapes(model.phases), "annotations": (phase_labels(model.phases) if len(model.phases) <= 40 else []) + [peak_label(model)],
+        "hovermode": "closest", "legend": {"orientation": "h", "y": -0.18}, "uirevision": model.source,
+    }
+    if reserved_on_own_axis(model):
+        # Reserved far above allocated (a cache that grew and was never emptied) would squash the
+        # allocated curve into the floor: it gets its own scale on the right.
+        layout["yaxis"]["title"]["text"] = "allocated (MiB)"
+        layout["margin"]["r"] = 70
+        layout["yaxis2"] = {"title": {"text": f"reserved (MiB; peak {fmt_bytes(model.peak_reserved_bytes)})"},
+                            "overlaying": "y", "side": "right", "rangemode": "tozero", "showgrid": False}
+    # Built without plotly's per-property validation (trace dicts are ours, already valid; the
+    # validation copied every array and took about a third of a 10M-entry snapshot's first paint).
+    return go.Figure(data=traces, layout=layout, _validate=False)
+
+
+#: Reserved above this multiple of the allocated peak is drawn on its own (right) axis.
+RESERVED_AXIS_RATIO = 3.0
+
+
+def reserved_on_own_axis(model: TimelineModel) -> bool:
+    """Whether the timeline draws reserved bytes on a second y-axis (it dwarfs allocated)."""
+    return model.peak_reserved_bytes > RESERVED_AXIS_RATIO * max(model.peak_bytes, 1)
+
+
+_TEMPLATES: dict[str, dict[str, Any]] = {}
+
+
+def _template(name: str) -> dict[str, Any]:
+    """A plotly template as a plain dict (resolved once: unvalidated figures do not resolve names)."""
+    if name not in _TEMPLATES:
+        import plotly.io as pio
+
+        _TEMPLATES[name] = pio.templates[name].to_plotly_json()
+    return _TEMPLATES[name]
 
 
 def plot_category_bars(df: pd.DataFrame, title: str = "alive at the peak, by category") -> go.Figure:

@@ -419,7 +419,7 @@ def private_pool_allocated(rep: Replay) -> np.ndarray:
     All zeros when nothing lives in a private pool. The timeline's ``allocated`` includes these bytes.
     """
     a = rep.allocations
-    priv = (a["pool"].astype(str) != DEFAULT_POOL).to_numpy()
+    priv = (a["pool"] != DEFAULT_POOL).to_numpy()  # categorical: compared by code, no 10M strings built
     tl_idx = rep.timeline["idx"].to_numpy()
     if not priv.any():
         return np.zeros(len(tl_idx), dtype=np.int64)

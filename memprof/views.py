@@ -144,6 +144,13 @@ class TimelineModel:
     analysis: Any = None
 
 
+def _labels(col: pd.Series) -> Any:
+    """A label column as it is when categorical (codes: no per-row strings built), else as str."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.array
+    return col.astype(str).to_numpy()
+
+
 def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any = None) -> TimelineModel:
     """Assemble the :class:`TimelineModel`; ``analysis`` is a :mod:`memprof.analysis` result when available."""
     t0 = rep.start_us
@@ -151,9 +158,9 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
     if analysis is not None:
         ph = analysis.phases[["phase", "iteration", "start_us", "end_us"]].copy()
         al = analysis.allocations
-        cat = al["category"].astype(str).to_numpy()
-        phase = al["phase"].astype(str).to_numpy() if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
-        site = al["site"].astype(str).to_numpy() if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
+        cat = _labels(al["category"])
+        phase = _labels(al["phase"]) if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
+        site = _labels(al["site"]) if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
         names = {c: al[c].astype(str).to_numpy() for c in ("name", "module") if c in al}
     else:
         names = {}
@@ -181,7 +188,8 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
             "stream": a["stream"].to_numpy() if "stream" in a else np.zeros(len(a), np.int64),
             "name": names.get("name", np.full(len(a), "", dtype=object)),
             "module": names.get("module", np.full(len(a), "", dtype=object)),
-        }
+        },
+        copy=False,  # no consolidation copy of millions of rows (columns are never changed in place)
     )
     phases = pd.DataFrame(
         {
@@ -231,8 +239,14 @@ def iteration_peaks(t_ms: np.ndarray, allocated: np.ndarray, phases: pd.DataFram
 
 def step_view(x: np.ndarray, y: np.ndarray, x0: float | None, x1: float | None, n_buckets: int = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
     """The min/max-reduced step curve over the visible range, ending at the range's right edge."""
-    idx = minmax_step(x, y, x0, x1, n_buckets)
+    from memprof.pyramid import for_curve
+
+    idx = minmax_step(x, y, x0, x1, n_buckets, levels=for_curve(y) if len(y) > PYRAMID_FROM else None)
     return x[idx], y[idx]
+
+
+#: Curves longer than this are reduced through a min/max pyramid (built once per curve).
+PYRAMID_FROM = 200_000
 
 
 @dataclass
@@ -299,7 +313,7 @@ def stacked_polygons(model: TimelineModel, x0: float | None = None, x1: float | 
         total_t.append(t)
         total_y.append(cur)
     polys = []
-    cats = al["category"].to_numpy()
+    cats = al["category"].array  # read per drawn polygon only (a categorical: no per-row strings)
     for i in range(m):
         ch = changes[i]
         xs_top: list[float] = []

@@ -60,6 +60,16 @@ def phase_of(idx: np.ndarray, phases: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     return names[k], iters[k]
 
 
+def as_categorical(labels: np.ndarray) -> pd.Categorical:
+    """A few distinct strings over many rows as a categorical (categories in order of appearance).
+
+    A plain string column of 10M rows costs seconds to build (Arrow strings) and to read back;
+    codes cost a factorize.
+    """
+    codes, uniq = pd.factorize(np.asarray(labels, dtype=object))
+    return pd.Categorical.from_codes(codes, categories=pd.Index(np.asarray(uniq, dtype=object), dtype=object))
+
+
 def _meta_match(a: pd.DataFrame, ranges: Any) -> np.ndarray:
     """Allocations starting inside one of ``ranges`` ([[addr, nbytes], ...]), alive at end or of that size."""
     n = len(a)
@@ -101,7 +111,7 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
         frame, 'file.py:line:function'), lifetime_us (float; NaN when alive before or after the window).
     """
     meta = meta or {}
-    a = rep.allocations.copy()
+    a = rep.allocations.copy(deep=False)  # copy-on-write (pandas 3): columns are added, never changed in place
     ai = a["alloc_idx"].to_numpy()
     fi = a["free_idx"].to_numpy()
     ph, it = phase_of(ai, phases)
@@ -157,18 +167,22 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     cat[named] = names["name_category"].to_numpy()[named]
     src[named] = "name"
 
-    a["phase"] = ph
+    a["phase"] = as_categorical(ph)
     a["iteration"] = it.astype(np.int64)
-    a["free_phase"] = fph
+    a["free_phase"] = as_categorical(fph)
     a["free_iteration"] = fit.astype(np.int64)
-    a["category"] = pd.Categorical(cat, categories=CATEGORIES)
-    a["category_source"] = src
-    a["site"] = snap.site_labels(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
-    a["site_file"] = snap.site_files(a["stack_id"].to_numpy())
+    a["category"] = as_categorical(cat).set_categories(list(CATEGORIES))
+    a["category_source"] = as_categorical(src)
+    site = snap.site_categorical(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
+    site_file = snap.site_files(a["stack_id"].to_numpy())
     bw = (names["fwd_site"] != "").to_numpy()
     if bw.any():  # backward: the user's forward line that made the node
-        a.loc[bw, "site"] = names["fwd_site"].to_numpy()[bw]
-        a.loc[bw, "site_file"] = names["fwd_site_file"].to_numpy()[bw]
+        labels = np.asarray(site, dtype=object)
+        labels[bw] = names["fwd_site"].to_numpy()[bw]
+        site_file[bw] = names["fwd_site_file"].to_numpy()[bw]
+        site = as_categorical(labels)
+    a["site"] = site
+    a["site_file"] = site_file
     a["name"] = names["name"].to_numpy()
     a["module"] = names["module"].to_numpy()
     a["context"] = names["context"].to_numpy()
@@ -176,5 +190,8 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     from memprof.load import BEFORE_RECORDING_LABEL
 
     unseen = (a["alloc_idx"].to_numpy() < 0) & (a["stack_id"].to_numpy() < 0)  # no frames: allocated before the window
-    a.loc[unseen, "site"] = BEFORE_RECORDING_LABEL
+    if unseen.any():
+        if BEFORE_RECORDING_LABEL not in a["site"].cat.categories:
+            a["site"] = a["site"].cat.add_categories([BEFORE_RECORDING_LABEL])
+        a.loc[unseen, "site"] = BEFORE_RECORDING_LABEL
     return a

@@ -67,22 +67,27 @@ def fragmentation(snap: Snapshot, rep: Replay) -> pd.DataFrame:
     d_idx, d_val = d_idx[keep], d_val[keep]
     o = np.argsort(d_idx, kind="stable")
     b_idx, b_cum = d_idx[o], init_b + np.cumsum(d_val[o])
+    del d_idx, d_val, keep, o, blocks  # peak memory on 10M-entry traces: drop each temporary once used
 
     tl, rs = rep.timeline, rep.reserved
     idx = sorted_union(tl["idx"].to_numpy(np.int64), rs["idx"].to_numpy(np.int64))
     t_i = np.searchsorted(tl["idx"].to_numpy(), idx, side="right") - 1
+    allocated = tl["allocated"].to_numpy()[np.maximum(t_i, 0, out=t_i)]
+    del t_i
     r_i = np.searchsorted(rs["idx"].to_numpy(), idx, side="right") - 1
+    reserved = rs["reserved"].to_numpy()[np.maximum(r_i, 0, out=r_i)]
+    del r_i
     bk = np.searchsorted(b_idx, idx, side="right") - 1
-    allocated = tl["allocated"].to_numpy()[np.maximum(t_i, 0)]
     block_bytes = np.where(bk >= 0, b_cum[np.maximum(bk, 0)] if len(b_cum) else init_b, init_b)
-    reserved = rs["reserved"].to_numpy()[np.maximum(r_i, 0)]
-    ev_t = snap.device_events(rep.device)["time_us"].to_numpy().astype(np.float64)
-    time_us = np.where(idx >= 0, ev_t[np.clip(idx, 0, max(len(ev_t) - 1, 0))] if len(ev_t) else 0.0, rep.start_us)
+    del bk, b_idx, b_cum
+    ev_t = snap.device_events(rep.device)["time_us"].to_numpy()
+    time_us = np.where(idx >= 0, ev_t[np.clip(idx, 0, max(len(ev_t) - 1, 0))].astype(np.float64) if len(ev_t) else 0.0, rep.start_us)
+    del ev_t
     return pd.DataFrame({
         "idx": idx.astype(np.int64), "time_us": time_us, "reserved": reserved.astype(np.int64),
         "allocated": allocated.astype(np.int64), "rounding_waste": (block_bytes - allocated).astype(np.int64),
         "free_cached": np.maximum(reserved - block_bytes, 0).astype(np.int64),
-    })
+    }, copy=False)
 
 
 def fragmentation_summary(frag: pd.DataFrame, rep: Replay) -> dict[str, Any]:

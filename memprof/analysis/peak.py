@@ -254,6 +254,7 @@ def explain_peak(analysis: "Analysis") -> PeakExplanation:
         order = alive.sort_values("size", ascending=False, kind="stable")
         g = order.groupby("site", sort=False).agg(bytes=("size", "sum"), count=("size", "size"), stack_id=("stack_id", "first"))
         g = g.sort_values("bytes", ascending=False, kind="stable").reset_index()
+        g["site"] = g["site"].astype(object).astype(str)  # a categorical column groups by codes; report plain strings
         g["share"] = g["bytes"] / total if total else 0.0
         by_site = g[["site", "bytes", "count", "share", "stack_id"]]
     else:
