@@ -605,6 +605,9 @@ def sort_order(df: pd.DataFrame, sort_by: Any) -> np.ndarray:
             cols.append(c)
             asc.append(s.get("direction", "asc") == "asc")
     keys = df[cols].reset_index(drop=True)
+    for c in cols:  # a categorical sorts by its labels' text (a reader's order), not by the order codes were made
+        if isinstance(keys[c].dtype, pd.CategoricalDtype):
+            keys[c] = keys[c].cat.reorder_categories(sorted(keys[c].cat.categories, key=str), ordered=True)
     return keys.sort_values(cols, ascending=asc, kind="stable", na_position="last").index.to_numpy()
 
 
