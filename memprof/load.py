@@ -39,7 +39,7 @@ from memprof.meta import snapshot_beside
 from memprof.safe_pickle import safe_load, scan
 from memprof.schema import ATTRIBUTION_KEY
 
-CACHE_VERSION = "4"  # 4: stack ids in order of first appearance
+CACHE_VERSION = "5"  # 5: file text escaped at load, attribution kept, empty traces (v0.2); 4: stack ids in order of first appearance
 
 #: Trace actions in code order; ``other`` holds actions this version of memprof does not know.
 ACTIONS: tuple[str, ...] = (
