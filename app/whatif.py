@@ -127,8 +127,14 @@ def result_view(r: dict[str, Any]) -> html.Div:
     return html.Div(rows)
 
 
-@callback(Output("whatif-result", "children"), Input("whatif-run", "n_clicks"),
-          State("whatif-key", "data"), State("whatif-alloc-conf", "value"), State("whatif-device-memory", "value"),
-          State("whatif-batch", "value"), State("whatif-seq", "value"), prevent_initial_call=True)
 def on_run(_n: int, key: dict[str, Any], conf: str | None, dm: Any, batch: Any, seq: Any) -> Any:
     return common.guard(lambda: result_view(simulate_whatif(key or {}, conf, dm, batch, seq)))
+
+
+def register() -> None:
+    """Register the panel's callback. Called by the Explain page module, which Dash executes anew for
+    every app it builds; a callback registered at this module's (one) import would go to the first app
+    only (Dash moves global callbacks into the first app that starts serving)."""
+    callback(Output("whatif-result", "children"), Input("whatif-run", "n_clicks"),
+             State("whatif-key", "data"), State("whatif-alloc-conf", "value"), State("whatif-device-memory", "value"),
+             State("whatif-batch", "value"), State("whatif-seq", "value"), prevent_initial_call=True)(on_run)

@@ -14,6 +14,7 @@ from memprof import figures, views
 from memprof.format import fmt_bytes
 
 dash.register_page(__name__, path="/explain", name="Explain", title="memprof · explain")
+whatif.register()
 
 
 #: Human names for the verdict's numbers (memprof.analysis.verdict); others: underscores become spaces.
