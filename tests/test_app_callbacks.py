@@ -14,6 +14,7 @@ from dash import Patch  # noqa: E402
 from dash.exceptions import PreventUpdate  # noqa: E402
 
 from memprof.errors import MemprofError  # noqa: E402
+from dashwalk import walk as _walk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1] / "snapshots"
 EAGER = "h100/transformer-small-train-eager-bf16.pickle.gz"
@@ -168,13 +169,3 @@ def test_snapshot_selection_path_safety(lib, tmp_path: Path) -> None:
         create_app(ROOT)
 
 
-def _walk(c):
-    """Every component under ``c`` (a component or a list)."""
-    if isinstance(c, (list, tuple)):
-        for x in c:
-            yield from _walk(x)
-        return
-    if c is None or isinstance(c, (str, int, float)):
-        return
-    yield c
-    yield from _walk(getattr(c, "children", None))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashwalk import walk as _walk  # noqa: E402
 
 pytest.importorskip("dash")
 
@@ -31,15 +32,6 @@ def lib():
     return library()
 
 
-def _walk(c: Any):
-    if isinstance(c, (list, tuple)):
-        for x in c:
-            yield from _walk(x)
-        return
-    if c is None or isinstance(c, (str, int, float)):
-        return
-    yield c
-    yield from _walk(getattr(c, "children", None))
 
 
 def _ids(c: Any) -> dict[str, Any]:

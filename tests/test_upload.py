@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("dash")
 
 from memprof.errors import MemprofError  # noqa: E402
+from dashwalk import walk as _walk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1] / "snapshots"
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "attention_naive_fwdbwd.pickle.gz"
@@ -111,12 +112,3 @@ def test_upload_box_is_size_limited_in_the_browser_too(served) -> None:
     assert up.max_size == MAX_UPLOAD_BYTES and up.multiple is False
 
 
-def _walk(c):  # type: ignore[no-untyped-def]
-    if isinstance(c, (list, tuple)):
-        for x in c:
-            yield from _walk(x)
-        return
-    if c is None or isinstance(c, (str, int, float)):
-        return
-    yield c
-    yield from _walk(getattr(c, "children", None))
