@@ -186,12 +186,5 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     a["name"] = names["name"].to_numpy()
     a["module"] = names["module"].to_numpy()
     a["context"] = names["context"].to_numpy()
-    a["lifetime_us"] = a["free_us"] - a["alloc_us"]
-    from memprof.load import BEFORE_RECORDING_LABEL
-
-    unseen = (a["alloc_idx"].to_numpy() < 0) & (a["stack_id"].to_numpy() < 0)  # no frames: allocated before the window
-    if unseen.any():
-        if BEFORE_RECORDING_LABEL not in a["site"].cat.categories:
-            a["site"] = a["site"].cat.add_categories([BEFORE_RECORDING_LABEL])
-        a.loc[unseen, "site"] = BEFORE_RECORDING_LABEL
+    a["lifetime_us"] = a["free_us"] - a["alloc_us"]  # (site_categorical labels frameless blocks from before the window)
     return a
