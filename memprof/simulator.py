@@ -1391,9 +1391,9 @@ def min_device_memory(req: Requests, conf: AllocConf, hi: int | None = None, gra
     """The least device memory on which the requests run without running out (from an empty
     allocator; the OOM path releases the cache and retries, as torch does), to ``granularity``."""
     cold = req.cold()
-    top = hi or simulate(cold, conf, recorded_releases=False).max_reserved
-    lo = simulate(cold, conf, recorded_releases=False).max_allocated  # never below what is live at once
-    lo = max(lo - 1, 0)
+    free = simulate(cold, conf, recorded_releases=False)  # no device limit: one run gives both bounds
+    top = hi or free.max_reserved
+    lo = max(free.max_allocated - 1, 0)  # never below what is live at once
     if simulate(cold, conf, device_memory=top, recorded_releases=False).oom is not None:
         return top
     while top - lo > granularity:

@@ -140,3 +140,29 @@ def test_explain_device_memory_needed_from_the_simulator(capsys):
     assert simulate(cold, AllocConf(), device_memory=need - 2 * MB, recorded_releases=False).oom is not None
     truth = json.loads(path.with_name("default-b16.json").read_text())
     assert truth["max_memory_allocated"] <= need <= truth["max_memory_reserved"]
+
+
+def test_explain_gives_bounds_past_the_search_size_and_whatif_searches(capsys, monkeypatch):
+    """Long traces: explain states the bounds the replay has (no ~10 replays of the stream) and
+    names the whatif command, which finds the same figure the search gives."""
+    from memprof.commands import explain
+    from memprof.load import load
+    from memprof.replay import replay
+    from memprof.simulator import requests_from_snapshot, min_device_memory
+
+    path = ROOT / "tests" / "data" / "gpu" / "alloc" / "default-b16.pickle.gz"
+    monkeypatch.setattr(explain, "SEARCH_MAX_EVENTS", 10)
+    assert main(["explain", str(path), "--json", "--no-cache"]) == 0
+    po = json.loads(capsys.readouterr().out)["predicted_oom"]
+    rep = replay(load(path), 0)
+    assert po["source"] == "bounds" and po["device_memory_needed"] is None
+    assert po["device_memory_at_least"] == rep.peak_torch_bytes
+    assert po["recorded_reserved_peak"] == rep.peak_reserved_bytes
+    assert "--min-device-memory" in po["exact"]
+    assert main(["explain", str(path), "--no-cache"]) == 0
+    assert "exact figure: memprof whatif" in capsys.readouterr().out
+    assert main(["whatif", str(path), "--min-device-memory", "--json", "--no-cache"]) == 0
+    got = json.loads(capsys.readouterr().out)["min_device_memory"]
+    req, conf = requests_from_snapshot(load(path), 0)
+    assert got == min_device_memory(req, conf)
+    assert po["device_memory_at_least"] <= got

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
 import numpy as np
 
 from memprof.commands import add_report_options
+from memprof.escape import printable
 from memprof.format import fmt_bytes, fmt_us
 
 
@@ -19,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=None, help="SNAPSHOT is a run folder (RUN/rank{R}.pickle.gz): explain this rank")
     add_report_options(p, top=8, top_help="how many source lines to list at the peak")
     p.add_argument("--no-predict", action="store_true",
-                   help="skip the out-of-memory prediction (memprof predict / the allocator model; seconds to a minute)")
+                   help="skip the out-of-memory prediction (memprof predict for built-in workloads; the allocator model's "
+                        "search on traces of up to 150,000 events, bounds above that)")
     return p
 
 
@@ -117,6 +120,8 @@ def render(d: dict[str, Any], start_us: float) -> str:
     po = d["predicted_oom"]
     if po and po.get("source") == "simulator":
         lines.append(f"  device memory needed: {fmt_bytes(po['device_memory_needed'])}; {po['note']}")
+    elif po and po.get("source") == "bounds":
+        lines += [f"  device memory needed: {po['note']}", f"    exact figure: {po['exact']}"]
     elif po:
         rng = f"{po['max_fitting_reserved']:,} to " if po.get("max_fitting_reserved") else ""
         lines.append(f"  out of memory predicted above {po['parameter']} = {rng}{po['max_fitting']:,} "
@@ -133,6 +138,11 @@ def render(d: dict[str, Any], start_us: float) -> str:
     return "\n".join(lines)
 
 
+SEARCH_MAX_EVENTS = 150_000
+"""Above this many trace events explain gives bounds for the device memory needed instead of
+the allocator model's search (which would add seconds to minutes: 12 s at 1M events)."""
+
+
 def predicted_oom(an: Any) -> dict[str, Any] | None:
     """Built-in workloads: where ``memprof predict`` says the recorded device runs out; any other
     snapshot: the least device memory the allocator model needs for its requests."""
@@ -146,11 +156,23 @@ def predicted_oom(an: Any) -> dict[str, Any] | None:
         r = workload_oom(an.meta)
         if r is not None:
             return r
-    req, conf = requests_from_snapshot(an.snap, an.rep.device)
+    total = (an.meta.get("device") or {}).get("total_memory_bytes")
+    rep = an.rep
+    if rep.n_events > SEARCH_MAX_EVENTS:
+        # the search replays the whole stream ~10 times (~1.6 us a request each): past this size
+        # explain states the bounds the replay already has and leaves the search to whatif
+        return {"parameter": "device_memory", "max_fitting": None, "first_failing": None,
+                "device_total_bytes": total, "device_memory_needed": None, "source": "bounds",
+                "device_memory_at_least": int(rep.peak_torch_bytes),
+                "recorded_reserved_peak": int(rep.peak_reserved_bytes),
+                "note": f"at least {fmt_bytes(rep.peak_torch_bytes)} (the most allocated at once); the run reserved "
+                        f"{fmt_bytes(rep.peak_reserved_bytes)} at its peak",
+                "exact": f"memprof whatif {shlex.quote(printable(str(an.snap.source)))} --min-device-memory "
+                         f"(the allocator model's search replays the {rep.n_events:,} events ~10 times)"}
+    req, conf = requests_from_snapshot(an.snap, rep.device)
     if not len(req):
         return None
     need = min_device_memory(req, conf)
-    total = (an.meta.get("device") or {}).get("total_memory_bytes")
     return {"parameter": "device_memory", "max_fitting": None, "first_failing": None,
             "device_total_bytes": total, "device_memory_needed": need, "source": "simulator",
             "note": f"the allocator model needs {fmt_bytes(need)} of device memory for these requests "

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help='PYTORCH_CUDA_ALLOC_CONF to simulate (torch defaults for what it leaves out; "" = defaults), '
                         'e.g. "expandable_segments:True,max_split_size_mb:128"; default: the recorded settings')
     p.add_argument("--device-memory", default=None, help="bytes the allocator may reserve (e.g. 80GB, 40GiB); default: unlimited")
+    p.add_argument("--min-device-memory", action="store_true",
+                   help="search for the least device memory these requests fit in under the simulated settings "
+                        "(replays the stream ~10 times from an empty cache, to 2 MiB)")
     p.add_argument("--device", type=int, default=None, help="device index (default: the device with most entries)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
@@ -101,6 +104,9 @@ def render(d: dict[str, Any]) -> str:
                      + ("OUT OF MEMORY at request #{request_index} ({b})".format(
                          request_index=d["oom_request"]["request_index"], b=fmt_bytes(d["oom_request"]["requested_bytes"]))
                         if d["oom"] else "fits"))
+    if d.get("min_device_memory") is not None:
+        lines.append(f"  least device memory these requests fit in: {fmt_bytes(d['min_device_memory'])} "
+                     f"({d['min_device_memory']:,} bytes; from an empty cache, {d['alloc_conf']} settings, to 2 MiB)")
     br = d["baseline"]["simulated_max_memory_reserved"]
     if d["start"] == "cold":
         lines.append(f"  (simulated from an empty allocator; the recorded settings from there reserve {fmt_bytes(br)})")
@@ -119,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
     snap.check_device(device)
     dm = parse_bytes(args.device_memory) if args.device_memory else None
     d = whatif_dict(snap, device, args.alloc_conf, dm, read_meta(args.snapshot))
+    if args.min_device_memory:
+        from memprof.simulator import AllocConf, min_device_memory, requests_from_snapshot
+
+        req, rec_conf = requests_from_snapshot(snap, device)
+        conf = AllocConf.parse(args.alloc_conf) if args.alloc_conf is not None else rec_conf
+        d["min_device_memory"] = min_device_memory(req, conf) if len(req) else 0
     if args.json:
         json.dump(d, sys.stdout)
         sys.stdout.write("\n")
