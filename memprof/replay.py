@@ -203,71 +203,99 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     seg_stream = snap.segments["stream"].to_numpy()
 
     n_t, n_o, n_b = len(alloc_idx), len(orphan_idx), len(blk)
-    allocations = pd.DataFrame(
-        {
-            "addr": np.concatenate([addr[alloc_idx], addr[orphan_idx], blk["addr"].to_numpy()]),
-            "size": np.concatenate([size[alloc_idx], size[orphan_idx], blk["requested_size"].to_numpy()]),
-            "stream": np.concatenate([stream[alloc_idx], stream[orphan_idx], seg_stream[blk["segment"].to_numpy()] if n_b else np.zeros(0, np.int64)]),
-            "stack_id": np.concatenate([stack[alloc_idx], stack[orphan_idx], blk["stack_id"].to_numpy()]).astype(np.int32),
-            "alloc_idx": np.concatenate([alloc_idx, np.full(n_o + n_b, -1)]).astype(np.int64),
-            "free_idx": np.concatenate([free_idx, orphan_idx, np.full(n_b, -1)]).astype(np.int64),
-            "source": np.concatenate([np.full(n_t, SOURCE_TRACE), np.full(n_o, SOURCE_FREE_ONLY), np.full(n_b, SOURCE_BLOCK)]).astype(np.int8),
-        }
-    )
-    ai = allocations["alloc_idx"].to_numpy()
-    fi = allocations["free_idx"].to_numpy()
-    allocations["alloc_us"] = np.where(ai >= 0, t_us[np.maximum(ai, 0)] if n else np.nan, np.nan)
-    allocations["free_us"] = np.where(fi >= 0, t_us[np.maximum(fi, 0)] if n else np.nan, np.nan)
-    allocations["alive_at_start"] = ai < 0
-    allocations["alive_at_end"] = fi < 0
-    allocations["block_size"] = _block_sizes(allocations, snap, device, n_t + n_o, blk["size"].to_numpy())
-    pending = np.concatenate([np.zeros(n_t + n_o, dtype=bool), blk_pending])
-    allocations["torch_free_idx"] = _torch_free_idx(action, addr, ai, fi, allocations["addr"].to_numpy(), pending)
-    allocations["pool"] = pool_of(snap, device, allocations["addr"].to_numpy())
-    allocations = allocations.sort_values(["alloc_idx", "free_idx"], kind="stable", ignore_index=True)
+    # Rows in the order of (alloc_idx, free_idx) without sorting: the snapshot's blocks (-1, -1)
+    # in their order, the orphan frees (-1, free) by event index, then the trace's allocations by
+    # event index (each alloc event is one row: a scatter by rank among the alloc events).
+    o_orphan = np.argsort(orphan_idx, kind="stable")
+    rank = np.zeros(n, dtype=np.int64)
+    alloc_events = np.sort(alloc_idx) if n_t else alloc_idx
+    rank[alloc_events] = np.arange(n_t)
+    o_trace = np.empty(n_t, dtype=np.int64)
+    o_trace[rank[alloc_idx]] = np.arange(n_t)
+    del rank
+    alloc_idx, free_idx, orphan_idx = alloc_events, free_idx[o_trace], orphan_idx[o_orphan]
+    src_blocks = np.arange(n_b)
+    b_addr = blk["addr"].to_numpy()
+    raw = pd.DataFrame({"addr": np.concatenate([addr[alloc_idx], addr[orphan_idx], b_addr]),
+                        "size": np.concatenate([size[alloc_idx], size[orphan_idx], blk["requested_size"].to_numpy()]),
+                        "free_idx": np.concatenate([free_idx, orphan_idx, np.full(n_b, -1, dtype=np.int64)])}, copy=False)
+    bsize = _block_sizes(raw, snap, device, n_t + n_o, blk["size"].to_numpy())
+    perm = np.concatenate([n_t + n_o + src_blocks, n_t + np.arange(n_o), np.arange(n_t)])  # blocks, orphans, trace
+    del raw, o_trace, o_orphan
+    cols = {
+        "addr": np.concatenate([b_addr, addr[orphan_idx], addr[alloc_idx]]),
+        "size": np.concatenate([blk["requested_size"].to_numpy(), size[orphan_idx], size[alloc_idx]]).astype(np.int64, copy=False),
+        "stream": np.concatenate([seg_stream[blk["segment"].to_numpy()] if n_b else np.zeros(0, np.int64),
+                                  stream[orphan_idx], stream[alloc_idx]]),
+        "stack_id": np.concatenate([blk["stack_id"].to_numpy(), stack[orphan_idx], stack[alloc_idx]]).astype(np.int32),
+        "alloc_idx": np.concatenate([np.full(n_b + n_o, -1, dtype=np.int64), alloc_idx]).astype(np.int64, copy=False),
+        "free_idx": np.concatenate([np.full(n_b, -1, dtype=np.int64), orphan_idx, free_idx]).astype(np.int64, copy=False),
+        "source": np.concatenate([np.full(n_b, SOURCE_BLOCK), np.full(n_o, SOURCE_FREE_ONLY), np.full(n_t, SOURCE_TRACE)]).astype(np.int8),
+    }
+    del alloc_idx, free_idx, orphan_idx
+    ai, fi = cols["alloc_idx"], cols["free_idx"]
+    cols["alloc_us"] = np.where(ai >= 0, t_us[np.maximum(ai, 0)] if n else np.nan, np.nan)
+    cols["free_us"] = np.where(fi >= 0, t_us[np.maximum(fi, 0)] if n else np.nan, np.nan)
+    cols["alive_at_start"] = ai < 0
+    cols["alive_at_end"] = fi < 0
+    cols["block_size"] = bsize[perm]
+    pending = np.concatenate([blk_pending, np.zeros(n_t + n_o, dtype=bool)])
+    cols["torch_free_idx"] = _torch_free_idx(action, addr, ai, fi, cols["addr"], pending)
+    cols["pool"] = pool_of(snap, device, cols["addr"])
+    allocations = pd.DataFrame(cols, copy=False)
+    del cols, bsize, perm, pending
 
     # Allocated-bytes timelines: +size at allocs, -size at frees, starting from what was alive before.
     sizes = allocations["size"].to_numpy()
     bsizes = allocations["block_size"].to_numpy()
-    ai = allocations["alloc_idx"].to_numpy()
-    fi = allocations["free_idx"].to_numpy()
     tfi = allocations["torch_free_idx"].to_numpy()
     waits = (tfi != fi) & ((tfi >= 0) | (tfi == -2))  # freed by torch's count before the memory came back
     initial = int(sizes[ai < 0].sum())
     initial_torch = int(bsizes[(ai < 0) & (tfi != -2)].sum())
     initial_wait = int(sizes[tfi == -2].sum())
     # Every allocation changes all measures at its alloc and its free; one that waited for another
-    # stream also at its free_requested (torch's count drops, the wait starts) - few rows.
+    # stream also at its free_requested (torch's count drops, the wait starts) - few rows. Each
+    # alloc and each free is its own event (no two rows share one), so the changes land by scatter.
     req = np.flatnonzero(waits & (tfi >= 0))
-    d_idx = np.concatenate([ai, fi, tfi[req]])
-    d_held = np.concatenate([sizes, -sizes, np.zeros(len(req), dtype=np.int64)])
-    d_torch = np.concatenate([bsizes, np.where(waits, 0, -bsizes), -bsizes[req]])
-    d_wait = np.concatenate([np.zeros(len(sizes), dtype=np.int64), np.where(waits, -sizes, 0), sizes[req]])
-    keep = d_idx >= 0
-    d_idx, d_held, d_torch, d_wait = d_idx[keep], d_held[keep], d_torch[keep], d_wait[keep]
-    o = np.argsort(d_idx, kind="stable")
-    d_idx, d_held, d_torch, d_wait = d_idx[o], d_held[o], d_torch[o], d_wait[o]
-    del keep, o, req
-    # one row per event index (an alloc counts in every measure at once)
-    last = np.ones(len(d_idx), dtype=bool)
-    last[:-1] = d_idx[:-1] != d_idx[1:]
-    allocated = (initial + np.cumsum(d_held))[last]
-    torch_allocated = (initial_torch + np.cumsum(d_torch))[last]
-    waiting = (initial_wait + np.cumsum(d_wait))[last]
-    d_idx = d_idx[last]
-    delta = np.diff(_prepend(initial, allocated, np.int64))
+    a_ok, f_ok = ai >= 0, fi >= 0
+    touched = np.zeros(n, dtype=bool)
+    touched[ai[a_ok]] = True
+    touched[fi[f_ok]] = True
+    touched[tfi[req]] = True
+    d_idx = np.flatnonzero(touched)
+    del touched
+    timeline_cols = {}
+    for name, first, on_alloc, on_free, on_req in (
+        ("allocated", initial, sizes, -sizes, np.zeros(len(req), dtype=np.int64)),
+        ("awaiting_free", initial_wait, None, np.where(waits, -sizes, 0), sizes[req]),
+        ("torch_allocated", initial_torch, bsizes, np.where(waits, 0, -bsizes), -bsizes[req]),
+    ):
+        ch = np.zeros(n, dtype=np.int64)
+        if on_alloc is not None:
+            ch[ai[a_ok]] = on_alloc[a_ok]
+        ch[fi[f_ok]] += on_free[f_ok]
+        np.add.at(ch, tfi[req], on_req)
+        col = np.empty(len(d_idx) + 1, dtype=np.int64)
+        col[0] = first
+        np.cumsum(ch, out=ch)
+        col[1:] = ch[d_idx]
+        col[1:] += first
+        timeline_cols[name] = col
+        del ch
+    held = timeline_cols["allocated"]
+    delta = np.empty_like(held)
+    delta[0] = initial
+    np.subtract(held[1:], held[:-1], out=delta[1:])
     timeline = pd.DataFrame(
         {
             "idx": _prepend(-1, d_idx, np.int64),
             "time_us": _prepend(t_us[0] if n else 0.0, t_us[d_idx], np.float64),
-            "delta": _prepend(initial, delta, np.int64),
-            "allocated": _prepend(initial, allocated, np.int64),
-            "awaiting_free": _prepend(initial_wait, waiting, np.int64),
-            "torch_allocated": _prepend(initial_torch, torch_allocated, np.int64),
+            "delta": delta,
+            **timeline_cols,
         },
         copy=False,
     )
-    del d_held, d_torch, d_wait, delta
+    del timeline_cols, delta, d_idx
     # The peak includes the state before the first event (row 0); the first maximum wins.
     held = timeline["allocated"].to_numpy()
     k = int(np.argmax(held))
