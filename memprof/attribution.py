@@ -27,9 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memprof import labels
+
 NAMED_CATEGORIES = ("parameter", "gradient", "optimizer_state", "input", "workspace")
 WORKSPACE_NAME = "<cuBLAS workspace>"
 NO_MODULE = "<no module>"
+ATTRIBUTE_COLUMNS = ("name", "name_category", "module", "context", "fwd_site", "fwd_site_file")
 
 
 @dataclass
@@ -122,7 +125,7 @@ def owner_of_name(name: str) -> str:
 def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
     """Names, modules and user sites for ``allocations`` (a replay's allocations table).
 
-    Returns a DataFrame on the same index:
+    Returns a DataFrame on the same index, every column a categorical of strings:
         name (str: parameter/buffer name, 'NAME.grad', 'NAME (state key)', 'input[i]' (the i-th
         tensor argument of a root module's call), '<cuBLAS workspace>'; '' when unnamed),
         name_category (str: parameter, gradient, optimizer_state, input, workspace; '' when unnamed),
@@ -133,22 +136,17 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
         fwd_site_file (str: that frame's full filename; '').
     """
     n = len(allocations)
-    out = pd.DataFrame({"name": np.full(n, "", object), "name_category": np.full(n, "", object),
-                        "module": np.full(n, "", object), "context": np.full(n, "", object),
-                        "fwd_site": np.full(n, "", object), "fwd_site_file": np.full(n, "", object)},
-                       index=allocations.index)
     rec = parse((getattr(snap, "info", None) or {}).get("attribution"))
-    if rec is None or not n:
-        return out
+    if rec is None or not n:  # others' snapshots: one empty label, no string per row
+        return pd.DataFrame({c: labels.constant(n) for c in ATTRIBUTE_COLUMNS}, index=allocations.index)
+    cols = {c: np.full(n, "", object) for c in ATTRIBUTE_COLUMNS}
     start = allocations["alloc_us"].to_numpy(dtype=np.float64)
     start = np.where(np.isnan(start), -np.inf, start)
     end = allocations["free_us"].to_numpy(dtype=np.float64)
     end = np.where(np.isnan(end), np.inf, end)
     addr = allocations["addr"].to_numpy()
-    name = out["name"].to_numpy()
-    ncat = out["name_category"].to_numpy()
-    module = out["module"].to_numpy()
-    ctx = out["context"].to_numpy()
+    name, ncat, module, ctx = cols["name"], cols["name_category"], cols["module"], cols["context"]
+    fsite, ffile = cols["fwd_site"], cols["fwd_site_file"]
 
     # 1. names: each observation -> the allocation at that address alive at that time
     if len(rec.obs):
@@ -190,8 +188,8 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
         o = rec.opt[np.argsort(rec.opt[:, 0], kind="stable")]
         in_o = made & ~in_b & ~in_f & (_step_function(o[:, 0], o[:, 1], t_alloc) > 0)
         ctx[in_o] = "optimizer"
-    labels = np.array([rec.module_label(p) for p in rec.modules] + [""], dtype=object)
-    module[:] = labels[np.where(code >= 0, code, len(labels) - 1)]
+    mod_labels = np.array([rec.module_label(p) for p in rec.modules] + [""], dtype=object)
+    module[:] = mod_labels[np.where(code >= 0, code, len(mod_labels) - 1)]
     named = (name != "") & (ncat != "workspace")
     if named.any():
         owners = {s: rec.module_label(owner_of_name(s)) for s in set(name[named])}
@@ -208,18 +206,17 @@ def attribute(snap: Any, allocations: pd.DataFrame) -> pd.DataFrame:
         ok = hit[np.where(fid >= 0, fid, len(keys))]
         if ok.any():
             mapped = [rec.compiled[keys[f]] for f in fid[ok]]
-            out.loc[ok, "fwd_site"] = [f"{os.path.basename(f)}:{ln}:{fn}" for f, ln, fn in mapped]
-            out.loc[ok, "fwd_site_file"] = [f for f, _, _ in mapped]
+            fsite[ok] = [f"{os.path.basename(f)}:{ln}:{fn}" for f, ln, fn in mapped]
+            ffile[ok] = [f for f, _, _ in mapped]
 
     # 4. the forward call site of backward allocations (that no compiled line already names)
-    has_site = in_b & (site_code >= 0) & (out["fwd_site"].to_numpy() == "")
+    has_site = in_b & (site_code >= 0) & (fsite == "")
     if has_site.any():
         slab = np.array([f"{os.path.basename(f)}:{ln}:{fn}" for f, ln, fn in rec.sites], dtype=object)
         sfile = np.array([f for f, _, _ in rec.sites], dtype=object)
-        out.loc[has_site, "fwd_site"] = slab[site_code[has_site]]
-        out.loc[has_site, "fwd_site_file"] = sfile[site_code[has_site]]
-    out["name"], out["name_category"], out["module"], out["context"] = name, ncat, module, ctx
-    return out
+        fsite[has_site] = slab[site_code[has_site]]
+        ffile[has_site] = sfile[site_code[has_site]]
+    return pd.DataFrame({c: labels.as_categorical(cols[c]) for c in ATTRIBUTE_COLUMNS}, index=allocations.index)
 
 
 def phases(snap: Any) -> pd.DataFrame:

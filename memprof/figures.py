@@ -54,11 +54,11 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
     traces: list[dict[str, Any]] = []
     rows: list[int] = []
     shown: set[str] = set()
-    names = al["name"].astype(str).to_numpy() if "name" in al else np.full(len(al), "", object)
-    mods = al["module"].astype(str).to_numpy() if "module" in al else np.full(len(al), "", object)
+    names = al["name"].array if "name" in al else None  # read per drawn polygon only, like sites
+    mods = al["module"].array if "module" in al else None
     for p in polys:
         label = f"{fmt_bytes(p.size)} {p.category}"
-        who = names[p.row] or mods[p.row]
+        who = (str(names[p.row]) if names is not None else "") or (str(mods[p.row]) if mods is not None else "")
         site = f"{who} · {sites[p.row]}" if who else str(sites[p.row])
         traces.append({
             "type": "scatter", "x": p.xs, "y": p.ys / MIB, "mode": "lines", "fill": "toself",

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from memprof import limits
+from memprof import background, limits
 from memprof.errors import MemprofError, UnsafePickleError
 from memprof.escape import printable
 from memprof.meta import snapshot_beside
@@ -97,6 +97,8 @@ class Snapshot:
     annotations: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
     _device_bounds: np.ndarray | None = field(default=None, repr=False)
+    #: its columnar cache entry (read from there, or being written there in the background)
+    cache_entry: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_devices(self) -> int:
@@ -234,19 +236,20 @@ class Snapshot:
             none = np.where(np.asarray(alloc_idx) < 0, len(labels) - 1, len(labels) - 2)
         return labels[np.where(fid >= 0, fid, none)]
 
-    def site_files(self, stack_ids: np.ndarray) -> np.ndarray:
-        """Full filename of the innermost user frame for each stack id ('' when it has no user frame)."""
+    def site_files(self, stack_ids: np.ndarray) -> pd.Categorical:
+        """Full filename of the innermost user frame for each stack id ('' when it has no user frame),
+        as a categorical."""
         uf = self.user_frame_ids()
         fn = self.frames["filename"].to_numpy(dtype=object)
-        lib = np.array([_is_library_file(f) or not f.endswith(".py") for f in fn] + [True], dtype=bool)
-        names = np.append(fn, "").astype(object)
+        per_frame = np.array([("" if _is_library_file(f) or not f.endswith(".py") else f) for f in fn] + [""], dtype=object)
+        cats, code_of = np.unique(per_frame.astype(str), return_inverse=True)
         sid = np.asarray(stack_ids, dtype=np.int64)
         fid = np.full(len(sid), -1, dtype=np.int64)
         if len(uf):
             ok = sid >= 0
             fid[ok] = uf[sid[ok]]
-        k = np.where(fid >= 0, fid, len(names) - 1)
-        return np.where(lib[k], "", names[k])
+        k = np.where(fid >= 0, fid, len(per_frame) - 1)
+        return pd.Categorical.from_codes(code_of.reshape(-1)[k].astype(np.int32), categories=pd.Index(cats.astype(object), dtype=object))
 
 
     def site_categorical(self, stack_ids: np.ndarray, alloc_idx: np.ndarray | None = None) -> pd.Categorical:
@@ -963,15 +966,17 @@ def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
     where = cache_dir() / _cache_key(p) if use_cache else None
     if where is not None and (where / "info.json").exists():
         try:
-            return _read_cache(str(p), where)
+            snap = _read_cache(str(p), where)
+            snap.cache_entry = where
+            return snap
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             shutil.rmtree(where, ignore_errors=True)
     snap = _load_uncached(p)
     if where is not None:
-        try:
-            _write_cache(snap, where)
-        except (OSError, TypeError, ValueError):
-            pass  # a read-only or full cache folder (or settings JSON cannot hold) must not stop the analysis
+        # on another core while the analysis goes on; a read-only or full cache folder (or settings
+        # JSON cannot hold) only costs the next run its time (memprof.background)
+        snap.cache_entry = where
+        background.submit(_write_cache, snap, where)
     return snap
 
 

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
+from memprof import background
 from memprof.load import Snapshot, _cache_key, cache_dir
 from memprof.replay import Replay, replay
 
@@ -41,15 +42,17 @@ def _code_key() -> str:
 
 def _where(snap: Snapshot, device: int) -> Path | None:
     """The cache folder for this snapshot's replay of ``device``; None when the snapshot has no cache entry."""
-    try:
-        p = Path(snap.source)
-        if not p.is_file():
+    base = snap.cache_entry  # loaded through the cache: read from it, or being written to it
+    if base is None:
+        try:
+            p = Path(snap.source)
+            if not p.is_file():
+                return None
+            base = cache_dir() / _cache_key(p)
+        except (OSError, ValueError):
             return None
-        base = cache_dir() / _cache_key(p)
-    except (OSError, ValueError):
-        return None
-    if not (base / "info.json").exists():
-        return None  # only snapshots that were loaded through the cache (same file, same version)
+        if not (base / "info.json").exists():
+            return None  # only snapshots that were loaded through the cache (same file, same version)
     return base / f"replay-{int(device)}-{_code_key()}"
 
 
@@ -90,9 +93,6 @@ def cached_replay(snap: Snapshot, device: int = 0) -> Replay:
         except Exception:  # damaged or stale: rebuilt below, never trusted
             shutil.rmtree(where, ignore_errors=True)
     rep = replay(snap, device)
-    if where is not None:
-        try:
-            _write(rep, where)
-        except (OSError, TypeError, ValueError):
-            pass  # a read-only or full cache folder must not stop the analysis
+    if where is not None:  # after the snapshot's own entry (same worker, in order), off this thread
+        background.submit(_write, rep, where)
     return rep

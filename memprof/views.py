@@ -12,12 +12,13 @@ small fallbacks below (:func:`phases_table`, :func:`categorize`) are used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from memprof import labels
 from memprof.downsample import DEFAULT_BUCKETS, minmax_step
 from memprof.load import Snapshot
 from memprof.meta import parse_phase_label
@@ -142,6 +143,8 @@ class TimelineModel:
     rep: Replay
     meta: dict[str, Any]
     analysis: Any = None
+    #: derived indexes built on first use (e.g. the category bands'), kept with the model
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _labels(col: pd.Series) -> Any:
@@ -161,7 +164,7 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
         cat = _labels(al["category"])
         phase = _labels(al["phase"]) if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
         site = _labels(al["site"]) if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
-        names = {c: al[c].astype(str).to_numpy() for c in ("name", "module") if c in al}
+        names = {c: _labels(al[c]) for c in ("name", "module") if c in al}
     else:
         names = {}
         ph = phases_table(snap, meta, rep.device)
@@ -186,8 +189,8 @@ def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any
             "alive_at_end": a["alive_at_end"].to_numpy(),
             "addr": a["addr"].to_numpy() if "addr" in a else np.full(len(a), -1, np.int64),
             "stream": a["stream"].to_numpy() if "stream" in a else np.zeros(len(a), np.int64),
-            "name": names.get("name", np.full(len(a), "", dtype=object)),
-            "module": names.get("module", np.full(len(a), "", dtype=object)),
+            "name": names["name"] if "name" in names else labels.constant(len(a)),
+            "module": names["module"] if "module" in names else labels.constant(len(a)),
         },
         copy=False,  # no consolidation copy of millions of rows (columns are never changed in place)
     )
@@ -372,29 +375,98 @@ def category_bands(model: TimelineModel, x: np.ndarray, drawn: np.ndarray) -> li
     allocations made and freed in the same microsecond). ``top_names`` are the largest names,
     modules or sites in the band, for its hover text.
     """
-    al = model.allocs
-    t0 = al["t0_ms"].to_numpy(dtype=np.float64)
-    t1 = np.where(al["alive_at_end"].to_numpy(), np.inf, al["t1_ms"].to_numpy(dtype=np.float64))
-    size = al["size"].to_numpy().astype(np.int64)
-    rest = np.ones(len(al), dtype=bool)
-    rest[np.asarray(drawn, dtype=np.int64)] = False
-    rest &= (t0 <= (x[-1] if len(x) else 0)) & (t1 > (x[0] if len(x) else 0)) & (size > 0)
-    base = alive_bytes_at(t0[~rest], t1[~rest], size[~rest], x)
-    cats = al["category"].astype(str).to_numpy()
-    order = [c for c in CATEGORIES if c in set(cats[rest])] + sorted(set(cats[rest]) - set(CATEGORIES))
-    label = np.where(al["name"].astype(str).to_numpy() != "", al["name"].astype(str).to_numpy(),
-                     np.where(al["module"].astype(str).to_numpy() != "", al["module"].astype(str).to_numpy(), al["site"].astype(str).to_numpy()))
+    ix = _band_index(model)
+    x = np.asarray(x, dtype=np.float64)
+    xs, xe = (float(x[0]), float(x[-1])) if len(x) else (0.0, 0.0)
+    drawn = np.unique(np.asarray(drawn, dtype=np.int64))
+    drawn = drawn[ix.size[drawn] > 0] if len(drawn) else drawn
+    is_drawn = np.zeros(len(ix.size), dtype=bool)
+    is_drawn[drawn] = True
+    d_vis = drawn[(ix.t0[drawn] <= xe) & (ix.t1[drawn] > xs)] if len(drawn) else drawn
+    y = alive_bytes_at(ix.t0[drawn], ix.t1[drawn], ix.size[drawn], x).astype(np.int64)
     out: list[Band] = []
-    y = base.astype(np.int64)
-    for c in order:
-        m = rest & (cats == c)
-        h = alive_bytes_at(t0[m], t1[m], size[m], x)
+    for c in [c for c in CATEGORIES if c in ix.per_cat] + sorted(set(ix.per_cat) - set(CATEGORIES)):
+        t0s, c0, t1s, c1, rows = ix.per_cat[c]
+        mine = d_vis[ix.cat[d_vis] == ix.cat_names.index(c)] if len(d_vis) else d_vis
+        n_in = int(np.searchsorted(t0s, xe, side="right"))  # made by the right edge...
+        count = n_in - int(np.searchsorted(t1s, xs, side="right")) - len(mine)  # ...and not freed by the left one
+        if count <= 0:
+            continue
+        h = c0[np.searchsorted(t0s, x, side="right")] - c1[np.searchsorted(t1s, x, side="right")]
+        h = h - alive_bytes_at(ix.t0[mine], ix.t1[mine], ix.size[mine], x)
         if not h.any():
             continue
-        g = pd.Series(size[m]).groupby(label[m]).sum().sort_values(ascending=False)
-        out.append(Band(category=c, x=x, y0=y.copy(), y1=y + h, count=int(m.sum()), top_names=[str(i) for i in g.index[:3]]))
+        vis = rows[:n_in]
+        vis = vis[(ix.t1[vis] > xs) & ~is_drawn[vis]]
+        by = np.bincount(ix.keys[vis], weights=ix.size[vis].astype(np.float64), minlength=len(ix.key_names))
+        top = [k for k in np.argsort(-by, kind="stable")[:3] if by[k] > 0]
+        out.append(Band(category=c, x=x, y0=y.copy(), y1=y + h, count=count, top_names=[ix.key_names[k] for k in top]))
         y = y + h
     return out
+
+
+@dataclass
+class _BandIndex:
+    """What :func:`category_bands` reads on every view, built once per model: per category, the
+    allocations' start and end times sorted with the running sums of their sizes (the bytes alive at
+    any time are two binary searches), and the rows in order of their start."""
+
+    t0: np.ndarray
+    t1: np.ndarray  # inf when alive at the end
+    size: np.ndarray
+    cat: np.ndarray
+    cat_names: list[str]
+    keys: np.ndarray
+    key_names: list[str]
+    per_cat: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _band_index(model: TimelineModel) -> _BandIndex:
+    ix = model.cache.get("bands")
+    if ix is None:
+        al = model.allocs
+        t0 = al["t0_ms"].to_numpy(dtype=np.float64)
+        t1 = np.where(al["alive_at_end"].to_numpy(), np.inf, al["t1_ms"].to_numpy(dtype=np.float64))
+        size = al["size"].to_numpy().astype(np.int64)
+        cat, cat_names = _codes(al["category"])
+        # each row's label: its name, else its module, else its site, as one integer key per distinct label
+        keys, key_names = _label_keys([al[c] for c in ("name", "module") if c in al] + [al["site"]])
+        per: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        for k in np.unique(cat[size > 0]):
+            rows = np.flatnonzero((cat == k) & (size > 0))
+            o0 = rows[np.argsort(t0[rows], kind="stable")]
+            o1 = rows[np.argsort(t1[rows], kind="stable")]
+            per[cat_names[k]] = (t0[o0], np.concatenate([[0], np.cumsum(size[o0])]),
+                                 t1[o1], np.concatenate([[0], np.cumsum(size[o1])]), o0)
+        ix = _BandIndex(t0, t1, size, cat, cat_names, keys, key_names, per)
+        model.cache["bands"] = ix
+    return ix
+
+
+def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """(integer code per row, label of each code) of a label column, categorical or not."""
+    arr = col.array
+    if isinstance(arr, pd.Categorical):
+        names = [str(c) for c in arr.categories] + [""]
+        codes = np.asarray(arr.codes, dtype=np.int64)
+        return np.where(codes < 0, len(names) - 1, codes), names
+    codes, uniq = pd.factorize(np.asarray(col, dtype=object))
+    names = [str(u) for u in uniq] + [""]
+    return np.where(codes < 0, len(names) - 1, codes), names
+
+
+def _label_keys(cols: list[pd.Series]) -> tuple[np.ndarray, list[str]]:
+    """Per row, the first non-empty label among ``cols`` (the last one is taken as it is), as one
+    integer key over all of them, and the label of each key."""
+    keys = np.full(len(cols[0]), -1, dtype=np.int64)
+    names: list[str] = []
+    for j, col in enumerate(cols):
+        codes, labels = _codes(col)
+        empty = np.array([lab == "" for lab in labels], dtype=bool) if j < len(cols) - 1 else np.zeros(len(labels), bool)
+        take = (keys < 0) & ~empty[codes]
+        keys[take] = codes[take] + len(names)
+        names += labels
+    return np.where(keys < 0, len(names), keys), names + [""]
 
 
 def module_tree(alive: pd.DataFrame, root: str = "all") -> pd.DataFrame:

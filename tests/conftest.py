@@ -13,6 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/snapgen.py
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session writes its columnar cache to a temp folder, never ~/.cache."""
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "memprof-cache"))
+    yield
+    from memprof import background
+
+    background.flush()  # cache writes run on a worker thread: none outlives its test
 
 
 def pytest_collection_modifyitems(config, items):

@@ -219,7 +219,7 @@ def test_gpt_user_script_is_named(tmp_path: Path, device: str) -> None:
     total = int(alive["size"].sum())
     assert total == an.rep.peak_bytes
     # THEN >= 90% of the peak has a site in the user's file, >= 90% a module or a name, <= 5% unknown
-    in_file = alive.loc[alive["site_file"].map(lambda f: os.path.basename(f) == "gpt_user.py"), "size"].sum()
+    in_file = alive.loc[alive["site_file"].astype(str).map(lambda f: os.path.basename(f) == "gpt_user.py"), "size"].sum()
     owned = alive.loc[(alive["module"] != "") | (alive["name"] != ""), "size"].sum()
     unknown = alive.loc[alive["category"] == "unknown", "size"].sum()
     assert in_file >= 0.9 * total and owned >= 0.9 * total and unknown <= 0.05 * total
@@ -235,7 +235,7 @@ def test_gpt_user_script_is_named(tmp_path: Path, device: str) -> None:
     # backward allocations carry the module whose forward made their autograd node, and its forward line
     bw = a[(a["context"] == "backward") & (a["name"] == "")]
     assert len(bw) and (bw["module"] != "").mean() >= 0.95
-    assert bw["site_file"].map(lambda f: os.path.basename(f) == "gpt_user.py").all()
+    assert bw["site_file"].astype(str).map(lambda f: os.path.basename(f) == "gpt_user.py").all()
     assert {"blocks.1.attn.qkv", "blocks.0.mlp.fc", "head"} <= set(bw["module"])
     inputs = named[named["category"] == "input"]
     assert {"input[0]", "input[1]"} <= set(inputs["name"]) and {8 * 64 * 8} <= set(inputs["size"])  # x, y: 8 x 64 int64
@@ -380,13 +380,13 @@ def test_h100_gpt_user_script() -> None:
     an = analyze(GPU / "gpt-user-cuda.pickle.gz")
     alive = _alive_at_peak(an)
     total = int(alive["size"].sum())
-    in_file = alive.loc[alive["site_file"].map(lambda f: os.path.basename(f) == "gpt_user.py"), "size"].sum()
+    in_file = alive.loc[alive["site_file"].astype(str).map(lambda f: os.path.basename(f) == "gpt_user.py"), "size"].sum()
     owned = alive.loc[(alive["module"] != "") | (alive["name"] != ""), "size"].sum()
     assert in_file >= 0.9 * total and owned >= 0.9 * total
     assert alive.loc[alive["category"] == "unknown", "size"].sum() <= 0.05 * total
     # on CUDA the backward runs on the autograd thread (no Python frames): its bytes still have a module and a user line
     bw = an.allocations[an.allocations["context"] == "backward"]
-    assert len(bw) and (bw["module"] != "").all() and bw["site_file"].map(lambda f: f.endswith("gpt_user.py")).all()
+    assert len(bw) and (bw["module"] != "").all() and bw["site_file"].astype(str).map(lambda f: f.endswith("gpt_user.py")).all()
 
 
 def test_h100_eager_and_compiled_sites_match() -> None:

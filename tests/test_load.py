@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from memprof import background
 from memprof.cli import main
 from memprof.errors import MemprofError
 from memprof.load import ACTIONS, load
@@ -82,8 +83,10 @@ def test_cache_reopens_identical_columns(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path / "cache"))
     p = GOLDEN / "transformer_train3.pickle.gz"
     cold = load(p)
+    background.flush()  # the entry is written on a worker thread
     assert any((tmp_path / "cache").iterdir())
     warm = load(p)
+    assert (warm.cache_entry / "info.json").exists()
     assert warm.events.equals(cold.events)
     assert warm.frames.equals(cold.frames)
     assert replay(warm, 0).peak_bytes == replay(cold, 0).peak_bytes

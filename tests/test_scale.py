@@ -13,7 +13,7 @@ import plotly
 import plotly.graph_objects as go
 import pytest
 
-from memprof import figures, replay_cache
+from memprof import background, figures, replay_cache
 from memprof.analysis import analyze
 from memprof.load import load
 from memprof.replay import Replay, replay
@@ -45,6 +45,7 @@ def test_cached_replay_reads_back_the_same_replay(path: Path, tmp_path: Path, mo
     fresh = replay(snap, dev)
     # WHEN replayed through the cache twice (the first writes, the second reads the Arrow files)
     first = replay_cache.cached_replay(snap, dev)
+    background.flush()  # cache entries are written on another thread
     written = list((tmp_path / "cache").rglob("replay.json"))
     second = replay_cache.cached_replay(load(path), dev)
     # THEN the entry exists and both equal a plain replay, value for value and dtype for dtype
@@ -63,6 +64,7 @@ def test_replay_cache_only_for_cached_snapshots(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path / "cache"))
     snap = load(FILES[0], use_cache=False)
     rep = replay_cache.cached_replay(snap, snap.default_device())
+    background.flush()
     assert rep.peak_bytes == replay(snap, snap.default_device()).peak_bytes
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("replay.json"))
 

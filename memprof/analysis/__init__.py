@@ -100,7 +100,7 @@ def analyze(path_or_snapshot: str | os.PathLike[str] | Snapshot, device: int | N
         meta = meta if meta is not None else read_meta(path_or_snapshot)
     dev = default_device(snap) if device is None else device
     snap.check_device(dev)
-    if use_cache and not isinstance(path_or_snapshot, Snapshot):
+    if use_cache and snap.cache_entry is not None:  # loaded through the cache (here or by the caller)
         from memprof.replay_cache import cached_replay  # replayed once per snapshot, kept with its cache
 
         return Analysis(snap, cached_replay(snap, dev), meta)

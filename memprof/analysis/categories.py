@@ -28,6 +28,7 @@ import pandas as pd
 
 from memprof.analysis.lifetimes import lifetime_rules
 from memprof.analysis.phases import FINE_PHASES, iteration_ranges
+from memprof import labels
 from memprof.attribution import attribute
 from memprof.load import Snapshot
 from memprof.replay import Replay
@@ -36,14 +37,34 @@ CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "tempora
 META_KEYS = {"parameter": "parameter_addrs", "optimizer_state": "optimizer_state_addrs",
              "gradient": "gradient_addrs", "input": "input_addrs"}
 BEFORE, AFTER, OUTSIDE = "before_window", "after_window", "outside"
+SOURCES = ("none", "phases", "peak-heuristic", "meta", "lifetime", "name")
+CAT = {c: i for i, c in enumerate(CATEGORIES)}
+SRC = {c: i for i, c in enumerate(SOURCES)}
 #: Phase sources that split iterations into forward / backward / optimizer.
 PHASE_SOURCES = ("annotations", "user_metadata", "meta", "attribution", "frames")
 
 
-def phase_of(idx: np.ndarray, phases: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(phase name, iteration) of each event index; 'outside' / -1 when in no phase.
+class PhaseCodes:
+    """Phase labels of many event indices as codes into ``labels`` (compare with :meth:`is_`)."""
 
-    Uses the finest phases available (forward/backward/optimizer over step/warmup).
+    def __init__(self, codes: np.ndarray, labels: list[str]) -> None:
+        self.codes, self.labels = codes, labels
+
+    def code(self, name: str) -> int:
+        return self.labels.index(name) if name in self.labels else -2
+
+    def is_(self, name: str) -> np.ndarray:
+        return self.codes == self.code(name)
+
+    def categorical(self) -> pd.Categorical:
+        return labels.from_codes(self.codes, self.labels)
+
+
+def phase_of(idx: np.ndarray, phases: pd.DataFrame, labels_: list[str] | None = None) -> tuple[PhaseCodes, np.ndarray]:
+    """(phase of each event index, iteration); 'outside' / -1 when in no phase.
+
+    Uses the finest phases available (forward/backward/optimizer over step/warmup). ``labels_``:
+    the label list to code into (shared between calls so that codes compare across them).
     """
     p = phases
     fine = p[~p["phase"].isin(["step"])]
@@ -52,22 +73,24 @@ def phase_of(idx: np.ndarray, phases: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     p = p.sort_values("start_idx", kind="stable")
     starts = p["start_idx"].to_numpy()
     ends = p["end_idx"].to_numpy()
-    names = np.concatenate([p["phase"].to_numpy(dtype=object), np.array([OUTSIDE], dtype=object)])
+    lab = labels_ if labels_ is not None else [OUTSIDE, BEFORE, AFTER]
+    row_code = []
+    for name in p["phase"].to_numpy(dtype=object):
+        name = str(name)
+        if name not in lab:
+            lab.append(name)
+        row_code.append(lab.index(name))
+    codes = np.asarray(row_code + [lab.index(OUTSIDE)], dtype=np.int64)
     iters = np.concatenate([p["iteration"].to_numpy(), [-1]])
     j = np.searchsorted(starts, idx, side="right") - 1
     inside = (j >= 0) & (ends[np.maximum(j, 0)] >= idx) if len(starts) else np.zeros(len(idx), bool)
     k = np.where(inside, j, len(starts))
-    return names[k], iters[k]
+    return PhaseCodes(codes[k], lab), iters[k]
 
 
-def as_categorical(labels: np.ndarray) -> pd.Categorical:
-    """A few distinct strings over many rows as a categorical (categories in order of appearance).
-
-    A plain string column of 10M rows costs seconds to build (Arrow strings) and to read back;
-    codes cost a factorize.
-    """
-    codes, uniq = pd.factorize(np.asarray(labels, dtype=object))
-    return pd.Categorical.from_codes(codes, categories=pd.Index(np.asarray(uniq, dtype=object), dtype=object))
+def as_categorical(labels_: np.ndarray) -> pd.Categorical:
+    """A few distinct strings over many rows as a categorical (see :mod:`memprof.labels`)."""
+    return labels.as_categorical(labels_)
 
 
 def _meta_match(a: pd.DataFrame, ranges: Any) -> np.ndarray:
@@ -114,34 +137,35 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
     a = rep.allocations.copy(deep=False)  # copy-on-write (pandas 3): columns are added, never changed in place
     ai = a["alloc_idx"].to_numpy()
     fi = a["free_idx"].to_numpy()
-    ph, it = phase_of(ai, phases)
-    fph, fit = phase_of(fi, phases)
-    ph = np.where(ai < 0, BEFORE, ph).astype(object)
+    lab = [OUTSIDE, BEFORE, AFTER]
+    ph, it = phase_of(ai, phases, lab)
+    fph, fit = phase_of(fi, phases, lab)  # the same label list: codes compare across ph and fph
+    ph.codes = np.where(ai < 0, lab.index(BEFORE), ph.codes)
     it = np.where(ai < 0, -1, it)
-    fph = np.where(fi < 0, AFTER, fph).astype(object)
+    fph.codes = np.where(fi < 0, lab.index(AFTER), fph.codes)
     fit = np.where(fi < 0, -1, fit)
     n = len(a)
-    cat = np.full(n, "unknown", dtype=object)
-    src = np.full(n, "none", dtype=object)
+    cat = np.full(n, CAT["unknown"], dtype=np.int8)
+    src = np.full(n, SRC["none"], dtype=np.int8)
 
     fine = phases["phase"].isin(FINE_PHASES).any() and phases["source"].isin(PHASE_SOURCES).any()
     if fine:
-        same = (ph == fph) & (it == fit) & (ai >= 0) & (fi >= 0) & (ph != OUTSIDE)
+        same = (ph.codes == fph.codes) & (it == fit) & (ai >= 0) & (fi >= 0) & ~ph.is_(OUTSIDE)
         rules = [
             (same, "temporary"),
-            ((ph == "forward") & ~same, "activation"),
-            ((ph == "backward") & ~same, "gradient"),
-            ((ph == "optimizer") & ~same, "optimizer_state"),
+            (ph.is_("forward") & ~same, "activation"),
+            (ph.is_("backward") & ~same, "gradient"),
+            (ph.is_("optimizer") & ~same, "optimizer_state"),
         ]
         # inputs: made between phases, still alive when a phase starts
         p = phases[phases["phase"].isin(FINE_PHASES)]
         starts = np.sort(p["start_idx"].to_numpy())
         nxt = np.searchsorted(starts, ai, side="right")
         next_start = np.where(nxt < len(starts), starts[np.minimum(nxt, len(starts) - 1)], np.iinfo(np.int64).max)
-        rules.append(((ph == OUTSIDE) & ((fi < 0) | (fi > next_start)) & (nxt < len(starts)), "input"))
+        rules.append((ph.is_(OUTSIDE) & ((fi < 0) | (fi > next_start)) & (nxt < len(starts)), "input"))
         for mask, name in reversed(rules):  # first rule wins: apply in reverse
-            cat[mask] = name
-            src[mask] = "phases"
+            cat[mask] = CAT[name]
+            src[mask] = SRC["phases"]
     elif len(phases) and rep.n_events and not (phases["source"] == "whole-window").all():
         pk = _iteration_peaks(rep, phases)
         s, e, pidx = pk["start_idx"].to_numpy(), pk["end_idx"].to_numpy(), pk["peak_idx"].to_numpy()
@@ -153,38 +177,40 @@ def categorize(snap: Snapshot, rep: Replay, phases: pd.DataFrame, meta: dict[str
         after_free = fi > pidx[jj]
         act = freed_in & before & after_free
         tmp = freed_in & ~act
-        cat[act], src[act] = "activation", "peak-heuristic"
-        cat[tmp], src[tmp] = "temporary", "peak-heuristic"
+        cat[act], src[act] = CAT["activation"], SRC["peak-heuristic"]
+        cat[tmp], src[tmp] = CAT["temporary"], SRC["peak-heuristic"]
 
     for name in ("input", "gradient", "optimizer_state", "parameter"):  # parameter wins over the rest
         m = _meta_match(a, meta.get(META_KEYS[name]))
-        cat[m], src[m] = name, "meta"
+        cat[m], src[m] = CAT[name], SRC["meta"]
 
     knows = any(meta.get(k) for k in META_KEYS.values()) or bool((snap.info or {}).get("attribution"))
     lifetime_rules(snap, a, ph, fph, cat, src, it, fit, recorder_knows=knows)  # what phases and meta left unknown
     names = attribute(snap, a)
-    named = (names["name_category"] != "").to_numpy()
-    cat[named] = names["name_category"].to_numpy()[named]
-    src[named] = "name"
+    nc = names["name_category"].array
+    ncode = np.array([CAT.get(str(c), -1) for c in nc.categories], dtype=np.int64)[np.asarray(nc.codes)] \
+        if len(nc.categories) else np.full(n, -1, dtype=np.int64)
+    named = ncode >= 0  # '' (unnamed) is no category
+    cat[named] = ncode[named]
+    src[named] = SRC["name"]
 
-    a["phase"] = as_categorical(ph)
+    a["phase"] = ph.categorical()
     a["iteration"] = it.astype(np.int64)
-    a["free_phase"] = as_categorical(fph)
+    a["free_phase"] = fph.categorical()
     a["free_iteration"] = fit.astype(np.int64)
-    a["category"] = as_categorical(cat).set_categories(list(CATEGORIES))
-    a["category_source"] = as_categorical(src)
+    a["category"] = labels.from_codes(cat, CATEGORIES, drop_unused=False)
+    a["category_source"] = labels.from_codes(src, SOURCES)
     site = snap.site_categorical(a["stack_id"].to_numpy(), a["alloc_idx"].to_numpy())
     site_file = snap.site_files(a["stack_id"].to_numpy())
-    bw = (names["fwd_site"] != "").to_numpy()
+    fs = names["fwd_site"].array
+    bw = np.asarray(fs.codes) != (list(fs.categories).index("") if "" in fs.categories else -2)
     if bw.any():  # backward: the user's forward line that made the node
-        labels = np.asarray(site, dtype=object)
-        labels[bw] = names["fwd_site"].to_numpy()[bw]
-        site_file[bw] = names["fwd_site_file"].to_numpy()[bw]
-        site = as_categorical(labels)
+        site = labels.overlay(site, fs, bw)
+        site_file = labels.overlay(site_file, names["fwd_site_file"].array, bw)
     a["site"] = site
     a["site_file"] = site_file
-    a["name"] = names["name"].to_numpy()
-    a["module"] = names["module"].to_numpy()
-    a["context"] = names["context"].to_numpy()
+    a["name"] = names["name"]
+    a["module"] = names["module"]
+    a["context"] = names["context"]
     a["lifetime_us"] = a["free_us"] - a["alloc_us"]  # (site_categorical labels frameless blocks from before the window)
     return a

@@ -24,6 +24,7 @@ allocations still ``unknown`` (``category_source`` 'lifetime'):
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,16 +49,21 @@ def _stack_has(snap: Snapshot, pattern: re.Pattern[str]) -> np.ndarray:
     return out
 
 
-def lifetime_rules(snap: Snapshot, a: pd.DataFrame, ph: np.ndarray, fph: np.ndarray,
+def lifetime_rules(snap: Snapshot, a: pd.DataFrame, ph: Any, fph: Any,
                    cat: np.ndarray, src: np.ndarray, iteration: np.ndarray | None = None,
                    free_iteration: np.ndarray | None = None, recorder_knows: bool = False) -> None:
-    """Fill ``cat``/``src`` (in place) where ``cat`` is still 'unknown' (see the module docstring).
+    """Fill ``cat``/``src`` (int8 codes into ``CATEGORIES``/``SOURCES``, in place) where ``cat`` is
+    still 'unknown' (see the module docstring). ``ph``/``fph``: the phases at allocation and at
+    free (:class:`memprof.analysis.categories.PhaseCodes`).
 
     ``recorder_knows``: the recorder listed the parameters, gradients and optimizer state
     (metadata addresses or names): what it left out and was alive before the window is none of
     them (a DDP bucket, a library workspace), so rule 1 does not guess.
     """
-    unk = cat == "unknown"
+    from memprof.analysis.categories import CAT, SRC
+
+    unknown = CAT["unknown"]
+    unk = cat == unknown
     if not unk.any():
         return
     sid = a["stack_id"].to_numpy().astype(np.int64)
@@ -70,17 +76,18 @@ def lifetime_rules(snap: Snapshot, a: pd.DataFrame, ph: np.ndarray, fph: np.ndar
     zero_grad = _stack_has(snap, _ZERO_GRAD)[np.where(sid >= 0, sid, -1)]
 
     def put(mask: np.ndarray, name: str) -> None:
-        m = mask & (cat == "unknown")
-        cat[m] = name
-        src[m] = "lifetime"
+        m = mask & unk
+        cat[m] = CAT[name]
+        src[m] = SRC["lifetime"]
+        unk[m] = False
 
     # 1. alive before the window (the stack is the free's, when there was one)
     if recorder_knows:
         before = np.zeros(len(a), dtype=bool)
-    put(before & ((fph == "optimizer") | (~at_end & (k == O) & ~zero_grad)), "optimizer_state")
+    put(before & (fph.is_("optimizer") | (~at_end & (k == O) & ~zero_grad)), "optimizer_state")
     put(before & zero_grad, "gradient")
     put(before & at_end, "parameter")
-    put(before & (fph == "backward"), "activation")
+    put(before & fph.is_("backward"), "activation")
     put(before, "temporary")
     made = ~a["alive_at_start"].to_numpy()
     # 2.-4. what the allocating stack says
@@ -95,5 +102,5 @@ def lifetime_rules(snap: Snapshot, a: pd.DataFrame, ph: np.ndarray, fph: np.ndar
     # 5. lifetimes
     same_iter = ~at_end & (its >= 0) & (fits == its)
     put(made & same_iter, "temporary")
-    put(made & ~at_end & (its < 0) & (fits < 0) & (ph == fph) & (ph != "outside"), "temporary")
+    put(made & ~at_end & (its < 0) & (fits < 0) & (ph.codes == fph.codes) & ~ph.is_("outside"), "temporary")
     put(made, "activation")
