@@ -245,6 +245,24 @@ def test_fragmentation_split() -> None:
     assert ((f["allocated"] + f["rounding_waste"] + f["free_cached"]) == f["reserved"]).all()
 
 
+@pytest.mark.parametrize("name", ["transformer_train3.pickle.gz"])
+def test_fragmentation_block_bytes_equal_a_plain_sum(name: str) -> None:
+    """Block bytes at sampled rows (the running sum by scatter) against a row-by-row sum of the
+    blocks alive after that event."""
+    from memprof.analysis.fragmentation import block_sizes
+
+    an = analyze(Path(__file__).parent / "data" / "golden" / name, use_cache=False)
+    f = an.fragmentation
+    blocks = block_sizes(an.snap, an.rep).tolist()
+    ai, fi = an.rep.allocations["alloc_idx"].tolist(), an.rep.allocations["free_idx"].tolist()
+    rng = np.random.default_rng(0)
+    for r in sorted(set(rng.integers(0, len(f), 60).tolist()) | {0, len(f) - 1}):
+        i = int(f["idx"].iloc[r])
+        held = sum(b for b, a0, f0 in zip(blocks, ai, fi) if a0 <= i and (f0 < 0 or f0 > i))
+        assert held == f["allocated"].iloc[r] + f["rounding_waste"].iloc[r], (r, i)
+        assert f["free_cached"].iloc[r] == max(f["reserved"].iloc[r] - held, 0)
+
+
 def test_oom_report_out_of_memory_and_fragmentation() -> None:
     g = SnapGen()
     g.segment(4096)

@@ -61,13 +61,17 @@ def fragmentation(snap: Snapshot, rep: Replay) -> pd.DataFrame:
     blocks = block_sizes(snap, rep)
     ai, fi = a["alloc_idx"].to_numpy(), a["free_idx"].to_numpy()
     init_b = int(blocks[ai < 0].sum())
-    d_idx = np.concatenate([ai, fi])
-    d_val = np.concatenate([blocks, -blocks])
-    keep = d_idx >= 0
-    d_idx, d_val = d_idx[keep], d_val[keep]
-    o = np.argsort(d_idx, kind="stable")
-    b_idx, b_cum = d_idx[o], init_b + np.cumsum(d_val[o])
-    del d_idx, d_val, keep, o, blocks  # peak memory on 10M-entry traces: drop each temporary once used
+    # block bytes after each event: every alloc and every free is its own event (no two rows share
+    # one), so the changes land by scatter and one running sum gives the level at every event
+    n = int(rep.n_events)
+    level = np.zeros(n, dtype=np.int64)
+    m = ai >= 0
+    level[ai[m]] = blocks[m]
+    m = fi >= 0
+    level[fi[m]] -= blocks[m]
+    np.cumsum(level, out=level)
+    level += init_b
+    del blocks, m
 
     tl, rs = rep.timeline, rep.reserved
     idx = sorted_union(tl["idx"].to_numpy(np.int64), rs["idx"].to_numpy(np.int64))
@@ -77,16 +81,18 @@ def fragmentation(snap: Snapshot, rep: Replay) -> pd.DataFrame:
     r_i = np.searchsorted(rs["idx"].to_numpy(), idx, side="right") - 1
     reserved = rs["reserved"].to_numpy()[np.maximum(r_i, 0, out=r_i)]
     del r_i
-    bk = np.searchsorted(b_idx, idx, side="right") - 1
-    block_bytes = np.where(bk >= 0, b_cum[np.maximum(bk, 0)] if len(b_cum) else init_b, init_b)
-    del bk, b_idx, b_cum
+    block_bytes = level[np.maximum(idx, 0)] if n else np.full(len(idx), init_b, dtype=np.int64)
+    block_bytes[idx < 0] = init_b
+    del level
     ev_t = snap.device_events(rep.device)["time_us"].to_numpy()
     time_us = np.where(idx >= 0, ev_t[np.clip(idx, 0, max(len(ev_t) - 1, 0))].astype(np.float64) if len(ev_t) else 0.0, rep.start_us)
     del ev_t
+    waste = np.subtract(block_bytes, allocated, dtype=np.int64)
+    np.subtract(reserved, block_bytes, out=block_bytes)
+    free_cached = np.maximum(block_bytes, 0, out=block_bytes)
     return pd.DataFrame({
-        "idx": idx.astype(np.int64), "time_us": time_us, "reserved": reserved.astype(np.int64),
-        "allocated": allocated.astype(np.int64), "rounding_waste": (block_bytes - allocated).astype(np.int64),
-        "free_cached": np.maximum(reserved - block_bytes, 0).astype(np.int64),
+        "idx": idx.astype(np.int64, copy=False), "time_us": time_us, "reserved": reserved.astype(np.int64, copy=False),
+        "allocated": allocated.astype(np.int64, copy=False), "rounding_waste": waste, "free_cached": free_cached,
     }, copy=False)
 
 
