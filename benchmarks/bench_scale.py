@@ -41,6 +41,12 @@ def worker(path: Path, n_zoom: int) -> dict[str, Any]:
     from app import create_app
     from app.state import library
 
+    try:  # as `memprof serve` does (the old tree may not have it)
+        from memprof.malloc_tuning import keep_freed_memory
+
+        keep_freed_memory()
+    except ImportError:
+        pass
     create_app(path.parent)
     from app.pages import timeline
 

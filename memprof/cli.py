@@ -60,6 +60,10 @@ def _take_max_bytes(argv: list[str]) -> list[str]:
     return argv
 
 
+#: commands that only read snapshots: glibc may keep freed memory for reuse (memprof.malloc_tuning)
+ANALYSIS_COMMANDS = frozenset({"stats", "explain", "diff", "report", "serve", "whatif", "export", "check", "run_report"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _take_max_bytes(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -71,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args._parser.error(f"unrecognized arguments: {' '.join(extra)}")  # the subcommand's usage, not the top level's
     args._extra = extra
     args._argv = argv
+    if args._run.__module__.rsplit(".", 1)[-1] in ANALYSIS_COMMANDS:
+        from memprof.malloc_tuning import keep_freed_memory
+
+        keep_freed_memory()
     stdout = sys.stdout
     try:
         if args.max_bytes:

@@ -432,10 +432,11 @@ def _band_index(model: TimelineModel) -> _BandIndex:
         # each row's label: its name, else its module, else its site, as one integer key per distinct label
         keys, key_names = _label_keys([al[c] for c in ("name", "module") if c in al] + [al["site"]])
         per: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        t0_sorted = bool(len(t0) < 2 or (t0[1:] >= t0[:-1]).all())  # rows are in allocation order: usually already
         for k in np.unique(cat[size > 0]):
             rows = np.flatnonzero((cat == k) & (size > 0))
-            o0 = rows[np.argsort(t0[rows], kind="stable")]
-            o1 = rows[np.argsort(t1[rows], kind="stable")]
+            o0 = rows if t0_sorted else rows[np.argsort(t0[rows], kind="stable")]
+            o1 = rows[np.argsort(t1[rows])]  # ties in any order: the running sums at a search position are the same
             per[cat_names[k]] = (t0[o0], np.concatenate([[0], np.cumsum(size[o0])]),
                                  t1[o1], np.concatenate([[0], np.cumsum(size[o1])]), o0)
         ix = _BandIndex(t0, t1, size, cat, cat_names, keys, key_names, per)
@@ -448,8 +449,8 @@ def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
     arr = col.array
     if isinstance(arr, pd.Categorical):
         names = [str(c) for c in arr.categories] + [""]
-        codes = np.asarray(arr.codes, dtype=np.int64)
-        return np.where(codes < 0, len(names) - 1, codes), names
+        codes = np.asarray(arr.codes)
+        return (np.where(codes < 0, len(names) - 1, codes) if len(codes) and codes.min() < 0 else codes), names
     codes, uniq = pd.factorize(np.asarray(col, dtype=object))
     names = [str(u) for u in uniq] + [""]
     return np.where(codes < 0, len(names) - 1, codes), names

@@ -191,3 +191,23 @@ def test_readme_tour_matches_the_cli(capsys: pytest.CaptureFixture[str]) -> None
     assert main(argv) == 0
     out = capsys.readouterr().out.rstrip("\n").splitlines()
     assert [ln[4:] for ln in block[1:]] == out
+
+
+def test_analysis_commands_let_glibc_keep_freed_memory_and_record_does_not(monkeypatch, capsys):
+    """memprof.malloc_tuning: only in processes that read snapshots, never in one that runs user code."""
+    import sys
+
+    from memprof import malloc_tuning
+    from memprof.cli import ANALYSIS_COMMANDS, build_parser
+
+    calls = []
+    monkeypatch.setattr(malloc_tuning, "keep_freed_memory", lambda: calls.append(1) or True)
+    golden = Path(__file__).parent / "data" / "golden" / "transformer_train3.pickle.gz"
+    assert main(["stats", str(golden)]) == 0
+    assert calls == [1]
+    assert "record" not in ANALYSIS_COMMANDS and "sweep" not in ANALYSIS_COMMANDS and "predict" not in ANALYSIS_COMMANDS
+    subs = build_parser()._subparsers._group_actions[0].choices  # every analysis command named is a real one
+    assert {"stats", "explain", "diff", "report", "serve", "whatif", "export", "check"} <= set(subs)
+    if sys.platform.startswith("linux"):
+        monkeypatch.undo()
+        assert malloc_tuning.keep_freed_memory() is True  # glibc accepts the settings
