@@ -265,23 +265,25 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     d_idx = np.flatnonzero(touched)
     del touched
     timeline_cols = {}
+    a_at, f_at = ai[a_ok], fi[f_ok]
+    ch = np.empty(n, dtype=np.int64)  # one buffer for the three measures (fresh memory costs page faults)
     for name, first, on_alloc, on_free, on_req in (
         ("allocated", initial, sizes, -sizes, np.zeros(len(req), dtype=np.int64)),
         ("awaiting_free", initial_wait, None, np.where(waits, -sizes, 0), sizes[req]),
         ("torch_allocated", initial_torch, bsizes, np.where(waits, 0, -bsizes), -bsizes[req]),
     ):
-        ch = np.zeros(n, dtype=np.int64)
+        ch.fill(0)
         if on_alloc is not None:
-            ch[ai[a_ok]] = on_alloc[a_ok]
-        ch[fi[f_ok]] += on_free[f_ok]
+            ch[a_at] = on_alloc[a_ok]
+        ch[f_at] += on_free[f_ok]
         np.add.at(ch, tfi[req], on_req)
         col = np.empty(len(d_idx) + 1, dtype=np.int64)
         col[0] = first
         np.cumsum(ch, out=ch)
-        col[1:] = ch[d_idx]
+        np.take(ch, d_idx, out=col[1:])
         col[1:] += first
         timeline_cols[name] = col
-        del ch
+    del ch, a_at, f_at
     held = timeline_cols["allocated"]
     delta = np.empty_like(held)
     delta[0] = initial
