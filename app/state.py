@@ -346,6 +346,7 @@ class Library:
 
         def make() -> TimelineModel:
             m = _make_model(real, dev, self.meta(e), self)
+            _release_soon()
             _, st2 = self.checked(e.path)  # swapped while it was read: refuse what was read
             if (st2.st_ino, st2.st_dev, st2.st_size, st2.st_mtime_ns) != (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns):
                 raise MemprofError(f"{e.rel}: changed while it was being read; reload the page")
@@ -516,6 +517,16 @@ def parse_key(key: Any) -> tuple[int, int | None]:
         raise MemprofError("this page lost track of its snapshot: reload it")
     e = library()._lookup(key.get("snap"))
     return e.id, parse_device(key.get("device"))
+
+
+def _release_soon(delay_s: float = 10.0) -> None:
+    """Give the free heap pages of a model build back to the system once its first page is drawn
+    (``memprof serve`` lets glibc keep freed memory while it works: :mod:`memprof.malloc_tuning`)."""
+    from memprof import malloc_tuning
+
+    t = threading.Timer(delay_s, malloc_tuning.release)
+    t.daemon = True
+    t.start()
 
 
 def _make_model(path: Path, device: int | None, meta: dict[str, Any], lib: Library | None = None) -> TimelineModel:

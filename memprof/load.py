@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from memprof import background, limits
+from memprof import background, limits, malloc_tuning
 from memprof.errors import MemprofError, UnsafePickleError
 from memprof.escape import printable
 from memprof.meta import snapshot_beside
@@ -971,7 +971,8 @@ def load(path: str | os.PathLike[str], use_cache: bool = True) -> Snapshot:
             return snap
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             shutil.rmtree(where, ignore_errors=True)
-    snap = _load_uncached(p)
+    with malloc_tuning.mapped_while_loading():  # the loader's growing buffers resized in place
+        snap = _load_uncached(p)
     if where is not None:
         # on another core while the analysis goes on; a read-only or full cache folder (or settings
         # JSON cannot hold) only costs the next run its time (memprof.background)

@@ -3,41 +3,76 @@
 An analysis of a 10M-entry snapshot makes hundreds of temporary arrays of 40-80 MB. glibc serves
 each one with a fresh ``mmap`` and returns it with ``munmap``, so every temporary page-faults
 its memory in again (on a VM whose host takes freed memory back, at ~1.6 s/GiB). Serving large
-blocks from the heap and not trimming it lets the next temporary reuse pages already in place:
-measured on the 10M-entry benchmark snapshot, cold first paint 5.6-5.8 s -> 5.1-5.3 s (sys time
-2.0 -> 1.4 s), peak RSS +2-4 % (``benchmarks/results/scale_10m.md``). Called by the analysis
-commands and ``memprof serve`` only: never in a process that records (the user's training code
-keeps its allocator as it is), never on import.
+blocks from the heap and not trimming it lets the next temporary reuse pages already in place
+(measured on the 10M-entry benchmark snapshot: cold first paint -0.3 to -0.5 s of kernel time,
+``benchmarks/results/scale_10m.md``).
+
+Scope: the analysis commands and ``memprof serve`` call :func:`keep_freed_memory`; never a process
+that records (the user's training code keeps its allocator as it is), never on import. While a
+file is read (:func:`mapped_while_loading`) large blocks are mapped again, so the loader's growing
+buffers are resized in place (``mremap``) instead of copied, and a decompression bomb meets the
+loader's limits, not the address space. ``serve`` gives free pages back after each model it
+builds (:func:`release`), so a long-lived server does not keep every peak.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+from typing import Any, Iterator
 
 M_TRIM_THRESHOLD = -1
-M_TOP_PAD = -2
 M_MMAP_MAX = -4
-_done = False
+DEFAULT_MMAP_MAX = 65536  # glibc's default
+_libc: Any = None
+_on = False
+
+
+def _lib() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib.mallopt.argtypes, lib.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+                _libc = lib
+            except (OSError, AttributeError):  # musl and others: no mallopt
+                pass
+    return _libc
 
 
 def keep_freed_memory() -> bool:
     """Heap instead of ``mmap`` for large blocks, no trimming (glibc only; elsewhere a no-op).
     Returns whether the settings took effect."""
-    global _done
-    if _done:
-        return True
-    if not sys.platform.startswith("linux"):
+    global _on
+    lib = _lib()
+    if not lib:
         return False
+    # large blocks from the heap (glibc still maps when the heap cannot grow); freed heap memory kept
+    _on = lib.mallopt(M_MMAP_MAX, 0) == 1 and lib.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return _on
+
+
+@contextlib.contextmanager
+def mapped_while_loading() -> Iterator[None]:
+    """Large blocks mapped (glibc's default) for the duration: growing buffers resize in place."""
+    lib = _lib()
+    if not (_on and lib):
+        yield
+        return
+    lib.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(M_MMAP_MAX, 0) == 1  # large blocks from the heap (glibc still maps when the heap cannot grow)
-    ok &= mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1  # keep freed heap memory for the next temporary
-    ok &= mallopt(M_TOP_PAD, 256 << 20) == 1  # grow the heap in 256 MiB steps
-    _done = ok
-    return ok
+        yield
+    finally:
+        lib.mallopt(M_MMAP_MAX, 0)
+
+
+def release() -> None:
+    """Give free heap pages back to the system (after a model is built in a long-lived process)."""
+    lib = _lib()
+    if _on and lib:
+        lib.malloc_trim(0)

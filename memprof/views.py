@@ -449,7 +449,7 @@ def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
     arr = col.array
     if isinstance(arr, pd.Categorical):
         names = [str(c) for c in arr.categories] + [""]
-        codes = np.asarray(arr.codes)
+        codes = np.asarray(arr.codes).astype(np.int64)  # int64: codes of several columns are added up into keys
         return (np.where(codes < 0, len(names) - 1, codes) if len(codes) and codes.min() < 0 else codes), names
     codes, uniq = pd.factorize(np.asarray(col, dtype=object))
     names = [str(u) for u in uniq] + [""]
