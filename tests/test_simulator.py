@@ -327,3 +327,19 @@ def test_random_streams_keep_the_allocator_consistent(conf_text):
             waiting.discard(k)
     # everything freed and the cache emptied: nothing stays reserved
     assert r.allocated_end == 0 and r.reserved_end == 0
+
+
+def test_stats_leaves_the_model_out_past_its_size_and_says_how_to_run_it(capsys, monkeypatch):
+    """A 10M-entry trace would spend ~25 s in the allocator model: stats names whatif instead."""
+    from memprof.commands import stats
+
+    path = BUNDLED[0]
+    monkeypatch.setattr(stats, "SIM_MAX_EVENTS", 10)
+    assert main(["stats", str(path), "--json", "--no-cache"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["simulated_max_memory_allocated"] is None and "memprof whatif" in d["simulation_skipped"]
+    assert main(["stats", str(path), "--no-cache"]) == 0
+    assert "simulated peaks  not computed for" in capsys.readouterr().out
+    monkeypatch.setattr(stats, "SIM_MAX_EVENTS", 10**9)
+    assert main(["stats", str(path), "--json", "--no-cache"]) == 0
+    assert json.loads(capsys.readouterr().out)["simulated_max_memory_allocated"] is not None

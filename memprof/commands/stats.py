@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
 from memprof.commands import add_report_options
+from memprof.escape import printable
 from memprof.format import fmt_bytes, fmt_us
 from memprof.load import A_OOM, load
 from memprof.meta import read_meta
@@ -80,7 +82,7 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
         "pools": pools.to_dict("records") if len(pools) > 1 else [],
         "allocator_peak_bytes": meta.get("peak_allocated_bytes"),
         "device_type": str((meta.get("device") or {}).get("type", "cuda")),
-        **simulated_counters(snap, rep.device),
+        **simulated_counters(snap, rep.device, int(rep.n_events)),
         "top_at_peak": [
             {"size": int(s), "frame": str(f), "alloc_us": None if a != a else float(a), "stack_id": int(k)}
             for s, f, a, k in zip(at_peak["size"], sites, at_peak["alloc_us"], at_peak["stack_id"])
@@ -89,10 +91,19 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
     }
 
 
-def simulated_counters(snap: Any, device: int) -> dict[str, Any]:
+SIM_MAX_EVENTS = 250_000
+"""Above this many trace events stats leaves the allocator model out (it replays the stream at
+~2.5 us an event: 25 s at 10M) and names the command that runs it."""
+
+
+def simulated_counters(snap: Any, device: int, n_events: int = 0) -> dict[str, Any]:
     """torch.cuda.max_memory_allocated/reserved over the window, from the allocator model."""
     from memprof.simulator import trace_agreement
 
+    if n_events > SIM_MAX_EVENTS:
+        return {"simulated_max_memory_allocated": None, "simulated_max_memory_reserved": None,
+                "simulation_reproduces_trace": None,
+                "simulation_skipped": f"{n_events:,} events: memprof whatif {shlex.quote(printable(str(snap.source)))} replays them"}
     sim, agree = trace_agreement(snap, device)
     return {"simulated_max_memory_allocated": sim.max_allocated, "simulated_max_memory_reserved": sim.max_reserved,
             "simulation_reproduces_trace": agree}
@@ -164,6 +175,8 @@ def render(d: dict[str, Any]) -> str:
                      f"{fmt_bytes(d['simulated_max_memory_reserved'])} reserved (the caching allocator replayed: "
                      "torch.cuda.max_memory_allocated/reserved since the window began"
                      + ("" if d.get("simulation_reproduces_trace") else "; it did not reproduce every recorded address") + ")")
+    elif d["history"] and d.get("simulation_skipped") and d.get("device_type", "cuda") == "cuda":
+        lines.append(f"  simulated peaks  not computed for {d['simulation_skipped']}")
     if d["oom_events"]:
         lines.append(f"  OUT OF MEMORY    {d['oom_events']} oom event(s) in the trace")
     for o in d["oom_devices"]:
