@@ -84,6 +84,9 @@ typedef struct {
     long long *ints[5];
     int32_t *stack;
     int32_t *um;
+    /* The columns live in bytes objects grown in place (_PyBytes_Resize) and handed to Python as
+     * they are: no copy of hundreds of MB at the end. action, the 5 ints, stack, um. */
+    PyObject *col[8];
     Py_ssize_t present[NFIELDS];
     int time_first;
     PyObject *unknown; /* set of unknown action names */
@@ -611,31 +614,35 @@ static PyObject *take_obj(VM *vm, Val *v) {
 /* ------------------------------------------------------------------------ */
 /* trace entries */
 
+static const int COL_WIDTH[8] = {1, 8, 8, 8, 8, 8, 4, 4};
+
+static void trace_pointers(Trace *t) {
+    t->action = (int8_t *)PyBytes_AS_STRING(t->col[0]);
+    for (int k = 0; k < 5; k++)
+        t->ints[k] = (long long *)PyBytes_AS_STRING(t->col[1 + k]);
+    t->stack = (int32_t *)PyBytes_AS_STRING(t->col[6]);
+    t->um = (int32_t *)PyBytes_AS_STRING(t->col[7]);
+}
+
 static int grow_trace(Trace *t) {
     Py_ssize_t ncap = t->cap ? t->cap + t->cap / 2 : 1024;
-    int8_t *a = PyMem_Realloc(t->action, (size_t)ncap);
-    if (!a)
-        goto nomem;
-    t->action = a;
-    for (int k = 0; k < 5; k++) {
-        long long *p = PyMem_Realloc(t->ints[k], sizeof(long long) * (size_t)ncap);
-        if (!p)
-            goto nomem;
-        t->ints[k] = p;
+    for (int c = 0; c < 8; c++) {
+        if (ncap > PY_SSIZE_T_MAX / 8) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        Py_ssize_t nbytes = ncap * COL_WIDTH[c];
+        if (!t->col[c]) {
+            t->col[c] = PyBytes_FromStringAndSize(NULL, nbytes);
+            if (!t->col[c])
+                return -1;
+        } else if (_PyBytes_Resize(&t->col[c], nbytes) < 0) { /* on failure it is freed and NULL */
+            return -1;
+        }
     }
-    int32_t *s = PyMem_Realloc(t->stack, sizeof(int32_t) * (size_t)ncap);
-    if (!s)
-        goto nomem;
-    t->stack = s;
-    s = PyMem_Realloc(t->um, sizeof(int32_t) * (size_t)ncap);
-    if (!s)
-        goto nomem;
-    t->um = s;
+    trace_pointers(t);
     t->cap = ncap;
     return 0;
-nomem:
-    PyErr_NoMemory();
-    return -1;
 }
 
 static int commit_entry(VM *vm, Trace *t, Val *v) {
@@ -1274,10 +1281,6 @@ static int push_text_int(VM *vm, const char *s, Py_ssize_t n, int is_long) {
 /* ------------------------------------------------------------------------ */
 /* the result */
 
-static PyObject *bytes_of(const void *p, Py_ssize_t n) {
-    return PyBytes_FromStringAndSize(n ? (const char *)p : "", n);
-}
-
 static int dict_set_steal(PyObject *d, const char *k, PyObject *v) {
     if (!v)
         return -1;
@@ -1291,26 +1294,23 @@ static PyObject *trace_columns(Trace *t) {
     if (!d)
         return NULL;
     Py_ssize_t n = t->n;
-    static const char *int_names[5] = {"addr", "size", "stream", "time_us", "device_free"};
     if (dict_set_steal(d, "n", PyLong_FromSsize_t(n)) < 0)
         goto fail;
-    if (dict_set_steal(d, "action", bytes_of(t->action, n)) < 0)
-        goto fail;
-    PyMem_Free(t->action);
-    t->action = NULL;
-    for (int k = 0; k < 5; k++) {
-        if (dict_set_steal(d, int_names[k], bytes_of(t->ints[k], n * 8)) < 0)
+    static const char *col_names[8] = {"action", "addr", "size", "stream", "time_us", "device_free", "stack", "user_metadata"};
+    for (int c = 0; c < 8; c++) {
+        PyObject *b = t->col[c];
+        t->col[c] = NULL;
+        if (!b)
+            b = PyBytes_FromStringAndSize(NULL, 0);
+        else if (_PyBytes_Resize(&b, n * COL_WIDTH[c]) < 0) /* shrink to the entries read, in place */
             goto fail;
-        PyMem_Free(t->ints[k]);
-        t->ints[k] = NULL;
+        if (dict_set_steal(d, col_names[c], b) < 0)
+            goto fail;
     }
-    if (dict_set_steal(d, "stack", bytes_of(t->stack, n * 4)) < 0)
-        goto fail;
-    PyMem_Free(t->stack);
+    t->action = NULL;
+    for (int k = 0; k < 5; k++)
+        t->ints[k] = NULL;
     t->stack = NULL;
-    if (dict_set_steal(d, "user_metadata", bytes_of(t->um, n * 4)) < 0)
-        goto fail;
-    PyMem_Free(t->um);
     t->um = NULL;
     PyObject *present = PyDict_New();
     if (!present || dict_set_steal(d, "present", present) < 0)
@@ -1414,11 +1414,8 @@ static void vm_free(VM *vm) {
         Trace *t = &vm->tr[i];
         Py_XDECREF(t->list);
         Py_XDECREF(t->unknown);
-        PyMem_Free(t->action);
-        for (int k = 0; k < 5; k++)
-            PyMem_Free(t->ints[k]);
-        PyMem_Free(t->stack);
-        PyMem_Free(t->um);
+        for (int c = 0; c < 8; c++)
+            Py_XDECREF(t->col[c]);
     }
     PyMem_Free(vm->tr);
     Py_XDECREF(vm->dt);
