@@ -152,8 +152,9 @@ def main() -> int:
                       file=sys.stderr, flush=True)
     lines = ["# Scale: 1M and 10M entries, before and after (issue 15)", "", "Command:", "", "```",
              " ".join(["MEMPROF_MAX_BYTES=8G", "python", "benchmarks/bench_scale.py", *(f"--old {a.old}".split() if a.old else []),
-                       "--new", ".", *map(str, a.snapshots), "--rounds", str(a.rounds)]), "```", "",
-             f"Machine: {os.cpu_count()} cores shared with other engineers; 1-minute load average during the run "
+                       "--new", ".", *map(str, a.snapshots), "--rounds", str(a.rounds),
+                       *(["--prefault", str(a.prefault)] if a.prefault else [])]), "```", "",
+             f"Machine: {os.cpu_count()} cores; 1-minute load average during the run "
              f"{min(load):.1f}-{max(load):.1f}. Old and new ran interleaved, so compare them row by row (ratio column); "
              "absolute times are inflated by the load. Median over rounds; zoom p95 over all zooms of all rounds.", ""]
     for snap in a.snapshots:

@@ -169,7 +169,7 @@ def replay(snap: Snapshot, device: int = 0) -> Replay:
     is_free = free_events(action, addr)
     rel = np.flatnonzero(is_alloc | is_free)
     # Sort relevant events by (addr, position): neighbours in this order are consecutive uses of one address.
-    order = rel[np.lexsort((rel, addr[rel]))]
+    order = rel[np.argsort(addr[rel], kind="stable")]  # stable: positions stay in order within one address
     o_addr = addr[order]
     o_alloc = is_alloc[order]
     same_next = np.zeros(len(order), dtype=bool)
