@@ -437,11 +437,18 @@ def _band_index(model: TimelineModel) -> _BandIndex:
             rows = np.flatnonzero((cat == k) & (size > 0))
             o0 = rows if t0_sorted else rows[np.argsort(t0[rows], kind="stable")]
             o1 = rows[np.argsort(t1[rows])]  # ties in any order: the running sums at a search position are the same
-            per[cat_names[k]] = (t0[o0], np.concatenate([[0], np.cumsum(size[o0])]),
-                                 t1[o1], np.concatenate([[0], np.cumsum(size[o1])]), o0)
+            per[cat_names[k]] = (t0[o0], _running_sum(size[o0]), t1[o1], _running_sum(size[o1]), o0)
         ix = _BandIndex(t0, t1, size, cat, cat_names, keys, key_names, per)
         model.cache["bands"] = ix
     return ix
+
+
+def _running_sum(v: np.ndarray) -> np.ndarray:
+    """``[0, v0, v0+v1, ...]`` in one new array."""
+    out = np.empty(len(v) + 1, dtype=np.int64)
+    out[0] = 0
+    np.cumsum(v, out=out[1:])
+    return out
 
 
 def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -449,7 +456,7 @@ def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
     arr = col.array
     if isinstance(arr, pd.Categorical):
         names = [str(c) for c in arr.categories] + [""]
-        codes = np.asarray(arr.codes).astype(np.int64)  # int64: codes of several columns are added up into keys
+        codes = np.asarray(arr.codes)
         return (np.where(codes < 0, len(names) - 1, codes) if len(codes) and codes.min() < 0 else codes), names
     codes, uniq = pd.factorize(np.asarray(col, dtype=object))
     names = [str(u) for u in uniq] + [""]
@@ -465,7 +472,7 @@ def _label_keys(cols: list[pd.Series]) -> tuple[np.ndarray, list[str]]:
         codes, labels = _codes(col)
         empty = np.array([lab == "" for lab in labels], dtype=bool) if j < len(cols) - 1 else np.zeros(len(labels), bool)
         take = (keys < 0) & ~empty[codes]
-        keys[take] = codes[take] + len(names)
+        keys[take] = codes[take].astype(np.int64) + len(names)  # int64: small code types would overflow
         names += labels
     return np.where(keys < 0, len(names), keys), names + [""]
 
