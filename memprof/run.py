@@ -201,10 +201,10 @@ def max_by_category(allocations: pd.DataFrame, n_events: int) -> dict[str, int]:
     return out
 
 
-def write_summary(path: str | os.PathLike[str], summary: dict[str, Any] | None = None) -> Path:
-    """Compute (unless given) and write ``rank{R}.summary`` beside the snapshot, atomically."""
+def write_summary(path: str | os.PathLike[str], summary: dict[str, Any] | None = None, to: Path | None = None) -> Path:
+    """Compute (unless given) and write ``rank{R}.summary`` beside the snapshot (or at ``to``), atomically."""
     s = summarize(path) if summary is None else summary
-    sp = summary_path(path)
+    sp = summary_path(path) if to is None else to
     fd, tmp = tempfile.mkstemp(dir=sp.parent, prefix=f".{sp.name}.", suffix=".tmp")
     os.fchmod(fd, 0o644)
     with os.fdopen(fd, "w") as f:
@@ -238,32 +238,47 @@ def valid_summary(s: Any) -> bool:
         return False
 
 
+def cached_summary_path(snapshot: str | os.PathLike[str]) -> Path:
+    """Where a reader that must not write beside the snapshot (``memprof serve``) keeps the summary
+    it computed: memprof's cache folder, keyed by the file's path, size and mtime."""
+    from memprof.load import _cache_key, cache_dir
+
+    return cache_dir() / "summaries" / f"{_cache_key(Path(snapshot))}.summary"
+
+
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The summary beside a snapshot when it is current (same version, size and mtime) and well
-    formed, else None (it is then recomputed from the snapshot)."""
+    """The summary beside a snapshot (or in the cache folder) when it is current (same version,
+    size and mtime) and well formed, else None (it is then recomputed from the snapshot)."""
     p = Path(path)
-    sp = summary_path(p)
-    try:
-        s = json.loads(sp.read_text())
-        ok = isinstance(s, dict) and s.get("version") == SUMMARY_VERSION and s.get("source") == _source_id(p) and valid_summary(s)
-    except (OSError, ValueError, RecursionError):
-        return None
-    return s if ok else None
+    for sp in (summary_path(p), cached_summary_path(p)):
+        try:
+            s = json.loads(sp.read_text())
+            if isinstance(s, dict) and s.get("version") == SUMMARY_VERSION and s.get("source") == _source_id(p) and valid_summary(s):
+                return s
+        except (OSError, ValueError, RecursionError):
+            continue
+    return None
 
 
-def _summarize_and_write(path: str) -> dict[str, Any]:
+def _summarize_and_write(path: str, beside: bool = True) -> dict[str, Any]:
     s = summarize(path)
     try:
-        write_summary(path, s)
+        if beside:
+            write_summary(path, s)
+        else:
+            cp = cached_summary_path(path)
+            cp.parent.mkdir(parents=True, exist_ok=True)
+            write_summary(path, s, to=cp)
     except OSError:
-        pass  # a read-only run folder: the summary is still returned
+        pass  # a read-only run folder or cache: the summary is still returned
     return s
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def load_summaries(run: str | os.PathLike[str], workers: int | None = None) -> list[dict[str, Any]]:
+def load_summaries(run: str | os.PathLike[str], workers: int | None = None, beside: bool = True) -> list[dict[str, Any]]:
     """Every rank's summary, by rank; missing or stale ones computed in a process pool of
-    ``workers`` (default: the CPU count; 1: in this process) and written beside their snapshots.
+    ``workers`` (default: the CPU count; 1: in this process) and written beside their snapshots
+    (``beside=False``, the dashboard: in memprof's cache folder, never into the run folder).
 
     Ranks the metadata's ``world_size`` promises but that wrote no file get a row with status
     ``missing``.
@@ -283,11 +298,11 @@ def load_summaries(run: str | os.PathLike[str], workers: int | None = None) -> l
     if n > 1:
         import memprof.analysis  # noqa: F401 - imported once here, inherited by forked workers
         with ProcessPoolExecutor(max_workers=n) as pool:
-            for (r, _), s in zip(todo, pool.map(_summarize_and_write, [str(p) for _, p in todo])):
+            for (r, _), s in zip(todo, pool.map(_summarize_and_write, [str(p) for _, p in todo], [beside] * len(todo))):
                 found[r] = s
     else:
         for r, p in todo:
-            found[r] = _summarize_and_write(str(p))
+            found[r] = _summarize_and_write(str(p), beside)
     world = max([int((s.get("dist") or {}).get("world_size") or 0) for s in found.values()] + [max(files) + 1])
     for r in range(world):
         if r not in found:

@@ -347,3 +347,34 @@ def test_a_malformed_summary_is_recomputed(tmp_path):
         # WHEN the run is read, THEN the summary is rebuilt from the snapshot
         assert read_summary(run / "rank0.pickle") is None
         assert load_summaries(run, workers=1)[0]["peak_allocated_bytes"] == _viewer_peak(run / "rank0.pickle")
+
+
+def test_the_dashboard_keeps_summaries_it_computes_out_of_the_served_folder(tmp_path, monkeypatch):
+    """`memprof serve` reads the served folder, never writes into it: a run without summaries gets
+    them computed into memprof's cache folder, and the next server start reads them from there."""
+    from app import create_app
+    from memprof import run as run_mod
+
+    monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path / "cache"))
+    served = tmp_path / "served"
+    run = write_run(served / "run", [8, 4])
+    before = sorted(p.relative_to(served) for p in served.rglob("*"))
+    # WHEN the Ranks page of a fresh server shows the run
+    create_app(served)
+    from app.pages import ranks as ranks_page  # (pages register with the app that exists)
+
+    page = str(ranks_page.layout(run="run"))
+    # THEN the ranks are shown, nothing was written inside the served folder, the summaries sit in the cache
+    assert "2 ranks" in page
+    assert sorted(p.relative_to(served) for p in served.rglob("*")) == before
+    for r in (0, 1):
+        assert run_mod.cached_summary_path(run / f"rank{r}.pickle").is_file()
+    # AND a second server reads them back without summarising again
+    monkeypatch.setattr(run_mod, "summarize", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    create_app(served)
+    assert "2 ranks" in str(ranks_page.layout(run="run"))
+    # AND the command-line path still writes them beside the snapshots, as torchrun runs expect
+    monkeypatch.undo()
+    monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path / "cache2"))
+    load_summaries(run, workers=1)
+    assert summary_path(run / "rank0.pickle").is_file()

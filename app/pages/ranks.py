@@ -38,7 +38,8 @@ def run_data(rel: str | None) -> tuple[str, dict[int, Any], list[dict[str, Any]]
     key = ("ranks", rel, tuple((e.rel, e.mtime_ns) for e in entries.values()))
     folder = next(iter(entries.values())).path.parent
     lib.check_run(folder)  # what load_summaries reads: regular files inside the served folder, checked now
-    sums = lib.views.get_or_make(key, lambda: load_summaries(folder, workers=1))
+    # summaries the run lacks are kept in the cache folder: the dashboard never writes into DIR
+    sums = lib.views.get_or_make(key, lambda: load_summaries(folder, workers=1, beside=False))
     return rel, entries, sums
 
 
