@@ -14,6 +14,7 @@ No torch import is needed here.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import hashlib
@@ -27,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -919,13 +920,27 @@ def _cache_key(path: Path) -> str:
 _TABLES = ("events", "frames", "segments", "blocks", "annotations")
 
 
+@contextlib.contextmanager
+def staged_folder(where: Path, prefix: str = ".tmp-") -> Iterator[Path]:
+    """A temporary folder beside ``where`` to fill; renamed to ``where`` (replacing it) when the block
+    ends, removed when it raises: a cache entry is whole or absent, never half-written."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=where.parent))
+    try:
+        yield tmp
+        if where.exists():
+            shutil.rmtree(where, ignore_errors=True)
+        os.replace(tmp, where)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _write_cache(snap: Snapshot, where: Path) -> None:
     import pyarrow as pa
     import pyarrow.feather as feather
 
     where.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=where.parent))
-    try:
+    with staged_folder(where) as tmp:
         for name in _TABLES:
             feather.write_feather(getattr(snap, name), tmp / f"{name}.arrow", compression="uncompressed")
         stacks = pa.table({"frame": pa.array(snap.stack_frames)})
@@ -936,12 +951,6 @@ def _write_cache(snap: Snapshot, where: Path) -> None:
         if json.loads(text) != info:  # bytes, tuples or int keys from the file: reopening would differ
             raise ValueError("the snapshot's info does not survive JSON: not cached")
         (tmp / "info.json").write_text(text)
-        if where.exists():
-            shutil.rmtree(where, ignore_errors=True)
-        os.replace(tmp, where)
-    except Exception:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _read_cache(source: str, where: Path) -> Snapshot:

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 from memprof import background
-from memprof.load import Snapshot, _cache_key, cache_dir
+from memprof.load import Snapshot, _cache_key, cache_dir, staged_folder
 from memprof.replay import Replay, replay
 
 _TABLES = ("allocations", "timeline", "reserved", "oom_events")
@@ -70,18 +68,11 @@ def _read(where: Path, device: int) -> Replay:
 def _write(rep: Replay, where: Path) -> None:
     import pyarrow.feather as feather
 
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-replay-", dir=where.parent))
-    try:
+    with staged_folder(where, prefix=".tmp-replay-") as tmp:
         for name in _TABLES:
             feather.write_feather(getattr(rep, name), tmp / f"{name}.arrow", compression="uncompressed")
         scalars = {f.name: getattr(rep, f.name) for f in fields(Replay) if f.name not in _TABLES}
         (tmp / "replay.json").write_text(json.dumps(scalars))
-        if where.exists():
-            shutil.rmtree(where, ignore_errors=True)
-        os.replace(tmp, where)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def cached_replay(snap: Snapshot, device: int = 0) -> Replay:
