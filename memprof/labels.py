@@ -59,10 +59,15 @@ def overlay(base: pd.Categorical, top: pd.Categorical, mask: np.ndarray) -> pd.C
     return from_codes(codes, cats)
 
 
-def strings(col: pd.Series | pd.Categorical | np.ndarray) -> np.ndarray:
-    """A label column as a numpy object array of str, without a per-row conversion for categoricals."""
-    arr = col.array if isinstance(col, pd.Series) else col
+
+def codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """(integer code per row, label of each code) of a label column, categorical or not; a missing
+    value gets the last code, whose label is ''."""
+    arr = col.array
     if isinstance(arr, pd.Categorical):
-        cats = np.asarray([str(c) for c in arr.categories] + [""], dtype=object)  # code -1 (missing) -> ''
-        return cats[np.asarray(arr.codes)]
-    return np.asarray(col, dtype=object).astype(str).astype(object)
+        names = [str(c) for c in arr.categories] + [""]
+        c = np.asarray(arr.codes)
+        return (np.where(c < 0, len(names) - 1, c) if len(c) and c.min() < 0 else c), names
+    c, uniq = pd.factorize(np.asarray(col, dtype=object))
+    names = [str(u) for u in uniq] + [""]
+    return np.where(c < 0, len(names) - 1, c), names

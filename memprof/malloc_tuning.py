@@ -4,8 +4,8 @@ An analysis of a 10M-entry snapshot makes hundreds of temporary arrays of 40-80 
 each one with a fresh ``mmap`` and returns it with ``munmap``, so every temporary page-faults
 its memory in again (on a VM whose host takes freed memory back, at ~1.6 s/GiB). Serving large
 blocks from the heap and not trimming it lets the next temporary reuse pages already in place
-(measured on the 10M-entry benchmark snapshot: cold first paint -0.3 to -0.5 s of kernel time,
-``benchmarks/results/scale_10m.md``).
+(the 10M-entry benchmark snapshot, memory pre-touched, default and tuned runs alternating, two
+each: cold first paint 5.56 / 5.83 s -> 5.33 / 5.08 s, kernel time 1.95 / 1.99 s -> 1.59 / 1.35 s).
 
 Scope: the analysis commands and ``memprof serve`` call :func:`keep_freed_memory`; never a process
 that records (the user's training code keeps its allocator as it is), never on import. While a

@@ -428,7 +428,7 @@ def _band_index(model: TimelineModel) -> _BandIndex:
         t0 = al["t0_ms"].to_numpy(dtype=np.float64)
         t1 = np.where(al["alive_at_end"].to_numpy(), np.inf, al["t1_ms"].to_numpy(dtype=np.float64))
         size = al["size"].to_numpy().astype(np.int64)
-        cat, cat_names = _codes(al["category"])
+        cat, cat_names = labels.codes(al["category"])
         # each row's label: its name, else its module, else its site, as one integer key per distinct label
         keys, key_names = _label_keys([al[c] for c in ("name", "module") if c in al] + [al["site"]])
         per: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -451,29 +451,17 @@ def _running_sum(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """(integer code per row, label of each code) of a label column, categorical or not."""
-    arr = col.array
-    if isinstance(arr, pd.Categorical):
-        names = [str(c) for c in arr.categories] + [""]
-        codes = np.asarray(arr.codes)
-        return (np.where(codes < 0, len(names) - 1, codes) if len(codes) and codes.min() < 0 else codes), names
-    codes, uniq = pd.factorize(np.asarray(col, dtype=object))
-    names = [str(u) for u in uniq] + [""]
-    return np.where(codes < 0, len(names) - 1, codes), names
-
-
 def _label_keys(cols: list[pd.Series]) -> tuple[np.ndarray, list[str]]:
     """Per row, the first non-empty label among ``cols`` (the last one is taken as it is), as one
     integer key over all of them, and the label of each key."""
     keys = np.full(len(cols[0]), -1, dtype=np.int64)
     names: list[str] = []
     for j, col in enumerate(cols):
-        codes, labels = _codes(col)
-        empty = np.array([lab == "" for lab in labels], dtype=bool) if j < len(cols) - 1 else np.zeros(len(labels), bool)
+        codes, col_names = labels.codes(col)
+        empty = np.array([lab == "" for lab in col_names], dtype=bool) if j < len(cols) - 1 else np.zeros(len(col_names), bool)
         take = (keys < 0) & ~empty[codes]
         keys[take] = codes[take].astype(np.int64) + len(names)  # int64: small code types would overflow
-        names += labels
+        names += col_names
     return np.where(keys < 0, len(names), keys), names + [""]
 
 

@@ -88,11 +88,6 @@ def phase_of(idx: np.ndarray, phases: pd.DataFrame, labels_: list[str] | None = 
     return PhaseCodes(codes[k], lab), iters[k]
 
 
-def as_categorical(labels_: np.ndarray) -> pd.Categorical:
-    """A few distinct strings over many rows as a categorical (see :mod:`memprof.labels`)."""
-    return labels.as_categorical(labels_)
-
-
 def _meta_match(a: pd.DataFrame, ranges: Any) -> np.ndarray:
     """Allocations starting inside one of ``ranges`` ([[addr, nbytes], ...]), alive at end or of that size."""
     n = len(a)

@@ -92,8 +92,8 @@ def stats_dict(snap: Any, rep: Replay, meta: dict[str, Any], top: int) -> dict[s
 
 
 SIM_MAX_EVENTS = 250_000
-"""Above this many trace events stats leaves the allocator model out (it replays the stream at
-~2.5 us an event: 25 s at 10M) and names the command that runs it."""
+"""Above this many trace events stats leaves the allocator model out and names the command that
+runs it (on the 10M-entry benchmark file stats took 39.8 s with the model, 5.8 s without)."""
 
 
 def simulated_counters(snap: Any, device: int, n_events: int = 0) -> dict[str, Any]:
