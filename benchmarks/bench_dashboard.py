@@ -47,11 +47,11 @@ def worker(path: Path, n_zoom: int) -> dict[str, Any]:
     """One process: cold first paint, warm first paint, zoom callback and HTTP timings."""
     import random
 
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     app = create_app(path.parent)
-    from app.pages import timeline  # pages register themselves: only after the app exists
+    from memprof.dashboard.pages import timeline  # pages register themselves: only after the app exists
     lib = library()
     sid = str(lib.get(path.name).id)
     t = time.perf_counter()

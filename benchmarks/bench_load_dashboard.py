@@ -17,7 +17,7 @@ Modes, all measured in one run of this script:
 
 * ``before``  — the caches as they were: an LRU bounded by entry count, no single flight
   (each miss builds its own model), reproduced here by swapping the library's caches;
-* ``after``   — ``app.state.ByteLRU``: one build per key, the others wait; bounded by bytes;
+* ``after``   — ``memprof.dashboard.state.ByteLRU``: one build per key, the others wait; bounded by bytes;
 * ``after, no disk cache`` — the same with the columnar (Arrow) cache emptied first, so the
   one build also parses the pickle.
 
@@ -55,8 +55,8 @@ def serve(folder: Path, mode: str, port: int) -> None:
 
     from werkzeug.serving import make_server
 
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     app = create_app(folder)
     lib = library()

@@ -38,8 +38,8 @@ def worker(path: Path, n_zoom: int) -> dict[str, Any]:
 
     import plotly
 
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     try:  # as `memprof serve` does (the old tree may not have it)
         from memprof.malloc_tuning import keep_freed_memory
@@ -48,7 +48,7 @@ def worker(path: Path, n_zoom: int) -> dict[str, Any]:
     except ImportError:
         pass
     create_app(path.parent)
-    from app.pages import timeline
+    from memprof.dashboard.pages import timeline
 
     lib = library()
     sid = str(lib.get(path.name).id)

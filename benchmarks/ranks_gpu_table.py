@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 from memprof.meta import read_meta
 from memprof.run import load_summaries, rank_files
 

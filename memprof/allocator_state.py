@@ -176,7 +176,7 @@ def _gaps(blocks: pd.DataFrame, seg: pd.DataFrame) -> pd.DataFrame:
 
 def describe_event(snap: Snapshot, device: int, idx: int) -> str:
     """One line for trace event ``idx``: its action, size, address and innermost frame."""
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     ev = snap.device_events(device)
     if idx < 0 or idx >= len(ev):

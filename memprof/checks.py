@@ -26,34 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 if TYPE_CHECKING:
     from memprof.analysis import Analysis
-
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-          "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: str | int | float) -> int:
-    """Bytes from ``"2 GiB"``, ``"1.5GB"``, ``"512MiB"``, ``"1000"`` or a number.
-
-    KiB/MiB/GiB/TiB and K/M/G/T are powers of 1024 (as ``--max-bytes``); kB/MB/GB/TB powers of 1000;
-    case-insensitive.
-    """
-    if isinstance(text, bool):
-        raise MemprofError(f"not a size: {text!r}")
-    if isinstance(text, (int, float)):
-        if text < 0 or text != text:
-            raise MemprofError(f"not a size: {text!r}")
-        return int(text)
-    m = _SIZE_RE.match(str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise MemprofError(f"not a size: {text!r} (use e.g. 2GiB, 512MiB, 1.5GB or a number of bytes)")
-    return int(float(m.group(1)) * _UNITS[unit])
-
 
 def parse_percent(text: str | float) -> float:
     """A fraction from ``"5%"``, ``"5"`` (percent) or ``"2.5 %"``: 0.05, 0.05, 0.025."""

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 from memprof.views import TimelineModel, category_bands, stacked_polygons, step_view
 
 MIB = float(1 << 20)
@@ -393,7 +393,7 @@ def plot_sweep(df: pd.DataFrame, y: str, x: str = "seq_len", by: str = "series",
 
 
 def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
-    """Speedup lines from ``df`` (columns: x, series, speedup; see ``app.pages.sweeps.speedup_frame``)."""
+    """Speedup lines from ``df`` (columns: x, series, speedup; see ``memprof.dashboard.pages.sweeps.speedup_frame``)."""
     fig = go.Figure()
     numeric = _numeric_x(df[x])
     order = list(dict.fromkeys(df[x].astype(str)))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 MIB = float(1 << 20)
 STATUS_COLORS = {"ok": "#4C78A8", "oom": "#E45756", "terminated": "#F58518", "error": "#B279A2", "empty": "#BAB0AC",

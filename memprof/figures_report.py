@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from memprof import figures, views
-from memprof.format import fmt_bytes, fmt_us
+from memprof.units import fmt_bytes, fmt_us
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#1f2937;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #e5e7eb}

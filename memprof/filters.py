@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from memprof.units import UNITS  # the one size grammar
 from memprof.errors import MemprofError
 
 MAX_QUERY_CHARS = 4000
@@ -44,10 +45,7 @@ MAX_CLAUSES = 64
 MAX_DEPTH = 16
 MAX_PRIME_DISTINCT = 200_000
 
-UNITS = {
-    "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-}
+
 _WORD_OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _UNARY = ("blank", "nil", "num", "str", "bool", "even", "odd", "prime", "object")
 _VALUE_STOP = set(" \t\r\n\f\v'\"`{}()\\")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 ROOT_ID = "all"
 #: Frames of the harness that ran the program (memprof's CLI and recorder, runpy): the same chain on

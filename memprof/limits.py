@@ -26,12 +26,12 @@ import bz2
 import gzip
 import lzma
 import os
-import re
 import zlib
 from pathlib import Path
 from typing import IO, Any
 
 from memprof.errors import MemprofError
+from memprof.units import fmt_bytes, parse_size
 
 DEFAULT_MAX_BYTES = 2 << 30
 DEFAULT_MAX_DEPTH = 64
@@ -56,25 +56,7 @@ class LimitError(MemprofError):
     """A file asks for more than a bound allows: the message names the bound and how to raise it."""
 
 
-def _fmt(n: int) -> str:
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if v < 1024 or unit == "PiB":
-            return f"{int(v)} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return f"{v:.1f} PiB"  # pragma: no cover
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.I)
-
-
-def parse_size(text: str) -> int:
-    """'2G', '512MiB', '1.5g', '1000000' -> bytes (binary units)."""
-    m = _SIZE.match(str(text))
-    if not m:
-        raise MemprofError(f"not a size: {text!r} (use e.g. 4G, 512M or a number of bytes)")
-    mult = 1 << (10 * " kmgtp".index(m.group(2).lower() or " ")) if m.group(2) else 1
-    return int(float(m.group(1)) * mult)
+_fmt = fmt_bytes
 
 
 def _env_int(name: str, default: int, parse: Any = int) -> int:

@@ -848,9 +848,11 @@ def _fastpickle_module() -> Any:
     """The C extension (built by setup.py). MEMPROF_LOADER=python acts as if it were not built."""
     if os.environ.get("MEMPROF_LOADER") == "python":
         raise ImportError("MEMPROF_LOADER=python")
-    from memprof import _fastpickle
+    import importlib
 
-    return _fastpickle
+    # by name: the C extension is no Python module, and `from memprof import _fastpickle` reads to
+    # the import checker as an import of the whole package (and so of the recorder and torch)
+    return importlib.import_module("memprof._fastpickle")
 
 
 def load_fast(path: Path, file_format: str | None = None) -> Snapshot | None:

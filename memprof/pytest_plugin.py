@@ -72,7 +72,7 @@ def _device(item: pytest.Item, marker: pytest.Mark | None) -> str | None:
 
 def _limit(marker: pytest.Mark) -> int:
     from memprof.errors import MemprofError
-    from memprof.checks import parse_size
+    from memprof.units import parse_size
 
     args = list(marker.args) + ([marker.kwargs["limit"]] if "limit" in marker.kwargs else [])
     if len(args) != 1:
@@ -119,7 +119,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 def _finish(item: pytest.Item, path: Path, limit: int | None, outcome: str, recs: list[Any]) -> None:
     """Measure the saved snapshot, report it, and fail the test when it is over the limit."""
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
     from memprof.checks import Measurement, measure
     from memprof.meta import meta_path, read_meta
 
@@ -156,7 +156,7 @@ def _finish(item: pytest.Item, path: Path, limit: int | None, outcome: str, recs
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """The per-test table: test, outcome, peak allocated, peak reserved, limit; largest peak first."""
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     rows = sorted(rows, key=lambda r: (-int(r.get("peak_allocated_bytes") or 0), str(r.get("nodeid"))))
     w = max([len("test")] + [len(str(r["nodeid"])) for r in rows])

@@ -566,7 +566,7 @@ def by_site(df: pd.DataFrame, top: int = 20) -> pd.DataFrame:
     (e.g. ``<no Python frames>``: gradients and optimizer state) each with its bytes, largest
     first (``optimizer_state 981.3 MiB + gradient 490.7 MiB``), so it always agrees with
     :func:`by_category`."""
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     if not len(df):
         return pd.DataFrame(columns=["site", "category", "bytes", "count"])
@@ -629,7 +629,7 @@ def verdict(m: TimelineModel) -> dict[str, Any]:
     Uses ``memprof.analysis`` when present; otherwise compares peak reserved to peak allocated.
     Keys: verdict, explanation, remedies (list), numbers (dict of label -> value).
     """
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     a = getattr(m, "analysis", None)
     if a is not None:
@@ -680,7 +680,7 @@ def analytic_account(m: TimelineModel) -> pd.DataFrame:
 
     Uses ``analysis.peak.analytic`` when present. Columns: item, measured, expected, note.
     """
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     a = getattr(m, "analysis", None)
     if a is not None:
@@ -703,7 +703,7 @@ def analytic_account(m: TimelineModel) -> pd.DataFrame:
 
 def compare_summary(models: list[TimelineModel], labels: list[str]) -> pd.DataFrame:
     """One row per snapshot. Columns: snapshot, peak_allocated, peak_reserved, delta_peak, duration_ms, allocations."""
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     base = models[0].peak_bytes
     return pd.DataFrame({

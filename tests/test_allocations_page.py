@@ -19,8 +19,8 @@ EAGER = "h100/transformer-small-train-eager-bf16.pickle.gz"
 
 @pytest.fixture(scope="module")
 def ctx():
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     create_app(ROOT)
     lib = library()
@@ -38,7 +38,7 @@ def _rows(m, pred) -> list[int]:
 
 
 def test_text_filters_filter(ctx) -> None:
-    from app.pages import allocations
+    from memprof.dashboard.pages import allocations
 
     m, key = ctx
     # what the table sends when 'activation' is typed in the category cell
@@ -53,7 +53,7 @@ def test_text_filters_filter(ctx) -> None:
 
 
 def test_unit_filters_and_sort(ctx) -> None:
-    from app.pages import allocations
+    from memprof.dashboard.pages import allocations
 
     m, key = ctx
     sizes = m.allocs["size"].tolist()
@@ -71,7 +71,7 @@ def test_unit_filters_and_sort(ctx) -> None:
 
 
 def test_filter_error_is_shown_not_dropped(ctx) -> None:
-    from app.pages import allocations
+    from memprof.dashboard.pages import allocations
 
     _, key = ctx
     rows, pages, count = allocations.page(0, 20, None, "{size} > lots", key)
@@ -80,7 +80,7 @@ def test_filter_error_is_shown_not_dropped(ctx) -> None:
 
 
 def test_csv_export_is_the_filtered_sorted_table(ctx) -> None:
-    from app.pages import allocations
+    from memprof.dashboard.pages import allocations
 
     m, key = ctx
     sort = [{"column_id": "size", "direction": "asc"}]

@@ -23,8 +23,8 @@ COMPILED = "h100/transformer-small-train-compiled-bf16.pickle.gz"
 
 @pytest.fixture(scope="module")
 def lib():
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     create_app(ROOT)
     return library()
@@ -45,8 +45,8 @@ def test_library_rows(lib) -> None:
 
 
 def test_timeline_figure_and_zoom_patch(lib) -> None:
-    from app import common
-    from app.pages import timeline
+    from memprof.dashboard import common
+    from memprof.dashboard.pages import timeline
 
     sid = lib.get(EAGER).id
     fig, rows = common.timeline_figure(sid, None)
@@ -77,7 +77,7 @@ def test_timeline_figure_and_zoom_patch(lib) -> None:
 
 
 def test_allocations_filter_sort_and_alive(lib) -> None:
-    from app.pages import allocations
+    from memprof.dashboard.pages import allocations
 
     sid = lib.get(EAGER).id
     key = {"snap": sid, "device": None}
@@ -101,7 +101,7 @@ def test_allocations_filter_sort_and_alive(lib) -> None:
 
 
 def test_explain_content(lib) -> None:
-    from app.pages import explain
+    from memprof.dashboard.pages import explain
 
     sid = lib.get(EAGER).id
     div = explain.layout(snap=str(sid))
@@ -112,7 +112,7 @@ def test_explain_content(lib) -> None:
 
 
 def test_compare(lib) -> None:
-    from app.pages import compare
+    from memprof.dashboard.pages import compare
 
     ids = [lib.get(EAGER).id, lib.get(COMPILED).id]
     out = compare.update(ids)
@@ -125,7 +125,7 @@ def test_compare(lib) -> None:
 
 
 def test_sweeps(lib) -> None:
-    from app.pages import sweeps
+    from memprof.dashboard.pages import sweeps
 
     found = {rel: i for i, rel, _ in lib.sweeps()}
     assert {"sweep-attention-h100", "sweep-transformer-h100"} <= set(found)
@@ -142,8 +142,8 @@ def test_sweeps(lib) -> None:
 
 
 def test_snapshot_selection_path_safety(lib, tmp_path: Path) -> None:
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     for bad in ("../../etc/passwd", "/etc/passwd", str(ROOT / EAGER), "h100/../../pyproject.toml", "999999", "-1", ""):
         with pytest.raises(MemprofError):

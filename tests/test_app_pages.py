@@ -25,8 +25,8 @@ RAW_INT = re.compile(r"^\d{5,}$")  # 1774617600
 
 @pytest.fixture(scope="module")
 def lib():
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     create_app(ROOT)
     return library()
@@ -45,8 +45,8 @@ def _cells(tbl: Any) -> list[str]:
 # --- navigation -------------------------------------------------------------
 
 def test_every_page_link_keeps_the_snapshot_and_device(lib) -> None:
-    from app import PAGES
-    from app.common import nav_hrefs
+    from memprof.dashboard import PAGES
+    from memprof.dashboard.common import nav_hrefs
 
     hrefs = dict(zip([n for n, _ in PAGES], nav_hrefs("?snap=6&device=1")))
     assert hrefs["Timeline"] == "/timeline?snap=6&device=1"
@@ -61,7 +61,7 @@ def test_every_page_link_keeps_the_snapshot_and_device(lib) -> None:
 
 
 def test_stack_panel_link_keeps_the_device(lib) -> None:
-    from app.pages import timeline
+    from memprof.dashboard.pages import timeline
 
     sid = lib.get(EAGER).id
     m = lib.model(sid, None)
@@ -74,7 +74,7 @@ def test_stack_panel_link_keeps_the_device(lib) -> None:
 # --- Explain ----------------------------------------------------------------
 
 def test_explain_numbers_have_units_and_per_phase_is_a_table(lib) -> None:
-    from app.pages import explain
+    from memprof.dashboard.pages import explain
 
     sid = lib.get(EAGER).id
     ids = _ids(explain.explain_content(sid, None))
@@ -93,7 +93,7 @@ def test_explain_numbers_have_units_and_per_phase_is_a_table(lib) -> None:
 
 
 def test_explain_tables_show_byte_units(lib) -> None:
-    from app.pages import explain
+    from memprof.dashboard.pages import explain
 
     ids = _ids(explain.explain_content(lib.get(EAGER).id, None))
     for tid in ("explain-sites", "explain-analytic"):
@@ -104,7 +104,7 @@ def test_explain_tables_show_byte_units(lib) -> None:
 
 def test_site_categories_agree_with_the_category_chart(lib) -> None:
     from memprof import views
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     m = lib.model(lib.get(EAGER).id, None)
     at_peak = views.alive_at(m, m.peak_ms)
@@ -127,7 +127,7 @@ def test_site_categories_agree_with_the_category_chart(lib) -> None:
 
 
 def test_explain_analytic_account_hidden_and_explained_for_scripts(lib) -> None:
-    from app.pages import explain
+    from memprof.dashboard.pages import explain
 
     ids = _ids(explain.explain_content(lib.get(SCRIPT).id, None))
     assert "explain-analytic" not in ids
@@ -135,9 +135,9 @@ def test_explain_analytic_account_hidden_and_explained_for_scripts(lib) -> None:
 
 
 def test_explain_oom_section_on_oom_snapshots_only(lib) -> None:
-    from app.pages import explain
+    from memprof.dashboard.pages import explain
 
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     sid = lib.get(OOM).id
     m = lib.model(sid, None)
@@ -154,8 +154,8 @@ def test_explain_oom_section_on_oom_snapshots_only(lib) -> None:
 
 
 def test_cpu_run_not_described_in_cuda_terms(tmp_path: Path, lib, capsys: pytest.CaptureFixture[str]) -> None:
-    from app import create_app
-    from app.pages import explain
+    from memprof.dashboard import create_app
+    from memprof.dashboard.pages import explain
     from memprof.cli import main
 
     # GIVEN a snapshot whose metadata says it was recorded on the CPU
@@ -199,7 +199,7 @@ def _strings(c: Any) -> list[str]:
 
 
 def test_one_unit_convention_binary_on_every_page(lib) -> None:
-    from app.pages import allocations, compare, explain, sweeps, timeline
+    from memprof.dashboard.pages import allocations, compare, explain, sweeps, timeline
 
     sid = lib.get(EAGER).id
     pages = [timeline.layout(snap=str(sid)), allocations.layout(snap=str(sid)), explain.layout(snap=str(sid)),
@@ -215,7 +215,7 @@ def test_one_unit_convention_binary_on_every_page(lib) -> None:
 def test_sweep_peak_plotted_in_mib_equal_to_the_csv(lib) -> None:
     import pandas as pd
 
-    from app.pages import sweeps
+    from memprof.dashboard.pages import sweeps
 
     found = {rel: (i, p) for i, rel, p in lib.sweeps()}
     i, path = found["sweep-attention-h100"]
@@ -230,7 +230,7 @@ def test_sweep_peak_plotted_in_mib_equal_to_the_csv(lib) -> None:
 
 
 def test_sweep_series_keep_their_colour_in_every_plot(lib) -> None:
-    from app.pages import sweeps
+    from memprof.dashboard.pages import sweeps
 
     for rel in ("sweep-attention-h100", "sweep-transformer-h100"):
         i = {r: j for j, r, _ in lib.sweeps()}[rel]
@@ -251,7 +251,7 @@ def test_sweep_series_keep_their_colour_in_every_plot(lib) -> None:
 
 
 def test_transformer_sweep_table_has_no_empty_columns(lib) -> None:
-    from app.pages import sweeps
+    from memprof.dashboard.pages import sweeps
 
     i = {r: j for j, r, _ in lib.sweeps()}["sweep-transformer-h100"]
     tbl = _ids(sweeps.update(i))["sweeps-table"]
@@ -267,7 +267,7 @@ def test_transformer_sweep_table_has_no_empty_columns(lib) -> None:
 def test_compare_aligns_every_phase_of_every_iteration(lib) -> None:
     import numpy as np
 
-    from app.pages import compare
+    from memprof.dashboard.pages import compare
 
     COMPILED = "h100/transformer-small-train-compiled-bf16.pickle.gz"
     a, b = lib.model(lib.get(EAGER).id, None), lib.model(lib.get(COMPILED).id, None)
@@ -292,7 +292,7 @@ def test_compare_aligns_every_phase_of_every_iteration(lib) -> None:
 
 
 def test_compare_figure_own_phase_bands_and_y_from_zero(lib) -> None:
-    from app.pages import compare
+    from memprof.dashboard.pages import compare
 
     COMPILED = "h100/transformer-small-train-compiled-bf16.pickle.gz"
     ids = [lib.get(EAGER).id, lib.get(COMPILED).id]
@@ -307,7 +307,7 @@ def test_compare_figure_own_phase_bands_and_y_from_zero(lib) -> None:
 
 
 def test_compare_without_shared_phases_lines_up_first_forward(lib) -> None:
-    from app.pages import compare
+    from memprof.dashboard.pages import compare
 
     import dataclasses
 
@@ -325,9 +325,9 @@ def test_compare_without_shared_phases_lines_up_first_forward(lib) -> None:
 def test_library_latest_by_recording_time_and_real_sizes(tmp_path: Path) -> None:
     import os
 
-    from app.state import Library
+    from memprof.dashboard.state import Library
 
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     # GIVEN an older recording whose file is newer (copied later) and a newer recording with an old file
     for name, created, mtime in (("old-run", "2024-01-01T10:00:00+00:00", 2_000_000_000), ("new-run", "2025-06-01T10:00:00+00:00", 1_000_000_000)):
@@ -346,7 +346,7 @@ def test_library_latest_by_recording_time_and_real_sizes(tmp_path: Path) -> None
 
 
 def test_library_filters_have_placeholders_and_long_columns_wrap(lib) -> None:
-    from app.pages import library as page
+    from memprof.dashboard.pages import library as page
 
     tbl = _ids(page.layout())["library-table"]
     assert tbl.filter_options["placeholder_text"]
@@ -358,7 +358,7 @@ def test_library_filters_have_placeholders_and_long_columns_wrap(lib) -> None:
 
 def test_timeline_phase_labels_full_and_peak_label_clear(lib) -> None:
     sid = lib.get(EAGER).id
-    from app import common
+    from memprof.dashboard import common
 
     fig, rows = common.timeline_figure(sid, None)
     m = lib.model(sid, None)
@@ -378,8 +378,8 @@ def test_timeline_clicked_block_is_highlighted(lib) -> None:
     from dash import Patch
     from dash.exceptions import PreventUpdate
 
-    from app import common
-    from app.pages import timeline
+    from memprof.dashboard import common
+    from memprof.dashboard.pages import timeline
 
     sid = lib.get(EAGER).id
     fig, rows = common.timeline_figure(sid, None)
@@ -399,7 +399,7 @@ def test_timeline_clicked_block_is_highlighted(lib) -> None:
 
 
 def test_stack_paths_wrap_in_the_side_panel() -> None:
-    css = (Path(__file__).resolve().parents[1] / "app" / "assets" / "style.css").read_text()
+    css = (Path(__file__).resolve().parents[1] / "memprof" / "dashboard" / "assets" / "style.css").read_text()
     rule = re.search(r"\.side pre \{([^}]*)\}", css)
     assert rule and "overflow-wrap: anywhere" in rule.group(1)
 
@@ -437,7 +437,7 @@ def test_flame_tree_sums_the_bytes_alive_at_the_peak(lib) -> None:
 
 
 def test_flame_page_and_callback(lib) -> None:
-    from app.pages import flame as page
+    from memprof.dashboard.pages import flame as page
 
     sid = lib.get(EAGER).id
     ids = _ids(page.layout(snap=str(sid)))
@@ -450,7 +450,7 @@ def test_flame_page_and_callback(lib) -> None:
 
 
 def test_flame_search_by_stack_frame(lib) -> None:
-    from app.pages import flame as page
+    from memprof.dashboard.pages import flame as page
 
     from memprof import views
 
@@ -468,7 +468,7 @@ def test_flame_search_by_stack_frame(lib) -> None:
 
 
 def test_allocations_stream_and_address_search(lib) -> None:
-    from app.pages import allocations
+    from memprof.dashboard.pages import allocations
 
     sid = lib.get(EAGER).id
     m = lib.model(sid, None)
@@ -483,7 +483,7 @@ def test_allocations_stream_and_address_search(lib) -> None:
 
 
 def test_device_selector_for_multi_device_snapshots(tmp_path: Path) -> None:
-    from app import common, create_app
+    from memprof.dashboard import common, create_app
 
     import gzip
     import pickle
@@ -510,7 +510,7 @@ def test_device_selector_for_multi_device_snapshots(tmp_path: Path) -> None:
 # --- Allocator state ----------------------------------------------------------
 
 def test_allocator_page_steps_through_events(lib) -> None:
-    from app.pages import allocator
+    from memprof.dashboard.pages import allocator
 
     sid = lib.get(EAGER).id
     m = lib.model(sid, None)
@@ -526,14 +526,14 @@ def test_allocator_page_steps_through_events(lib) -> None:
     assert allocator.step("allocator-peak", 3, key) == m.rep.peak_idx
     fig2, line, rows, totals = allocator.show(0, key)
     assert line.startswith("event 0: ") and rows and "reserved" in totals
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
     assert f"{fmt_bytes(int(m.rep.reserved['reserved'].max()))} reserved" in totals or "reserved" in totals
 
 
 def test_allocator_segment_timeline_click_and_line(lib) -> None:
     import numpy as np
 
-    from app.pages import allocator
+    from memprof.dashboard.pages import allocator
 
     sid = lib.get(OOM).id
     m = lib.model(sid, None)
@@ -551,8 +551,8 @@ def test_allocator_segment_timeline_click_and_line(lib) -> None:
 
 
 def test_timeline_detail_control_draws_more_allocations(lib) -> None:
-    from app import common
-    from app.pages import timeline
+    from memprof.dashboard import common
+    from memprof.dashboard.pages import timeline
 
     sid = lib.get(EAGER).id
     m = lib.model(sid, None)
@@ -577,7 +577,7 @@ def test_timeline_detail_control_draws_more_allocations(lib) -> None:
 
 
 def test_stack_panel_folds_library_frames(lib) -> None:
-    from app.pages import timeline
+    from memprof.dashboard.pages import timeline
 
     frames = [("/x/site-packages/torch/nn/functional.py", 10, "linear"), ("/home/u/model.py", 5, "forward"),
               ("/x/site-packages/torch/nn/modules/module.py", 1790, "_call_impl"),

@@ -41,7 +41,7 @@ def served(tmp_path: Path):
     os.symlink(outside / "secret.meta.json", root / "runs" / "b.meta.json")  # the leak of issue 10
     (root / "sweep").mkdir()
     shutil.copy(SNAPS / "sweep-attention-h100" / "results.csv", root / "sweep" / "results.csv")
-    from app import create_app
+    from memprof.dashboard import create_app
 
     app = create_app(root)
     yield app, root, outside
@@ -55,8 +55,8 @@ def _text(x: Any) -> str:
 
 
 def test_meta_symlink_outside_is_never_read(served) -> None:
-    from app.pages import explain, library as library_page, timeline
-    from app.state import library
+    from memprof.dashboard.pages import explain, library as library_page, timeline
+    from memprof.dashboard.state import library
 
     _, root, _ = served
     lib = library()
@@ -73,8 +73,8 @@ def test_meta_symlink_outside_is_never_read(served) -> None:
 
 
 def test_snapshot_replaced_by_symlink_after_startup_is_refused(served) -> None:
-    from app.pages import allocations, timeline
-    from app.state import library
+    from memprof.dashboard.pages import allocations, timeline
+    from memprof.dashboard.state import library
 
     app, root, outside = served
     lib = library()
@@ -104,8 +104,8 @@ def test_snapshot_replaced_by_symlink_after_startup_is_refused(served) -> None:
 
 
 def test_swap_while_reading_is_refused_and_a_new_file_is_reread(served, monkeypatch) -> None:
-    from app import common, state
-    from app.state import library
+    from memprof.dashboard import common, state
+    from memprof.dashboard.state import library
 
     _, root, outside = served
     lib = library()
@@ -132,7 +132,7 @@ def test_swap_while_reading_is_refused_and_a_new_file_is_reread(served, monkeypa
 
 
 def test_fifo_and_folder_in_place_of_files_are_refused(served) -> None:
-    from app.state import library
+    from memprof.dashboard.state import library
 
     _, root, _ = served
     lib = library()
@@ -151,8 +151,8 @@ def test_fifo_and_folder_in_place_of_files_are_refused(served) -> None:
 
 
 def test_sweep_results_symlink_is_refused(served) -> None:
-    from app.pages import sweeps
-    from app.state import library
+    from memprof.dashboard.pages import sweeps
+    from memprof.dashboard.state import library
 
     _, root, outside = served
     lib = library()
@@ -167,8 +167,8 @@ def test_sweep_results_symlink_is_refused(served) -> None:
 
 
 def test_run_folder_files_leading_outside_are_refused(served) -> None:
-    from app.pages import ranks
-    from app.state import library
+    from memprof.dashboard.pages import ranks
+    from memprof.dashboard.state import library
 
     _, root, outside = served
     run_src = Path(__file__).resolve().parent / "data" / "gpu" / "ranks" / "transformer-small-fsdp-n2"
@@ -193,8 +193,8 @@ def test_run_folder_files_leading_outside_are_refused(served) -> None:
 
 
 def test_error_boxes_show_relative_paths(served) -> None:
-    from app.pages import explain, timeline
-    from app.state import library
+    from memprof.dashboard.pages import explain, timeline
+    from memprof.dashboard.state import library
 
     _, root, _ = served
     (root / "runs" / "broken.pickle.gz").write_bytes(b"\x1f\x8b not really gzip")
@@ -377,7 +377,7 @@ def test_hostile_filter_over_http_answers_quickly(served) -> None:
 # --- caches ----------------------------------------------------------------------------------------
 
 def test_single_flight_one_build_per_key() -> None:
-    from app.state import ByteLRU
+    from memprof.dashboard.state import ByteLRU
 
     cache = ByteLRU(10**9, sizeof=lambda v: 8)
     calls: list[int] = []
@@ -401,7 +401,7 @@ def test_single_flight_one_build_per_key() -> None:
 
 
 def test_single_flight_error_reaches_waiters_and_is_not_cached() -> None:
-    from app.state import ByteLRU
+    from memprof.dashboard.state import ByteLRU
 
     cache = ByteLRU(10**9, sizeof=lambda v: 8)
     gate = threading.Event()
@@ -430,7 +430,7 @@ def test_single_flight_error_reaches_waiters_and_is_not_cached() -> None:
 
 
 def test_cache_bounded_by_bytes() -> None:
-    from app.state import ByteLRU
+    from memprof.dashboard.state import ByteLRU
 
     cache = ByteLRU(1000, sizeof=len)
     for k in "abcde":
@@ -444,7 +444,7 @@ def test_cache_bounded_by_bytes() -> None:
 
 
 def test_library_model_single_flight(served) -> None:
-    from app.state import library
+    from memprof.dashboard.state import library
 
     lib = library()
     e = lib.get("runs/a.pickle.gz")
@@ -463,7 +463,7 @@ def test_approx_nbytes_counts_arrays() -> None:
     import numpy as np
     import pandas as pd
 
-    from app.state import approx_nbytes
+    from memprof.dashboard.state import approx_nbytes
 
     a = np.zeros(1_000_000)
     assert 8_000_000 <= approx_nbytes(a) < 8_100_000
@@ -496,6 +496,6 @@ def test_serve_warns_off_loopback(monkeypatch, capsys, tmp_path: Path) -> None:
         assert "warning" not in capsys.readouterr().err
         assert ran == [("0.0.0.0", 8211), ("127.0.0.1", 8212)]
     finally:
-        from app import create_app
+        from memprof.dashboard import create_app
 
         create_app(SNAPS)

@@ -20,8 +20,8 @@ EMPTY = "nishi951__triton-unfold__memory.pickle.gz"
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     root = tmp_path_factory.mktemp("lib")
     shutil.copy(CORPUS / EMPTY, root / EMPTY)
@@ -41,7 +41,7 @@ def _walk(node):
 
 
 def test_empty_trace_timeline_shows_the_state(lib):
-    from app.pages import allocations, explain, timeline
+    from memprof.dashboard.pages import allocations, explain, timeline
 
     sid = lib.get(EMPTY).id
     page = timeline.layout(snap=str(sid))
@@ -61,7 +61,7 @@ def test_empty_trace_timeline_shows_the_state(lib):
 
 
 def test_two_streams_draw_the_awaiting_free_band(lib):
-    from app.pages import timeline
+    from memprof.dashboard.pages import timeline
 
     sid = lib.get("streams.pickle").id
     page = timeline.layout(snap=str(sid))
@@ -82,7 +82,7 @@ def test_two_streams_draw_the_awaiting_free_band(lib):
 
 
 def test_private_pools_line_on_the_timeline(lib):
-    from app.pages import timeline
+    from memprof.dashboard.pages import timeline
 
     sid = lib.get("mempool.pickle.gz").id
     fig = [n for n in _walk(timeline.layout(snap=str(sid))) if getattr(n, "id", None) == "timeline-graph"][0].figure

@@ -52,7 +52,7 @@ def server(tmp_path_factory) -> Iterator[str]:
         pytest.skip(why)
     from werkzeug.serving import make_server
 
-    from app import create_app
+    from memprof.dashboard import create_app
 
     root = tmp_path_factory.mktemp("served")
     (root / "h100").mkdir()
@@ -186,7 +186,7 @@ def test_allocations_filter_by_text_and_units(server: str, driver: Any) -> None:
     """Typing in the table's filter cells filters on the server (issue 14: text filters did nothing)."""
     from selenium.webdriver.common.keys import Keys
 
-    from app.state import library
+    from memprof.dashboard.state import library
 
     d = driver
     m = library().model(library().get("h100/transformer-small-train-eager-bf16.pickle.gz").id)

@@ -30,7 +30,7 @@ def server(tmp_path_factory) -> Iterator[str]:
         pytest.skip(why)
     from werkzeug.serving import make_server
 
-    from app import create_app
+    from memprof.dashboard import create_app
 
     root = tmp_path_factory.mktemp("served-modules")
     for f in (SNAP, "gpt-user-cpu.meta.json"):

@@ -29,7 +29,7 @@ def ranks_server(tmp_path_factory) -> Iterator[str]:
         pytest.skip(why)
     from werkzeug.serving import make_server
 
-    from app import create_app
+    from memprof.dashboard import create_app
 
     root = tmp_path_factory.mktemp("served-ranks")
     for name in ("ddp-script-oom", "transformer-small-fsdp-n4"):

@@ -11,7 +11,8 @@ import pytest
 
 from memprof.cli import main
 from memprof.errors import MemprofError
-from memprof.checks import parse_percent, parse_size, run_files
+from memprof.checks import parse_percent, run_files
+from memprof.units import parse_size
 from memprof.testing import write_snapshot
 from snapgen import SnapGen
 

@@ -160,7 +160,7 @@ def test_serve_missing_path_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_serve_file_is_a_library_of_one(tmp_path: Path) -> None:
     pytest.importorskip("dash")
-    from app.state import Library
+    from memprof.dashboard.state import Library
 
     from memprof.errors import MemprofError
 

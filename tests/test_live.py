@@ -193,7 +193,7 @@ def browser_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         pytest.skip(why)
     from werkzeug.serving import make_server
 
-    from app import create_app
+    from memprof.dashboard import create_app
 
     root = tmp_path / "served"
     root.mkdir()
@@ -264,10 +264,10 @@ def test_cuda_samples_are_the_allocators_counters() -> None:
 
 def test_live_page_callback(tmp_path: Path) -> None:
     # GIVEN the app over a folder, and a publisher that finished with a snapshot inside it and one outside
-    from app import create_app
+    from memprof.dashboard import create_app
 
     create_app(tmp_path)
-    from app.pages import live as page
+    from memprof.dashboard.pages import live as page
     (tmp_path / "runs").mkdir()
     inside = tmp_path / "runs" / "a.pickle"
     shutil.copy(REPO / "snapshots" / "h100" / "script-train_tiny.pickle.gz", inside)

@@ -282,14 +282,14 @@ def test_gpu_runs_peaks_match_the_allocator_and_fsdp_shards(gpu_runs):
 
 # -- the dashboard's helpers, called directly --------------------------------------------------------
 def test_library_collapses_a_run_and_the_ranks_page_helpers(tmp_path):
-    from app import create_app, state
+    from memprof.dashboard import create_app, state
     from memprof.testing import training_snapshot, write_snapshot
 
     # GIVEN a served folder with one plain snapshot and a 3-rank run
     write_snapshot(tmp_path / "single.pickle", *training_snapshot(iterations=1, layers=2, hidden_mb=1))
     write_run(tmp_path / "runs" / "r", [4, 2, 6])
     create_app(tmp_path)
-    from app.pages import ranks as ranks_page
+    from memprof.dashboard.pages import ranks as ranks_page
 
     # WHEN the library table is built
     df = state.collapse_runs(state.library(), state.library().table())
@@ -352,7 +352,7 @@ def test_a_malformed_summary_is_recomputed(tmp_path):
 def test_the_dashboard_keeps_summaries_it_computes_out_of_the_served_folder(tmp_path, monkeypatch):
     """`memprof serve` reads the served folder, never writes into it: a run without summaries gets
     them computed into memprof's cache folder, and the next server start reads them from there."""
-    from app import create_app
+    from memprof.dashboard import create_app
     from memprof import run as run_mod
 
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path / "cache"))
@@ -361,7 +361,7 @@ def test_the_dashboard_keeps_summaries_it_computes_out_of_the_served_folder(tmp_
     before = sorted(p.relative_to(served) for p in served.rglob("*"))
     # WHEN the Ranks page of a fresh server shows the run
     create_app(served)
-    from app.pages import ranks as ranks_page  # (pages register with the app that exists)
+    from memprof.dashboard.pages import ranks as ranks_page  # (pages register with the app that exists)
 
     page = str(ranks_page.layout(run="run"))
     # THEN the ranks are shown, nothing was written inside the served folder, the summaries sit in the cache

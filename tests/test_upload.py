@@ -26,8 +26,8 @@ def _data_url(b: bytes) -> str:
 
 @pytest.fixture()
 def served(tmp_path: Path):
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     root = tmp_path / "served"
     root.mkdir()
@@ -42,8 +42,8 @@ def _files(root: Path) -> set[str]:
 
 
 def test_upload_opens_the_snapshot_from_a_private_folder(served) -> None:
-    from app.pages import library as page
-    from app.upload import upload_dir
+    from memprof.dashboard.pages import library as page
+    from memprof.dashboard.upload import upload_dir
 
     from memprof.load import load
     from memprof.replay import replay
@@ -69,7 +69,7 @@ class _Evil:
 
 
 def test_upload_of_a_malicious_pickle_runs_nothing(served) -> None:
-    from app.pages import library as page
+    from memprof.dashboard.pages import library as page
 
     root, lib = served
     marker = Path("/tmp/memprof-upload-pwned")
@@ -84,7 +84,7 @@ def test_upload_of_a_malicious_pickle_runs_nothing(served) -> None:
 
 @pytest.mark.parametrize("name", ["notes.txt", "../../etc/passwd", "x.meta.json", ""])
 def test_upload_refuses_non_snapshot_names(served, name: str) -> None:
-    from app.upload import save_upload
+    from memprof.dashboard.upload import save_upload
 
     root, lib = served
     with pytest.raises(MemprofError):
@@ -93,8 +93,8 @@ def test_upload_refuses_non_snapshot_names(served, name: str) -> None:
 
 
 def test_upload_size_limit(served, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.upload as up
-    from app.pages import library as page
+    import memprof.dashboard.upload as up
+    from memprof.dashboard.pages import library as page
 
     root, lib = served
     monkeypatch.setattr(up, "MAX_UPLOAD_BYTES", 1024)
@@ -105,8 +105,8 @@ def test_upload_size_limit(served, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_upload_box_is_size_limited_in_the_browser_too(served) -> None:
-    from app.pages import library as page
-    from app.upload import MAX_UPLOAD_BYTES
+    from memprof.dashboard.pages import library as page
+    from memprof.dashboard.upload import MAX_UPLOAD_BYTES
 
     up = next(c for c in _walk(page.layout()) if getattr(c, "id", None) == "library-upload")
     assert up.max_size == MAX_UPLOAD_BYTES and up.multiple is False

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def lib():
-    from app import create_app
-    from app.state import library
+    from memprof.dashboard import create_app
+    from memprof.dashboard.state import library
 
     create_app(ROOT / "tests" / "data" / "gpu")
     return library()
@@ -32,7 +32,7 @@ def _walk(c):
 
 
 def test_panel_on_the_explain_page(lib):
-    from app.pages import explain
+    from memprof.dashboard.pages import explain
 
     sid = lib.get("predict/attention-naive-s4096.pickle.gz").id
     ids = {getattr(c, "id", None) for c in _walk(explain.layout(snap=str(sid)))}
@@ -40,7 +40,7 @@ def test_panel_on_the_explain_page(lib):
 
 
 def test_recorded_settings_replay_to_torch_counters(lib):
-    from app import whatif
+    from memprof.dashboard import whatif
 
     sid = lib.get("alloc/expandable-b16.pickle.gz").id
     truth = json.loads((ROOT / "tests/data/gpu/alloc/expandable-b16.json").read_text())
@@ -56,7 +56,7 @@ def test_recorded_settings_replay_to_torch_counters(lib):
 
 
 def test_builtin_workload_sizes_go_through_predict(lib):
-    from app import whatif
+    from memprof.dashboard import whatif
 
     sid = lib.get("predict/attention-naive-s4096.pickle.gz").id
     meta = json.loads((ROOT / "tests/data/gpu/predict/attention-naive-s8192.meta.json").read_text())
@@ -69,7 +69,7 @@ def test_builtin_workload_sizes_go_through_predict(lib):
 
 
 def test_bad_inputs_are_one_message(lib):
-    from app import whatif
+    from memprof.dashboard import whatif
 
     sid = lib.get("predict/attention-naive-s4096.pickle.gz").id
     for args in (("nope:1", None, None, None), (None, "lots", None, None), (None, -3, None, None), (None, None, "x", None),

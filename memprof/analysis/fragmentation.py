@@ -208,7 +208,7 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
     total = (meta.get("device") or {}).get("total_memory_bytes") or meta.get("total_memory")
     free_total = free_cached + (dev_free or 0)
     frag = free_total >= req and (largest is None or largest < req) and (largest is not None or dev_free is not None)
-    from memprof.format import fmt_bytes as fb
+    from memprof.units import fmt_bytes as fb
 
     if total:
         other = int(total) - reserved - (dev_free or 0)

@@ -205,7 +205,7 @@ def _predict(kind: str, coeffs: dict[str, Any], scale: float, total: int) -> dic
 
 
 def fmt(n: float) -> str:
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     return fmt_bytes(n)
 

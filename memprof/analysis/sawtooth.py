@@ -160,7 +160,7 @@ def leak_check(iters: pd.DataFrame, min_growth_bytes: int = 1 << 20, min_growth_
     peak = float(iters["peak_bytes"].max()) if len(iters) else 0.0
     flagged = bool(slope > 0 and growth >= min_growth_bytes and growth >= min_growth_share * peak and rising >= 0.5)
     out.update(slope_bytes_per_iteration=slope, growth_bytes=int(round(growth)), rising_share=rising, flagged=flagged)
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
 
     if flagged:
         out["explanation"] = (

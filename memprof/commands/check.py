@@ -12,8 +12,9 @@ import json
 import sys
 
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
-from memprof.checks import Limits, Result, check, parse_percent, parse_size
+from memprof.units import fmt_bytes
+from memprof.checks import Limits, Result, check, parse_percent
+from memprof.units import parse_size
 
 EXIT_FAIL = 1
 

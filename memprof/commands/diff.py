@@ -7,7 +7,7 @@ import json
 import sys
 
 from memprof.commands import add_report_options
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

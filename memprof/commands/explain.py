@@ -12,7 +12,7 @@ import numpy as np
 
 from memprof.commands import add_report_options
 from memprof.escape import printable
-from memprof.format import fmt_bytes, fmt_us
+from memprof.units import fmt_bytes, fmt_us
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -146,7 +146,7 @@ the allocator model's search (11 s at 1M events; explain of the 10M benchmark fi
 def predicted_oom(an: Any) -> dict[str, Any] | None:
     """Built-in workloads: where ``memprof predict`` says the recorded device runs out; any other
     snapshot: the least device memory the allocator model needs for its requests."""
-    from memprof.format import fmt_bytes
+    from memprof.units import fmt_bytes
     from memprof.simulator import min_device_memory, requests_from_snapshot
 
     w = an.meta.get("workload") or {}

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 #: Bytes an H100 80GB's allocator can reserve with torch 2.11: reserved + cudaMemGetInfo's free at
 #: the OOM in snapshots/h100/attention-naive-s28672-d64-b8-oom (79,247,179,776 + 4,985,126,912).
@@ -78,7 +78,7 @@ def render(d: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memprof.commands.whatif import parse_bytes
+    from memprof.units import parse_size
     from memprof.predict import find_max, predict_workload
 
     target = list(args.target) + list(getattr(args, "_extra", []) or [])
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     kind = target[0]
     a = _parser(kind).parse_args(target[1:])
     opts = {k: getattr(a, k) for k in WORKLOAD_KEYS[kind] if getattr(a, k, None) is not None}
-    dm = parse_bytes(a.device_memory) if a.device_memory else None
+    dm = parse_size(a.device_memory) if a.device_memory else None
     # the steps `memprof record` runs before its window: warm-up, timed, profiled (+1 profiler warm-up)
     steps, warm, prof = getattr(a, "steps", 3), getattr(a, "warmup", 2), getattr(a, "profile_steps", 1)
     if steps < 1 or warm < 0 or prof < 0 or (a.pre_steps is not None and a.pre_steps < 0):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 EXIT_OOM = 3
 ATTN_IMPLS = ("naive", "compiled", "sdpa")

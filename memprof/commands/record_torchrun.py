@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 
 LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes, fmt_us
+from memprof.units import fmt_bytes, fmt_us
 from memprof.run import rank_files, run_dict
 
 

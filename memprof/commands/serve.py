@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     warning = exposure_warning(args.host, args.port, root.resolve())
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    from app import create_app
+    from memprof.dashboard import create_app
 
     app = create_app(root, None if args.cache_mb is None else int(args.cache_mb * 2**20))
     print(f"memprof: serving {root.resolve()} on http://{args.host}:{args.port}/", flush=True)

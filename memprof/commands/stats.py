@@ -10,7 +10,7 @@ from typing import Any
 
 from memprof.commands import add_report_options
 from memprof.escape import printable
-from memprof.format import fmt_bytes, fmt_us
+from memprof.units import fmt_bytes, fmt_us
 from memprof.load import A_OOM, load
 from memprof.meta import read_meta
 from memprof.replay import Replay, pool_totals, replay, trace_begins_mid_run

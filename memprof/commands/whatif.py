@@ -8,26 +8,7 @@ import json
 import sys
 from typing import Any
 
-from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
-
-
-def parse_bytes(text: str) -> int:
-    """``80GB``, ``79.2GiB``, ``85017493504`` -> bytes (GB = 10**9, GiB = 2**30)."""
-    t = text.strip().replace("_", "")
-    units = {"tib": 1 << 40, "gib": 1 << 30, "mib": 1 << 20, "kib": 1 << 10,
-             "tb": 10**12, "gb": 10**9, "mb": 10**6, "kb": 10**3, "b": 1}
-    low = t.lower()
-    for u, mult in units.items():
-        if low.endswith(u):
-            try:
-                return int(float(low[: -len(u)]) * mult)
-            except ValueError:
-                break
-    try:
-        return int(float(t))
-    except ValueError:
-        raise MemprofError(f"cannot read {text!r} as a number of bytes (e.g. 80GB, 79.2GiB, 85017493504)") from None
+from memprof.units import fmt_bytes, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -123,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     snap = load(args.snapshot, use_cache=not args.no_cache)
     device = snap.default_device() if args.device is None else args.device
     snap.check_device(device)
-    dm = parse_bytes(args.device_memory) if args.device_memory else None
+    dm = parse_size(args.device_memory) if args.device_memory else None
     d = whatif_dict(snap, device, args.alloc_conf, dm, read_meta(args.snapshot))
     if args.min_device_memory:
         from memprof.simulator import AllocConf, min_device_memory, requests_from_snapshot

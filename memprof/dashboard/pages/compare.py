@@ -8,8 +8,8 @@ import dash
 import numpy as np
 from dash import Input, Output, callback, dcc, html
 
-from app import common
-from app.state import library
+from memprof.dashboard import common
+from memprof.dashboard.state import library
 from memprof import figures, views
 
 dash.register_page(__name__, path="/compare", name="Compare", title="memprof · compare")

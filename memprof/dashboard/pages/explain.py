@@ -8,10 +8,10 @@ import dash
 import pandas as pd
 from dash import dcc, html
 
-from app import common, whatif
-from app.state import library
+from memprof.dashboard import common, whatif
+from memprof.dashboard.state import library
 from memprof import figures, views
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/explain", name="Explain", title="memprof · explain")
 whatif.register()

@@ -16,11 +16,11 @@ from dash import Input, Output, State, callback, dash_table, dcc, html
 
 from dash.exceptions import PreventUpdate
 
-from app import common
-from app.state import library
+from memprof.dashboard import common
+from memprof.dashboard.state import library
 from memprof import figures, views
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/modules", name="Modules", title="memprof · modules")
 

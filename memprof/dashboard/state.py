@@ -33,7 +33,7 @@ import pandas as pd
 
 from memprof.analysis import analyze
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 from memprof.load import iter_snapshot_files
 from memprof.meta import meta_path
 from memprof.views import TimelineModel, build_model

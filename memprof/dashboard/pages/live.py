@@ -14,10 +14,10 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
-from app.state import library
+from memprof.dashboard.state import library
 from memprof import live
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/live", name="Live", title="memprof · live")
 

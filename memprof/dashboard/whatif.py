@@ -13,10 +13,10 @@ from typing import Any
 
 from dash import Input, Output, State, callback, dcc, html
 
-from app import common
-from app.state import library
+from memprof.dashboard import common
+from memprof.dashboard.state import library
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 GB = 10**9
 WORKLOAD_SIZE = {"attention": ("batch", "seq_len"), "transformer": ("batch", "context")}

@@ -8,8 +8,8 @@ import dash
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
-from app import common
-from app.state import library
+from memprof.dashboard import common
+from memprof.dashboard.state import library
 from memprof import figures
 from memprof.errors import MemprofError
 

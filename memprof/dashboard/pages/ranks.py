@@ -14,11 +14,11 @@ import dash
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
-from app import common
-from app.state import library
+from memprof.dashboard import common
+from memprof.dashboard.state import library
 from memprof import figures_ranks
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 from memprof.run import aligned_timelines, imbalance, load_summaries, ranks_frame
 
 dash.register_page(__name__, path="/ranks", name="Ranks", title="memprof · ranks")

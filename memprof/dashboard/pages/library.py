@@ -8,8 +8,8 @@ from urllib.parse import quote
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from app import common
-from app.state import collapse_runs, library
+from memprof.dashboard import common
+from memprof.dashboard.state import collapse_runs, library
 from memprof.errors import MemprofError
 
 dash.register_page(__name__, path="/", name="Library", title="memprof · library")
@@ -58,7 +58,7 @@ def fit_to_screen(tbl: Any) -> None:
 
 def upload_box() -> Any:
     """Drop or choose a snapshot file: it opens here, like pytorch.org/memory_viz (see :mod:`app.upload`)."""
-    from app.upload import MAX_UPLOAD_BYTES
+    from memprof.dashboard.upload import MAX_UPLOAD_BYTES
 
     return html.Div([
         dcc.Upload(html.Div(["Drop a snapshot here or ", html.A("choose a file"),
@@ -72,7 +72,7 @@ def upload_target(contents: str | None, filename: str | None) -> tuple[Any, Any]
     """Where an uploaded snapshot goes: its timeline; or the one-line reason it was refused."""
     from dash import no_update
 
-    from app.upload import save_upload
+    from memprof.dashboard.upload import save_upload
 
     if not contents:
         return no_update, "the file was empty or over the size limit"

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, State, callback, dcc, html
 
-from app import common
-from app.state import library
+from memprof.dashboard import common
+from memprof.dashboard.state import library
 from memprof import allocator_state, figures
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/allocator", name="Allocator", title="memprof · allocator state")
 

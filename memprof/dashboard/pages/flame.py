@@ -7,10 +7,10 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from app import common
-from app.state import library
+from memprof.dashboard import common
+from memprof.dashboard.state import library
 from memprof import figures, flame, views
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/flame", name="Flame", title="memprof · flame graph")
 

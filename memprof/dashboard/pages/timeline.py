@@ -10,10 +10,10 @@ from typing import Any, Sequence
 import dash
 from dash import Input, Output, Patch, State, callback, dcc, html
 
-from app import common
-from app.state import library, parse_key
+from memprof.dashboard import common
+from memprof.dashboard.state import library, parse_key
 from memprof import figures
-from memprof.format import fmt_bytes, fmt_us
+from memprof.units import fmt_bytes, fmt_us
 
 dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof · timeline")
 

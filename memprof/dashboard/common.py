@@ -1,6 +1,6 @@
 """What more than one page uses: the snapshot/device keys of a page's query string, the header line and
 page links, the error box, the house table, and the timeline figure (Timeline page and the Library's preview).
-Each page's own helpers live in its module under ``app/pages/``."""
+Each page's own helpers live in its module under ``memprof/dashboard/pages/``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 import pandas as pd
 from dash import dash_table, dcc, html
 
-from app import state
-from app.state import library
+from memprof.dashboard import state
+from memprof.dashboard.state import library
 from memprof import figures, views
 from memprof.errors import MemprofError
-from memprof.format import fmt_bytes, fmt_us
+from memprof.units import fmt_bytes, fmt_us
 
 
 def error_box(e: Exception) -> html.Div:
@@ -84,7 +84,7 @@ def nav_hrefs(search: str | None) -> list[str]:
     the first of Compare's ``snaps``); Library, Compare and Sweeps keep their own."""
     from urllib.parse import parse_qs, urlencode
 
-    from app import PAGES
+    from memprof.dashboard import PAGES
 
     q = parse_qs((search or "").lstrip("?"))
     snap = (q.get("snap") or [""])[0] or (q.get("snaps") or [""])[0].split(",")[0]

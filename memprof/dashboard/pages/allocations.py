@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, State, callback, dash_table, dcc, html
 
-from app import common
-from app.state import library, parse_key
+from memprof.dashboard import common
+from memprof.dashboard.state import library, parse_key
 from memprof import figures, filters, views
-from memprof.format import fmt_bytes
+from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/allocations", name="Allocations", title="memprof · allocations")
 

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from app.state import Entry, Library
+from memprof.dashboard.state import Entry, Library
 from memprof.errors import MemprofError
 from memprof.meta import SNAPSHOT_SUFFIXES
 

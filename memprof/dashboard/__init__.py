@@ -1,7 +1,7 @@
 """The memprof dashboard: a Dash multi-page app over a folder of snapshots (``memprof serve``).
 
 Layers: :mod:`memprof.views` (arrays) -> :mod:`memprof.figures` (plotly figures) ->
-``app/pages/*`` (one module per page: what its callbacks return, its layout, its 3-5 line
+``memprof/dashboard/pages/*`` (one module per page: what its callbacks return, its layout, its 3-5 line
 callbacks); :mod:`app.common` holds only what several pages share. Component ids carry
 their page's name (``timeline-graph``).
 """
@@ -23,7 +23,7 @@ def create_app(root: str | os.PathLike[str], cache_bytes: int | None = None):  #
     import dash
     from dash import Dash, dcc, html
 
-    from app import state
+    from memprof.dashboard import state
 
     state.configure(root, cache_bytes)
     app = Dash(
@@ -46,7 +46,7 @@ def create_app(root: str | os.PathLike[str], cache_bytes: int | None = None):  #
 
     @app.callback([dash.Output(f"nav-{name.lower()}", "href") for name, _ in PAGES], dash.Input("nav-url", "search"))
     def keep_selection(search: str | None) -> list[str]:  # every page link keeps the selected snapshot and device
-        from app.common import nav_hrefs
+        from memprof.dashboard.common import nav_hrefs
 
         return nav_hrefs(search)
 
@@ -98,7 +98,7 @@ def _on_error(err: Exception) -> Any:
     an HTTP 200: in the callback's ``children`` outputs when it has any, else in the box above the page."""
     from dash import ctx, no_update, set_props
 
-    from app.common import error_box
+    from memprof.dashboard.common import error_box
 
     box = error_box(err)  # logs the traceback of anything but a MemprofError
     outs = ctx.outputs_list
