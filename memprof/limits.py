@@ -56,9 +56,6 @@ class LimitError(MemprofError):
     """A file asks for more than a bound allows: the message names the bound and how to raise it."""
 
 
-_fmt = fmt_bytes
-
-
 def _env_int(name: str, default: int, parse: Any = int) -> int:
     raw = os.environ.get(name)
     if not raw:
@@ -110,9 +107,9 @@ _HOW = {
 def limit_error(kind: str, detail: str, source: str = "", limit: int | None = None) -> LimitError:
     """One line: what was exceeded, the limit (``limit``: the file's byte limit), and how to raise it."""
     if kind == "bytes":
-        msg = f"{detail}, more than the {_fmt(limit or max_bytes())} limit on decompressed data ({_HOW['bytes']})"
+        msg = f"{detail}, more than the {fmt_bytes(limit or max_bytes())} limit on decompressed data ({_HOW['bytes']})"
     elif kind == "memory":
-        msg = f"{detail}, more than the {_fmt(limit or max_bytes())} memory limit ({_HOW['memory']})"
+        msg = f"{detail}, more than the {fmt_bytes(limit or max_bytes())} memory limit ({_HOW['memory']})"
     elif kind == "depth":
         msg = f"{detail}: nested more than {max_depth()} levels deep ({_HOW['depth']})"
     elif kind == "rows":
@@ -145,7 +142,7 @@ class BoundedReader:
         self.count += len(data)
         if self.count > self.limit:
             what = "decompresses to" if self.compressed else "holds"
-            raise limit_error("bytes", f"the file {what} more than {_fmt(self.limit)}", self.source, self.limit)
+            raise limit_error("bytes", f"the file {what} more than {fmt_bytes(self.limit)}", self.source, self.limit)
         return data
 
     def read(self, n: int = -1) -> bytes:
@@ -356,7 +353,7 @@ def check_expansion(root: Any, nbytes: int, source: str) -> None:
         raise limit_error(
             "rows",
             f"{source}: its shared references expand to more than {cap:,} rows (trace entries, segments, "
-            f"blocks and frames), more than a {_fmt(nbytes)} snapshot can hold",
+            f"blocks and frames), more than a {fmt_bytes(nbytes)} snapshot can hold",
         )
 
 

@@ -1,11 +1,13 @@
 """Units: the one grammar for sizes memprof reads, and the one byte and time formatter it writes.
 
-Sizes (``--max-allocated``, ``--device-memory``, ``--max-bytes``, the table filters, the what-if
-input, ``@pytest.mark.limit_gpu_memory``) all go through :func:`parse_size`:
+Sizes typed on the command line (``check --max-allocated/--max-reserved``, ``whatif``/``predict
+--device-memory``, ``--max-bytes``), in the dashboard's table filters and in
+``@pytest.mark.limit_gpu_memory`` go through :func:`parse_size` (the dashboard's what-if input is
+still a number of GB: not yet moved here):
 
 * ``KiB MiB GiB TiB`` and the bare letters ``K M G T`` are powers of 1024 (``80G`` = 80 GiB);
 * ``kB MB GB TB`` are powers of 1000, as SI and disk vendors use them (``80GB`` = 80 * 10**9 B:
-  an "H100 80GB" holds 79.2 GiB, so write ``80GiB`` to mean 80 * 2**30);
+  an H100 80GB's totalGlobalMem is 85,017,493,504 B, ``simulator.DEFAULT_TOTAL_MEMORY``);
 * ``B`` or no unit: bytes; case-insensitive, blanks and ``_`` between digits allowed.
 
 Figures are written in binary units only (:func:`fmt_bytes`: ``1536 -> '1.5 KiB'``).
