@@ -91,8 +91,12 @@ def record(
         raise
     finally:
         if term is not None:
-            term.close()
-        finish()
+            term.hold()  # a SIGTERM now waits for this write (then is delivered by close)
+        try:
+            finish()
+        finally:
+            if term is not None:
+                term.close()
         if pub is not None:  # the Live page links to the snapshot from this last message
             pub.stop(status=meta["status"], snapshot=str(path))
 

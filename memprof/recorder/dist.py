@@ -74,13 +74,21 @@ def device_name(name: Any, info: dict[str, Any] | None) -> Any:
 class TermDump:
     """On SIGTERM call ``dump('terminated')`` once, then exit with 143. ``close()`` restores everything.
 
+    ``hold()`` before the recording writes its own snapshot (an error path: a rank that saw another
+    rank's failure first): a SIGTERM from then on waits for that write, and ``close()`` delivers it
+    to the handler that was there before once the file is written. (Closing before the write let
+    torchrun's SIGTERM kill rank 0 mid-write: its snapshot was lost in 2 of 4 runs.)
+
     Only installable from the main thread (signal handlers are); elsewhere it does nothing.
     """
 
     def __init__(self, dump: Callable[[str], None]) -> None:
         self._dump = dump
-        self._lock = threading.Lock()
+        # re-entrant: the Python handler runs on the main thread, which may be inside hold()/close()
+        self._lock = threading.RLock()
         self.active = False
+        self._held = False
+        self._pending = False
         if threading.current_thread() is not threading.main_thread():
             return
         self._r, self._w = os.pipe()
@@ -112,6 +120,9 @@ class TermDump:
 
     def _fire(self) -> None:
         with self._lock:  # a second caller waits for the first dump, then exits too
+            if self._held or not self.active:  # the recording is writing (or has written) its own file
+                self._pending = True
+                return
             if self.active:
                 try:
                     self._dump("terminated")
@@ -119,6 +130,11 @@ class TermDump:
                     print(f"memprof: could not write the snapshot on SIGTERM: {e}", file=sys.stderr)
                 sys.stderr.flush()
                 os._exit(EXIT_TERMINATED)
+
+    def hold(self) -> None:
+        """From now on a SIGTERM does not dump: it is kept for :meth:`close` (the caller writes)."""
+        with self._lock:
+            self._held = True
 
     def close(self) -> None:
         with self._lock:
@@ -131,6 +147,9 @@ class TermDump:
             except (ValueError, OSError):
                 pass
             os.close(self._w)  # the watcher reads EOF, closes the read end and ends
+            pending = self._pending
+        if pending:  # a SIGTERM came while the caller wrote: deliver it as if memprof were not there
+            signal.raise_signal(signal.SIGTERM)
 
 
 def recorded_nothing(snapshot: dict[str, Any]) -> bool:

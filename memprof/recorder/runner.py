@@ -184,30 +184,38 @@ def record_workload(
             snap = rec.stop()
         elif path is not None and device.type == "cuda" and stage != "setup":
             snap = _record_oom_step(workload, device, max_entries, stacks)
+    except BaseException:
+        if term is not None:
+            term.close()
+        raise
     finally:
         bar.close()
         if term is not None:
+            term.hold()  # a SIGTERM from here on waits for the write below (then is delivered by close)
+    try:
+        if rec is not None:
+            pa, pr = rec.peaks()
+            meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = pa, pr
+        elif device.type == "cuda":
+            meta["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+            meta["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+        if isinstance(workload, object) and hasattr(workload, "n_params"):
+            meta["workload"]["n_params"] = int(workload.n_params())  # type: ignore[attr-defined]
+        workload.teardown()
+        del rec
+        free_memory(device)
+        if path is not None:
+            snap = snap if snap is not None else empty_snapshot()
+            finalize_status(meta, snap)
+            write_snapshot(path, snap, compress)
+            write_meta(path, meta)
+            if meta.get("dist"):
+                write_rank_summary(path, meta)
+            meta["snapshot_path"] = str(Path(path))
+        return meta
+    finally:
+        if term is not None:
             term.close()
-    if rec is not None:
-        pa, pr = rec.peaks()
-        meta["peak_allocated_bytes"], meta["peak_reserved_bytes"] = pa, pr
-    elif device.type == "cuda":
-        meta["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        meta["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
-    if isinstance(workload, object) and hasattr(workload, "n_params"):
-        meta["workload"]["n_params"] = int(workload.n_params())  # type: ignore[attr-defined]
-    workload.teardown()
-    del rec
-    free_memory(device)
-    if path is not None:
-        snap = snap if snap is not None else empty_snapshot()
-        finalize_status(meta, snap)
-        write_snapshot(path, snap, compress)
-        write_meta(path, meta)
-        if meta.get("dist"):
-            write_rank_summary(path, meta)
-        meta["snapshot_path"] = str(Path(path))
-    return meta
 
 
 def _profile(workload: Workload, device: torch.device, n: int, first: int,
