@@ -10,7 +10,7 @@ import sys
 import time
 
 from memprof.analysis import analyze
-from memprof.load import load
+from memprof.snapshot.load import load
 
 
 def main(path: str) -> None:

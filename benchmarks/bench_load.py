@@ -49,14 +49,14 @@ def child(mode: str, path: str) -> dict[str, float]:
         return {"seconds": dt, "rss_mb": _rss_mb(), "base_rss_mb": base}
     import memprof  # noqa: F401
 
-    load_mod = sys.modules["memprof.load"]
-    from memprof.replay import replay
+    load_mod = sys.modules["memprof.snapshot.load"]
+    from memprof.replay.timeline import replay
 
     base = _rss_mb()
     p = Path(path)
     t0 = time.perf_counter()
     if mode == "pure":
-        snap = load_mod._load_uncached(p, fast=False)
+        snap = load_mod.load_uncached(p, fast=False)
     else:
         snap = load_mod.load(p, use_cache=mode in ("reopen", "prime"))
     t1 = time.perf_counter()
@@ -72,7 +72,7 @@ def child(mode: str, path: str) -> dict[str, float]:
         "rss_mb": _rss_mb(),
         "base_rss_mb": base,
         "events": float(len(snap.events)),
-        "fast": float(load_mod._pickle_format(p) is not None),
+        "fast": float(load_mod.pickle_format(p) is not None),
     }
 
 

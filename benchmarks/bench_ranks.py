@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(mode: str, run: str) -> dict:
     import resource
 
-    from memprof.run import load_summaries, rank_files, summarize
+    from memprof.analysis.ranks import load_summaries, summarize
+    from memprof.snapshot.runs import rank_files
 
     t0 = time.perf_counter()
     if mode == "one":
@@ -80,7 +81,7 @@ def main() -> None:
         print(json.dumps(child(*a.child)))
         return
     sys.path.insert(0, str(ROOT))
-    from memprof.load import load
+    from memprof.snapshot.load import load
     from memprof.testing import write_run
 
     tmp = Path(tempfile.mkdtemp(prefix="memprof-bench-ranks-"))

@@ -42,7 +42,7 @@ def worker(path: Path, n_zoom: int) -> dict[str, Any]:
     from memprof.dashboard.state import library
 
     try:  # as `memprof serve` does (the old tree may not have it)
-        from memprof.malloc_tuning import keep_freed_memory
+        from memprof.snapshot.malloc_tuning import keep_freed_memory
 
         keep_freed_memory()
     except ImportError:

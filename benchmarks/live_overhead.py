@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from memprof import live
+from memprof.recorder import publish
 from memprof.recorder.core import PhaseTimer
 from memprof.workloads import build, resolve_device
 
@@ -60,7 +60,7 @@ def run_config(dtype: str, args: argparse.Namespace, device: torch.device) -> tu
         for cond in (("off", "on") if r % 2 == 0 else ("on", "off")):
             pub = fol = None
             if cond == "on":
-                pub = live.start(device, 0, hz=args.hz, announce=False)
+                pub = publish.start(device, 0, hz=args.hz, announce=False)
                 fol = subprocess.Popen([sys.executable, "-c", FOLLOWER, str(pub.port)], stdout=subprocess.PIPE, text=True)
                 t_end = time.time() + 5
                 while pub.streams == 0 and time.time() < t_end:  # the follower is connected before timing starts
@@ -75,13 +75,13 @@ def run_config(dtype: str, args: argparse.Namespace, device: torch.device) -> tu
             per_rep[cond].append(statistics.fmean(xs))
     ratios = [b / a for a, b in zip(per_rep["off"], per_rep["on"])]
     # micro costs
-    read, _ = live.counter_reader(device)
+    read, _ = publish.counter_reader(device)
     n = 2000
     t0 = time.perf_counter()
     for _ in range(n):
         read()
     read_us = (time.perf_counter() - t0) / n * 1e6
-    pub = live.Publisher(device, 0, hz=args.hz)
+    pub = publish.Publisher(device, 0, hz=args.hz)
     t0 = time.perf_counter()
     for _ in range(n):
         pub.sample()

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from memprof.commands.predict import H100_80GB_USABLE  # noqa: E402
-from memprof.predict import one_process_trials, predict_workload  # noqa: E402
+from memprof.predict.core import one_process_trials, predict_workload  # noqa: E402
 
 KEYS = {"attention": ("impl", "seq_len", "d", "batch", "causal", "mode", "dtype"),
         "transformer": ("size", "mode", "dtype", "context", "batch", "vocab", "d_model", "num_layers", "num_heads",
@@ -64,7 +64,7 @@ def main() -> None:
     th = json.loads((ROOT / "tests/data/gpu/predict/thresholds.json").read_text())
     print("## Out-of-memory thresholds\n")
     print("Measured: `benchmarks/gpu_record_cases.py thresholds` bisects in one process (each trial: build, one step, "
-          "teardown, `empty_cache()`). Predicted: the same bisection simulated (`memprof.predict.one_process_trials`), "
+          "teardown, `empty_cache()`). Predicted: the same bisection simulated (`memprof.predict.core.one_process_trials`), "
           f"device memory {H100_80GB_USABLE:,} B (reserved + free at the OOM in snapshots/h100/attention-naive-s28672-d64-b8-oom).\n")
     print("| case | measured largest passing / first failing | predicted |")
     print("| --- | --- | --- |")

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from memprof.units import fmt_bytes
-from memprof.meta import read_meta
-from memprof.run import load_summaries, rank_files
+from memprof.snapshot.meta import read_meta
+from memprof.analysis.ranks import load_summaries
+from memprof.snapshot.runs import rank_files
 
 HELD = (("parameters", "parameter_addrs"), ("gradients", "gradient_addrs"), ("optimizer state", "optimizer_state_addrs"))
 

@@ -18,7 +18,7 @@ def main(path: str) -> None:
         print(f"{tag:<14} peak RSS {rss:6.0f} MiB   t = {time.perf_counter() - t0:5.1f} s", flush=True)
 
     from memprof.analysis import analyze
-    from memprof.load import load
+    from memprof.snapshot.load import load
 
     report("imports")
     snap = load(path, use_cache=False)

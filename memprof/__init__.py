@@ -6,11 +6,11 @@ Data flows one way: workloads -> record -> snapshot file -> load -> analysis Dat
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from memprof.errors import MemprofError
-from memprof.load import Snapshot, load
-from memprof.replay import Replay, replay
+from memprof.version import __version__
+from memprof.snapshot.tables import Snapshot
+from memprof.snapshot.load import load
+from memprof.replay.timeline import Replay, replay
 
 __all__ = ["MemprofError", "Snapshot", "Replay", "load", "replay", "record", "phase", "predict", "__version__"]
 

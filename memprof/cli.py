@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from memprof import __version__
+from memprof.version import __version__
 from memprof.errors import MemprofError
 from memprof.escape import EscapingWriter, printable
 
@@ -76,16 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args._extra = extra
     args._argv = argv
     if args._run.__module__.rsplit(".", 1)[-1] in ANALYSIS_COMMANDS:
-        from memprof.malloc_tuning import keep_freed_memory
+        from memprof.snapshot.malloc_tuning import keep_freed_memory
 
         keep_freed_memory()
     stdout = sys.stdout
     try:
         if args.max_bytes:
-            from memprof.limits import parse_size
+            from memprof.snapshot.limits import parse_size
 
             os.environ["MEMPROF_MAX_BYTES"] = str(parse_size(args.max_bytes))
-        sys.stdout = EscapingWriter(stdout)  # type: ignore[assignment]  # text from files reaches the terminal
+        sys.stdout = EscapingWriter(stdout)  # text from files reaches the terminal
         return int(args._run(args) or 0)
     except MemprofError as e:
         print(f"memprof: {printable(e)}", file=sys.stderr)

@@ -120,8 +120,8 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def _finish(item: pytest.Item, path: Path, limit: int | None, outcome: str, recs: list[Any]) -> None:
     """Measure the saved snapshot, report it, and fail the test when it is over the limit."""
     from memprof.units import fmt_bytes
-    from memprof.checks import Measurement, measure
-    from memprof.meta import meta_path, read_meta
+    from memprof.analysis.checks import Measurement, measure
+    from memprof.snapshot.meta import meta_path, read_meta
 
     m: Measurement | None = None
     if outcome != "skipped":
@@ -140,6 +140,7 @@ def _finish(item: pytest.Item, path: Path, limit: int | None, outcome: str, recs
         meta_path(path).unlink(missing_ok=True)
     if not over:
         return
+    assert m is not None and limit is not None  # implied by ``over``
     top = item.config.getoption("memprof_top")
     lines = [f"{MARKER}: peak {fmt_bytes(m.allocated_bytes)} ({m.allocated_bytes:,} B) exceeds the limit "
              f"{fmt_bytes(limit)} ({limit:,} B) by {fmt_bytes(m.allocated_bytes - limit)}  "
@@ -175,8 +176,8 @@ def _has_trace(recs: list[Any]) -> bool:
 
 def _no_trace(label: str, path: Path, recs: list[Any]) -> Any:
     """The test allocated nothing on the device: its peak is what was alive when it started."""
-    from memprof.checks import Measurement
-    from memprof.meta import read_meta
+    from memprof.analysis.checks import Measurement
+    from memprof.snapshot.meta import read_meta
 
     meta = read_meta(path)
     rec = recs[0]

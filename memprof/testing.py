@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from memprof.meta import phase_label, write_meta
+from memprof.snapshot.meta import phase_label, write_meta
 
 _MB = 1 << 20
 
@@ -247,7 +247,7 @@ def write_run(folder: str | Path, hidden_mb: list[int], iterations: int = 3, lay
         meta["dist"] = {"rank": r, "local_rank": r % 8, "world_size": world, "group_rank": r // 8, "host": f"node{r // 8}",
                         "run_id": "synthetic"}
         p = folder / f"rank{r}.pickle{'.gz' if gz else ''}"
-        with (gzip.open if gz else open)(p, "wb") as f:  # type: ignore[operator]
+        with (gzip.open if gz else open)(p, "wb") as f:
             pickle.dump(snap, f, protocol=4)
         write_meta(p, meta)
     return folder

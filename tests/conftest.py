@@ -14,7 +14,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session writes its columnar cache to a temp folder, never ~/.cache."""
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "memprof-cache"))
     yield
-    from memprof import background
+    from memprof.snapshot import background
 
     background.flush()  # cache writes run on a worker thread: none outlives its test
 

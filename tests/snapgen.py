@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from memprof.meta import phase_label
+from memprof.snapshot.meta import phase_label
 
 
 class SnapGen:

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memprof import allocator_state as A
-from memprof.load import columns_from_raw, load
-from memprof.replay import replay
+from memprof.allocator import state as A
+from memprof.snapshot.columns import columns_from_raw
+from memprof.snapshot.load import load
+from memprof.replay.timeline import replay
 
 ROOT = Path(__file__).resolve().parents[1]
 S1, S2 = 0x1000, 0x100000

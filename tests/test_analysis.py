@@ -14,8 +14,9 @@ import pytest
 from memprof.analysis import analyze
 from memprof.analysis.peak import attention_account
 from memprof.cli import main
-from memprof.load import columns_from_raw, iter_snapshot_files
-from memprof.meta import write_meta
+from memprof.snapshot.columns import columns_from_raw
+from memprof.snapshot.load import iter_snapshot_files
+from memprof.snapshot.meta import write_meta
 from snapgen import SnapGen, sawtooth
 
 MiB = 1 << 20
@@ -382,7 +383,7 @@ def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_every_snapshot_in_repo() -> None:
     from memprof.commands.explain import explain_dict
-    from memprof.meta import read_meta
+    from memprof.snapshot.meta import read_meta
 
     root = Path(__file__).resolve().parents[1] / "snapshots"
     files = list(iter_snapshot_files(root)) if root.exists() else []

@@ -103,7 +103,7 @@ def test_explain_tables_show_byte_units(lib) -> None:
 
 
 def test_site_categories_agree_with_the_category_chart(lib) -> None:
-    from memprof import views
+    from memprof.present import views
     from memprof.units import fmt_bytes
 
     m = lib.model(lib.get(EAGER).id, None)
@@ -287,7 +287,7 @@ def test_compare_aligns_every_phase_of_every_iteration(lib) -> None:
     # inside a phase the mapping is linear: a point a third into compiled's backward 0 lands a third into eager's
     b0, e0 = b.phases.iloc[1], a.phases.iloc[1]
     t = b0["start_ms"] + (b0["end_ms"] - b0["start_ms"]) / 3
-    from memprof import views
+    from memprof.present import views
     assert views.warp(np.array([t]), views.phase_knots(a, b))[0] == pytest.approx(e0["start_ms"] + (e0["end_ms"] - e0["start_ms"]) / 3)
 
 
@@ -407,7 +407,7 @@ def test_stack_paths_wrap_in_the_side_panel() -> None:
 # --- Flame graph --------------------------------------------------------------
 
 def test_flame_tree_sums_the_bytes_alive_at_the_peak(lib) -> None:
-    from memprof import flame, views
+    from memprof.present import flame, views
 
     m = lib.model(lib.get(EAGER).id, None)
     alive = views.alive_at(m, m.peak_ms)
@@ -452,7 +452,7 @@ def test_flame_page_and_callback(lib) -> None:
 def test_flame_search_by_stack_frame(lib) -> None:
     from memprof.dashboard.pages import flame as page
 
-    from memprof import views
+    from memprof.present import views
 
     sid = lib.get(EAGER).id
     m = lib.model(sid, None)
@@ -488,7 +488,7 @@ def test_device_selector_for_multi_device_snapshots(tmp_path: Path) -> None:
     import gzip
     import pickle
 
-    from memprof.load import read_raw
+    from memprof.snapshot.read import read_raw
 
     # GIVEN a snapshot with two devices' traces (the golden one's trace on device 0, a shorter one on 1)
     raw, _ = read_raw(GOLDEN)
@@ -590,7 +590,7 @@ def test_stack_panel_folds_library_frames(lib) -> None:
 
 
 def test_oom_run_verdict_does_not_ask_to_re_record(lib) -> None:
-    from memprof import views
+    from memprof.present import views
 
     v = views.verdict(lib.model(lib.get(OOM).id, None))
     assert v["verdict"] == "inconclusive"

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from memprof.analysis import analyze
-from memprof.load import columns_from_raw, load
-from memprof.schema import ATTRIBUTION_KEY
+from memprof.snapshot.columns import columns_from_raw
+from memprof.snapshot.load import load
+from memprof.snapshot.schema import ATTRIBUTION_KEY
 from snapgen import SnapGen
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -101,7 +101,7 @@ def test_device_selector_switches_device(server: str, driver: Any, tmp_path: Any
     import pickle
     from pathlib import Path
 
-    from memprof.load import read_raw
+    from memprof.snapshot.read import read_raw
 
     d = driver
     raw, _ = read_raw(Path(__file__).resolve().parent / "data" / "golden" / "attention_naive_fwdbwd.pickle.gz")

@@ -122,7 +122,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_profiled_step_on_cpu_writes_the_keys(tmp_path: Path) -> None:
-    from memprof.meta import read_meta
+    from memprof.snapshot.meta import read_meta
     from memprof.recorder.runner import record_workload
     from memprof.workloads import build
 
@@ -146,7 +146,7 @@ def test_profiled_step_on_cpu_writes_the_keys(tmp_path: Path) -> None:
     assert host["step"] >= host["forward"] + host["backward"] + host["optimizer"]
     assert meta["record"]["profiled_steps"] == 1
     # the profiled steps are outside the recorded window: its annotations start at iteration 0
-    from memprof.load import load
+    from memprof.snapshot.load import load
 
     names = set(load(out, use_cache=False).annotations["name"])
     assert "memprof/forward/0" in names and not any(n.endswith(("/2", "/3")) for n in names)
@@ -173,8 +173,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.cuda
 @cuda
 def test_cuda_busy_time_per_phase(tmp_path: Path) -> None:
-    from memprof.load import load
-    from memprof.meta import read_meta
+    from memprof.snapshot.load import load
+    from memprof.snapshot.meta import read_meta
     from memprof.recorder.runner import record_workload
     from memprof.workloads import build
 

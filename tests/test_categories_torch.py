@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 from memprof.analysis import analyze  # noqa: E402
-from memprof.load import columns_from_raw  # noqa: E402
+from memprof.snapshot.columns import columns_from_raw  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from memprof.cli import main
 from memprof.errors import MemprofError
-from memprof.checks import parse_percent, run_files
+from memprof.analysis.checks import parse_percent, run_files
 from memprof.units import parse_size
 from memprof.testing import write_snapshot
 from snapgen import SnapGen

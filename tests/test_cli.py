@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from memprof.cli import main
-from memprof.meta import read_meta, snapshot_beside
+from memprof.snapshot.meta import read_meta, snapshot_beside
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden" / "attention_naive_fwdbwd.pickle.gz"
@@ -26,7 +26,7 @@ def _memprof(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_native_stderr_filter_drops_profiler_noise_and_keeps_the_rest(capfd: pytest.CaptureFixture[str]) -> None:
-    from memprof.native_stderr import NativeStderrFilter
+    from memprof.recorder.native_stderr import NativeStderrFilter
 
     # GIVEN torch's C++ lines written straight to fd 2, between a progress bar and the user's own output
     noise_start = b"USDT:2026-11-22 13:50:13 10057:10057 SyncActivityProfilerHandler.cpp:52] profiler_start\n"
@@ -129,7 +129,7 @@ def test_sweep_help_has_descriptions_and_defaults(capsys: pytest.CaptureFixture[
 
 
 def test_sweep_primes_the_process_before_the_first_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    from memprof import sweep
+    from memprof.commands.sweep_run import prime_process
 
     calls: list[tuple[str, object, int]] = []
 
@@ -138,7 +138,7 @@ def test_sweep_primes_the_process_before_the_first_row(monkeypatch: pytest.Monke
         return {}
 
     todo = [{"kind": "transformer", "size": "tiny", "compile": True}, {"kind": "transformer", "size": "small", "compile": False}]
-    cfg = sweep.prime_process(todo, "cpu", fake_record, lambda kind, **o: (kind, o["size"]))
+    cfg = prime_process(todo, "cpu", fake_record, lambda kind, **o: (kind, o["size"]))
     # the first eager config, one step, no snapshot
     assert cfg is todo[1] and calls == [(("transformer", "small"), None, 1)]
 
@@ -197,7 +197,7 @@ def test_analysis_commands_let_glibc_keep_freed_memory_and_record_does_not(monke
     """memprof.malloc_tuning: only in processes that read snapshots, never in one that runs user code."""
     import sys
 
-    from memprof import malloc_tuning
+    from memprof.snapshot import malloc_tuning
     from memprof.cli import ANALYSIS_COMMANDS, build_parser
 
     calls = []

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from memprof.cli import main
-from memprof.load import load
-from memprof.replay import replay
-from memprof.safe_pickle import safe_load
+from memprof.snapshot.load import load
+from memprof.replay.timeline import replay
+from memprof.snapshot.safe_pickle import safe_load
 
 CORPUS = Path(os.environ.get("MEMPROF_CORPUS") or Path(__file__).resolve().parents[2] / "shared" / "corpus")
 FILES = sorted(CORPUS.glob("*.pickle.gz")) if CORPUS.is_dir() else []

@@ -1,6 +1,6 @@
 import numpy as np
 
-from memprof.downsample import minmax_step, step_envelope_ok, visible_slice
+from memprof.replay.downsample import minmax_step, step_envelope_ok, visible_slice
 
 
 def test_small_input_is_returned_whole() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from memprof.cli import main
-from memprof.load import read_raw
-from memprof.safe_pickle import safe_load
+from memprof.snapshot.read import read_raw
+from memprof.snapshot.safe_pickle import safe_load
 
 memory_viz = pytest.importorskip("torch.cuda._memory_viz")  # torch is a test dependency (CPU build in CI)
 

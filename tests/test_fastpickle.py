@@ -20,10 +20,12 @@ import pandas as pd
 import pytest
 
 import memprof  # noqa: F401  (memprof.load the module is shadowed by the function)
-from memprof import _fastpickle
+from memprof.snapshot import _fastpickle
 from memprof.errors import MemprofError
 
-L = sys.modules["memprof.load"]
+L = sys.modules["memprof.snapshot.load"]
+from memprof.snapshot import tables as T  # noqa: E402
+from memprof.snapshot import columns as Cols  # noqa: E402
 
 
 def make_snapshot(
@@ -125,7 +127,7 @@ def write(path: Path, obj: Any, protocol: int = 4) -> Path:
     return path
 
 
-def assert_same(a: L.Snapshot, b: L.Snapshot) -> None:
+def assert_same(a: T.Snapshot, b: T.Snapshot) -> None:
     for name in ("events", "frames", "segments", "blocks", "annotations"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_dtype=True)
     np.testing.assert_array_equal(a.stack_offsets, b.stack_offsets)
@@ -133,11 +135,11 @@ def assert_same(a: L.Snapshot, b: L.Snapshot) -> None:
     assert {k: v for k, v in a.info.items() if not k.startswith("_")} == {k: v for k, v in b.info.items() if not k.startswith("_")}
 
 
-def fast_and_pure(path: Path) -> tuple[L.Snapshot, L.Snapshot]:
-    fmt = L._pickle_format(path)
-    fast = L.load_fast(path, fmt)
+def fast_and_pure(path: Path) -> tuple[T.Snapshot, T.Snapshot]:
+    fmt = L.pickle_format(path)
+    fast = Cols.load_fast(path, fmt)
     assert fast is not None, "the C loader fell back on a plain snapshot"
-    pure = L._load_uncached(path, fast=False)
+    pure = L.load_uncached(path, fast=False)
     return fast, pure
 
 
@@ -211,9 +213,9 @@ def test_repeated_entry_falls_back(tmp_path: Path) -> None:
     e = {"action": "alloc", "addr": 1, "size": 2, "stream": 0, "time_us": 3}
     snap = {"segments": [], "device_traces": [[e, {"action": "free_completed", "addr": 1, "size": 2, "stream": 0, "time_us": 4}, e]]}
     p = write(tmp_path / "s.pickle", snap)
-    assert L.load_fast(p, "pickle") is None
+    assert Cols.load_fast(p, "pickle") is None
     s = L.load(p, use_cache=False)
-    assert s.events["action"].tolist() == [L.A_ALLOC, L.A_FREE_DONE, L.A_ALLOC]
+    assert s.events["action"].tolist() == [T.A_ALLOC, T.A_FREE_DONE, T.A_ALLOC]
 
 
 def test_legacy_and_set_fall_back(tmp_path: Path) -> None:
@@ -223,7 +225,7 @@ def test_legacy_and_set_fall_back(tmp_path: Path) -> None:
     p = write(tmp_path / "s.pickle", snap, protocol=2)
     with pytest.raises(_fastpickle.Unsupported):
         with open(p, "rb") as f:
-            _fastpickle.load(f, L.ACTIONS)
+            _fastpickle.load(f, T.ACTIONS)
     s = L.load(p, use_cache=False)
     assert len(s.events) == 10 and s.info["allocator_settings"] == {"s": {1, 2}}
 
@@ -280,7 +282,7 @@ def test_fuzz_byte_flips_never_crash() -> None:
         if rng.random() < 0.2:
             data = data[: rng.randrange(len(data))]
         try:
-            _fastpickle.load(io.BytesIO(bytes(data)), L.ACTIONS)
+            _fastpickle.load(io.BytesIO(bytes(data)), T.ACTIONS)
             outcomes["ok"] += 1
         except _fastpickle.Unsupported:
             outcomes["Unsupported"] += 1

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memprof import filters as F
+from memprof.present import filters as F
 from memprof.errors import MemprofError
 
 ROWS = [

@@ -136,5 +136,5 @@ def test_fingerprint_sees_a_changed_value(tmp_path: Path) -> None:
     pb.write_bytes(pickle.dumps(b, protocol=4))
     import memprof  # noqa: F401
 
-    L = sys.modules["memprof.load"]
-    assert fingerprint(L._load_uncached(pa)) != fingerprint(L._load_uncached(pb))
+    L = sys.modules["memprof.snapshot.load"]
+    assert fingerprint(L.load_uncached(pa)) != fingerprint(L.load_uncached(pb))

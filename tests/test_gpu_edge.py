@@ -18,8 +18,9 @@ import pytest
 
 from memprof.analysis import analyze
 from memprof.cli import main
-from memprof.load import Snapshot, load
-from memprof.replay import pool_totals, replay, trace_begins_mid_run
+from memprof.snapshot.tables import Snapshot
+from memprof.snapshot.load import load
+from memprof.replay.timeline import pool_totals, replay, trace_begins_mid_run
 from test_corpus import plain_replay, raw_of
 
 GPU = Path(__file__).resolve().parent / "data" / "gpu"
@@ -106,7 +107,7 @@ def test_private_pools(name: str):
     private = pools.drop(index="(0, 0)")
     assert private["at_peak"].sum() > 0  # the peak includes memory in the private pools
     assert pools["at_peak"].sum() == rep.alive_at(rep.peak_idx)["size"].sum()
-    from memprof.replay import private_pool_allocated
+    from memprof.replay.timeline import private_pool_allocated
 
     priv = private_pool_allocated(rep)  # the timeline's share in private pools, as the newest viewer draws it
     assert priv[list(rep.timeline["idx"]).index(rep.peak_idx)] == private["at_peak"].sum()
@@ -207,7 +208,7 @@ def test_graphs_replay_on_the_raw_dict():
                 drop_lines(v)
 
     drop_lines(raw)
-    from memprof.load import columns_from_raw
+    from memprof.snapshot.columns import columns_from_raw
 
     snap = columns_from_raw(raw)
     rep = replay(snap, 0)
@@ -216,7 +217,7 @@ def test_graphs_replay_on_the_raw_dict():
     pools = pool_totals(snap, rep).set_index("pool")
     assert len(pools) == 3 and pools["reserved"].sum() == c["reserved_end"]
     assert pools.drop(index="(0, 0)")["at_peak"].sum() > 0.5 * rep.peak_bytes  # the graphs' pools hold most of the peak
-    from memprof.replay import private_pool_allocated
+    from memprof.replay.timeline import private_pool_allocated
 
     priv = private_pool_allocated(rep)
     assert priv[list(rep.timeline["idx"]).index(rep.peak_idx)] == pools.drop(index="(0, 0)")["at_peak"].sum()
@@ -240,7 +241,7 @@ def test_predicted_oom_brackets_the_measured_threshold(name: str, key: str):
 def test_memprof_recordings_torch_count_matches_the_recorded_counter(path: Path):
     # memprof record writes torch.cuda.max_memory_allocated into the .meta.json: the torch-counted replay
     # reaches it (requests rounded to 512 B; blocks may hold an unsplit remainder: at most 0.5% here)
-    from memprof.meta import read_meta
+    from memprof.snapshot.meta import read_meta
 
     meta = read_meta(path)
     rep = replay(load(path), 0)

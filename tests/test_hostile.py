@@ -24,13 +24,14 @@ import pytest
 
 import memprof  # noqa: F401
 from fuzz import hostile
-from memprof import _fastpickle, limits
+from memprof.snapshot import _fastpickle, limits
 from memprof.cli import main
 from memprof.errors import MemprofError
 from memprof.escape import printable
-from memprof.safe_pickle import scan
+from memprof.snapshot.safe_pickle import scan
 
-L = sys.modules["memprof.load"]
+L = sys.modules["memprof.snapshot.load"]
+from memprof.snapshot import tables as T  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "tests" / "fuzz" / "run_files.py"
 GOLDEN = ROOT / "tests" / "data" / "golden" / "attention_naive_fwdbwd.pickle.gz"
@@ -113,12 +114,12 @@ def test_gzip_bombs_without_the_c_extension(tmp_path: Path) -> None:
 @pytest.mark.parametrize("loader", LOADERS)
 def test_good_edge_files_load_identically(loader: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMPROF_LOADER", "c")
-    ref = {n: L._load_uncached(hostile.HOSTILE_DIR / n) for n in hostile.GOOD}
+    ref = {n: L.load_uncached(hostile.HOSTILE_DIR / n) for n in hostile.GOOD}
     monkeypatch.setenv("MEMPROF_LOADER", loader)
     from fuzz.harness import fingerprint
 
     for n in hostile.GOOD:
-        got = L._load_uncached(hostile.HOSTILE_DIR / n)
+        got = L.load_uncached(hostile.HOSTILE_DIR / n)
         assert fingerprint(got) == fingerprint(ref[n]), n
     # issue 9: unsigned 64-bit line 2^64-1 is kept as the -1 C++ meant ("no line"); addresses wrap
     s = ref["line_2_64_minus_1.pickle"]
@@ -126,7 +127,7 @@ def test_good_edge_files_load_identically(loader: str, monkeypatch: pytest.Monke
     assert s.segments["address"].tolist() == [-4096] and s.blocks["addr"].tolist() == [-4096]
     # a duplicated key: the last value wins, on both paths, and leaves no trace of the first
     d = ref["duplicated_action_key.pickle"]
-    assert d.events["action"].tolist()[0] == L.A_ALLOC and d.info["unknown_actions"] == []
+    assert d.events["action"].tolist()[0] == T.A_ALLOC and d.info["unknown_actions"] == []
 
 
 def test_frame_text_is_escaped_in_every_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,7 +183,7 @@ def test_depth_and_rows_limits_are_raisable(monkeypatch: pytest.MonkeyPatch) -> 
             "allocator_settings": {"x": [[[[[[[[[[1]]]]]]]]]]}}
     data = pickle.dumps(deep, protocol=4)
     monkeypatch.setenv("MEMPROF_MAX_DEPTH", "8")
-    for fn in (lambda: _fastpickle.load(io.BytesIO(data), L.ACTIONS, 1 << 30, 8),
+    for fn in (lambda: _fastpickle.load(io.BytesIO(data), T.ACTIONS, 1 << 30, 8),
                lambda: _fastpickle.scan(io.BytesIO(data), 1 << 30, 8)):
         with pytest.raises(_fastpickle.Limit) as e:
             fn()
@@ -235,7 +236,7 @@ def test_format_by_bytes(tmp_path: Path, name: str, encode, fmt: str, loader: st
     p = tmp_path / name
     p.write_bytes(encode(snap))
     monkeypatch.setenv("MEMPROF_LOADER", loader)
-    s = L._load_uncached(p)
+    s = L.load_uncached(p)
     entries = snap["device_traces"][0]  # independent: the entries as written
     assert s.events["size"].tolist() == [e["size"] for e in entries]
     assert s.events["addr"].tolist() == [e["addr"] for e in entries]
@@ -248,7 +249,7 @@ def test_trailing_garbage_after_a_gzip_member_is_corrupt_on_both_paths(monkeypat
     for loader in ("c", "pure"):
         monkeypatch.setenv("MEMPROF_LOADER", loader)
         with pytest.raises(MemprofError, match="corrupt"):
-            L._load_uncached(p)
+            L.load_uncached(p)
 
 
 def test_data_after_stop_inside_the_stream_is_ignored_on_both_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,7 +259,7 @@ def test_data_after_stop_inside_the_stream_is_ignored_on_both_paths(tmp_path: Pa
     got = set()
     for loader in ("c", "pure"):
         monkeypatch.setenv("MEMPROF_LOADER", loader)
-        got.add(tuple(L._load_uncached(p).events["size"]))
+        got.add(tuple(L.load_uncached(p).events["size"]))
     assert got == {(1 << 20, 1 << 20)}
 
 

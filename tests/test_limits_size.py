@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from memprof import limits
+from memprof.snapshot import limits
 from memprof.errors import MemprofError
-from memprof.load import load
+from memprof.snapshot.load import load
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "transformer_train3.pickle.gz"
 

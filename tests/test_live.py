@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from memprof import live
+from memprof.recorder import publish
 from memprof.recorder.core import PhaseTimer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,11 +67,11 @@ class FakeCounter:
 
 def test_growth_per_phase_and_iteration() -> None:
     # GIVEN a publisher on a free port whose counter the test controls
-    pub = live.Publisher(torch.device("cpu"), port=0, hz=50)
+    pub = publish.Publisher(torch.device("cpu"), port=0, hz=50)
     fake = pub.read = FakeCounter()
     pub.start()
     try:
-        assert live.ACTIVE is pub
+        assert publish.ACTIVE is pub
         timer = PhaseTimer(torch.device("cpu"))
         # WHEN two iterations run: forward +300, backward -200 (and +50 kept), optimizer +10
         for it in range(2):
@@ -94,13 +95,13 @@ def test_growth_per_phase_and_iteration() -> None:
         assert all(a["t"] < b["t"] for a, b in zip(state["samples"], state["samples"][1:]))
     finally:
         pub.stop(status="ok", snapshot="/tmp/x.pickle.gz", linger=0.1)
-    assert live.ACTIVE is None  # off again: the phase timer does nothing more than read this attribute
+    assert publish.ACTIVE is None  # off again: the phase timer does nothing more than read this attribute
     with pytest.raises(OSError):
         urllib.request.urlopen(pub.url + "live.json", timeout=2)
 
 
 def test_stream_ends_with_the_snapshot() -> None:
-    pub = live.Publisher(torch.device("cpu"), port=0, hz=20).start()
+    pub = publish.Publisher(torch.device("cpu"), port=0, hz=20).start()
     lines: list[dict[str, Any]] = []
 
     def read() -> None:
@@ -118,12 +119,12 @@ def test_stream_ends_with_the_snapshot() -> None:
 
 
 def test_port_in_use_is_one_line() -> None:
-    pub = live.Publisher(torch.device("cpu"), port=0).start()
+    pub = publish.Publisher(torch.device("cpu"), port=0).start()
     try:
         from memprof.errors import MemprofError
 
         with pytest.raises(MemprofError, match="cannot listen on 127.0.0.1"):
-            live.Publisher(torch.device("cpu"), port=pub.port)
+            publish.Publisher(torch.device("cpu"), port=pub.port)
     finally:
         pub.stop(linger=0)
 
@@ -252,7 +253,7 @@ def test_live_page_follows_a_recording(browser_server: tuple[str, Path], tmp_pat
 @pytest.mark.cuda
 def test_cuda_samples_are_the_allocators_counters() -> None:
     dev = torch.device("cuda", torch.cuda.current_device())
-    pub = live.Publisher(dev, port=0)
+    pub = publish.Publisher(dev, port=0)
     try:
         x = torch.empty(32 * 2**20, dtype=torch.uint8, device=dev)
         s = pub.sample()
@@ -285,7 +286,7 @@ def test_live_page_callback(tmp_path: Path) -> None:
 
 
 def test_followers_per_recording_are_capped() -> None:
-    pub = live.Publisher(torch.device("cpu"), port=0, hz=20).start()
+    pub = publish.Publisher(torch.device("cpu"), port=0, hz=20).start()
     conns = []
     try:
         for _ in range(live.MAX_STREAMS):

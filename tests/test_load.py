@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from memprof import background
+from memprof.snapshot import background
 from memprof.cli import main
 from memprof.errors import MemprofError
-from memprof.load import ACTIONS, load
-from memprof.replay import replay
+from memprof.snapshot.tables import ACTIONS
+from memprof.snapshot.load import load
+from memprof.replay.timeline import replay
 from snapgen import FRAMES_FWD, TraceBuilder
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

@@ -11,7 +11,7 @@ import torch
 import memprof
 from memprof.cli import main
 from memprof.commands.predict import H100_80GB_USABLE
-from memprof.predict import one_process_trials, predict_workload
+from memprof.predict.core import one_process_trials, predict_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 PRED = ROOT / "tests" / "data" / "gpu" / "predict"
@@ -127,8 +127,8 @@ def test_explain_predicts_oom_for_a_builtin_workload(capsys):
 
 
 def test_explain_device_memory_needed_from_the_simulator(capsys):
-    from memprof.load import load
-    from memprof.simulator import AllocConf, requests_from_snapshot, simulate
+    from memprof.snapshot.load import load
+    from memprof.allocator.model import AllocConf, requests_from_snapshot, simulate
 
     path = ROOT / "tests" / "data" / "gpu" / "alloc" / "default-b16.pickle.gz"
     assert main(["explain", str(path), "--json", "--no-cache"]) == 0
@@ -146,9 +146,9 @@ def test_explain_gives_bounds_past_the_search_size_and_whatif_searches(capsys, m
     """Long traces: explain states the bounds the replay has (no ~10 replays of the stream) and
     names the whatif command, which finds the same figure the search gives."""
     from memprof.commands import explain
-    from memprof.load import load
-    from memprof.replay import replay
-    from memprof.simulator import requests_from_snapshot, min_device_memory
+    from memprof.snapshot.load import load
+    from memprof.replay.timeline import replay
+    from memprof.allocator.model import requests_from_snapshot, min_device_memory
 
     path = ROOT / "tests" / "data" / "gpu" / "alloc" / "default-b16.pickle.gz"
     monkeypatch.setattr(explain, "SEARCH_MAX_EVENTS", 10)

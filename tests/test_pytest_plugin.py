@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from memprof.pytest_plugin import snapshot_name, table
-from memprof.safe_pickle import safe_load
+from memprof.snapshot.safe_pickle import safe_load
 
 pytest_plugins = ["pytester"]
 REPO = Path(__file__).resolve().parents[1]

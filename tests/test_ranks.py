@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from memprof.cli import main
-from memprof.load import read_raw
-from memprof.meta import read_meta
-from memprof.run import (aligned_x, imbalance, is_run, load_summaries, max_by_category, rank_files, rank_path, read_summary,
-                         summary_path)
+from memprof.snapshot.read import read_raw
+from memprof.snapshot.meta import read_meta
+from memprof.analysis.ranks import aligned_x, imbalance, load_summaries, max_by_category, read_summary
+from memprof.snapshot.runs import is_run, rank_files, rank_path, summary_path
 from memprof.testing import write_run
 from test_replay import viewer_reference
 
@@ -91,7 +91,7 @@ def test_a_window_that_records_nothing_is_never_ok(tmp_path):
 def test_concurrent_writers_of_one_path_never_leave_a_corrupt_file(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from memprof.load import load
+    from memprof.snapshot.load import load
     from memprof.recorder.snapshot_io import write_snapshot
     from memprof.testing import training_snapshot
 
@@ -132,7 +132,7 @@ def test_stale_summary_is_recomputed_and_missing_ranks_are_reported(tmp_path):
     os.utime(run / "rank1.pickle", ns=(1, 1))  # the snapshot changed since: the summary is stale
     meta = read_meta(run / "rank0.pickle")
     meta["dist"]["world_size"] = 3
-    from memprof.meta import write_meta
+    from memprof.snapshot.meta import write_meta
 
     write_meta(run / "rank0.pickle", meta)
     os.remove(summary_path(run / "rank0.pickle"))
@@ -353,7 +353,7 @@ def test_the_dashboard_keeps_summaries_it_computes_out_of_the_served_folder(tmp_
     """`memprof serve` reads the served folder, never writes into it: a run without summaries gets
     them computed into memprof's cache folder, and the next server start reads them from there."""
     from memprof.dashboard import create_app
-    from memprof import run as run_mod
+    from memprof.analysis import ranks as run_mod
 
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path / "cache"))
     served = tmp_path / "served"

@@ -12,9 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from memprof.cli import main  # noqa: E402
-from memprof.load import load  # noqa: E402
-from memprof.meta import read_meta  # noqa: E402
-from memprof.replay import replay  # noqa: E402
+from memprof.snapshot.load import load  # noqa: E402
+from memprof.snapshot.meta import read_meta  # noqa: E402
+from memprof.replay.timeline import replay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 META_KEYS = (

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memprof.load import columns_from_raw, load, read_raw
-from memprof.replay import replay
+from memprof.snapshot.columns import columns_from_raw
+from memprof.snapshot.load import load
+from memprof.snapshot.read import read_raw
+from memprof.replay.timeline import replay
 from snapgen import TraceBuilder
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

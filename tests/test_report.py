@@ -41,7 +41,7 @@ def _check_offline(text: str) -> _Tags:
 
 def test_report_one(tmp_path: Path, capsys) -> None:
     from memprof.analysis import analyze
-    from memprof.views import build_model, verdict
+    from memprof.present.views import build_model, verdict
 
     out = tmp_path / "r.html"
     assert main(["report", str(A), "-o", str(out)]) == 0

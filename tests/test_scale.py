@@ -13,11 +13,13 @@ import plotly
 import plotly.graph_objects as go
 import pytest
 
-from memprof import background, figures, replay_cache
+from memprof.snapshot import background
+from memprof.present import figures
+from memprof.replay.timeline import cache as replay_cache
 from memprof.analysis import analyze
-from memprof.load import load
-from memprof.replay import Replay, replay
-from memprof.views import build_model
+from memprof.snapshot.load import load
+from memprof.replay.timeline import Replay, replay
+from memprof.present.views import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path("/work/shared/corpus")
@@ -71,7 +73,7 @@ def test_replay_cache_only_for_cached_snapshots(tmp_path: Path, monkeypatch: pyt
 
 def _plain_sites(snap, a: pd.DataFrame) -> np.ndarray:
     """Site strings computed as the string-column code did: labels per stack, 'before recording' when unseen."""
-    from memprof.load import BEFORE_RECORDING_LABEL
+    from memprof.snapshot.frames import BEFORE_RECORDING_LABEL
 
     out = snap.site_labels(a["stack_id"].to_numpy()).astype(object)
     out[(a["alloc_idx"].to_numpy() < 0) & (a["stack_id"].to_numpy() < 0)] = BEFORE_RECORDING_LABEL
@@ -141,8 +143,8 @@ def test_reserved_gets_its_own_axis_only_when_it_dwarfs_allocated() -> None:
 
 
 def test_pyramid_keeps_the_envelope_of_every_window() -> None:
-    from memprof import pyramid
-    from memprof.downsample import minmax_step, step_envelope_ok, visible_slice
+    from memprof.replay.timeline import pyramid
+    from memprof.replay.downsample import minmax_step, step_envelope_ok, visible_slice
 
     rng = np.random.default_rng(3)
     n = 300_000

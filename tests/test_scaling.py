@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from memprof.analysis import analyze
-from memprof.figures import timeline_traces
-from memprof.load import load
-from memprof.views import build_model
+from memprof.present.figures import timeline_traces
+from memprof.snapshot.load import load
+from memprof.present.views import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("replay", "phases", "allocations", "iterations", "verdict", "peak", "fragmentation")

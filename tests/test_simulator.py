@@ -10,8 +10,8 @@ import pytest
 
 from memprof.cli import main
 from memprof.errors import MemprofError
-from memprof.load import load
-from memprof.simulator import (
+from memprof.snapshot.load import load
+from memprof.allocator.model import (
     MB,
     OP_ALLOC,
     OP_EMPTY_CACHE,

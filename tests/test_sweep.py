@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from memprof import sweep  # noqa: E402
+from memprof.analysis import sweeps as sweep  # noqa: E402
 from memprof.cli import main  # noqa: E402
 
 

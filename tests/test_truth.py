@@ -18,8 +18,9 @@ import pytest
 
 from memprof.analysis import analyze
 from memprof.cli import main
-from memprof.load import columns_from_raw, load
-from memprof.replay import pool_totals, replay, trace_begins_mid_run
+from memprof.snapshot.columns import columns_from_raw
+from memprof.snapshot.load import load
+from memprof.replay.timeline import pool_totals, replay, trace_begins_mid_run
 from snapgen import TraceBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,13 +280,13 @@ def test_gzip_detected_by_magic(tmp_path):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_frame_line_2_64_minus_1_loads(tmp_path, fast):
-    from memprof.load import _load_uncached
+    from memprof.snapshot.load import load_uncached
 
     frames = [{"filename": "/home/u/model.py", "line": 2**64 - 1, "name": "forward"}]
     raw = {"segments": [], "device_traces": [[{"action": "alloc", "addr": 1, "size": 400, "stream": 0, "time_us": 1,
                                                "frames": frames}]]}
     p = write(tmp_path, "big.pickle", raw)
-    snap = _load_uncached(p, fast=fast)
+    snap = load_uncached(p, fast=fast)
     assert replay(snap, 0).peak_bytes == 400
     assert int(snap.frames["line"].iloc[0]) in (2**64 - 1, -1, 2**63 - 1)  # kept or clamped, shown honestly
     assert main(["stats", str(p), "--no-cache"]) == 0

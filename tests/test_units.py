@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from memprof import filters, limits
+from memprof.present import filters
+from memprof.snapshot import limits
 from memprof.errors import MemprofError
 from memprof.units import UNITS, fmt_bytes, parse_size
 

@@ -45,8 +45,8 @@ def test_upload_opens_the_snapshot_from_a_private_folder(served) -> None:
     from memprof.dashboard.pages import library as page
     from memprof.dashboard.upload import upload_dir
 
-    from memprof.load import load
-    from memprof.replay import replay
+    from memprof.snapshot.load import load
+    from memprof.replay.timeline import replay
 
     root, lib = served
     before = _files(root)

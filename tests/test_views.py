@@ -6,18 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-from memprof.load import load
-from memprof.meta import read_meta
-from memprof.replay import replay
+from memprof.analysis import analyze
+from memprof.snapshot.meta import read_meta
 from memprof.testing import training_snapshot, write_snapshot
 
-from memprof.views import CATEGORIES, build_model, stacked_polygons
+from memprof.present.views import CATEGORIES, build_model, stacked_polygons
 
 
 def _model(tmp_path: Path):
     p = write_snapshot(tmp_path / "s.pickle", *training_snapshot(iterations=2, layers=4, hidden_mb=2, seed=5))
-    snap = load(p, use_cache=False)
-    return build_model(snap, replay(snap, 0), read_meta(p))
+    an = analyze(p, device=0, meta=read_meta(p), use_cache=False)
+    return build_model(an.snap, an.rep, an.meta, analysis=an)
 
 
 def test_stack_sum_spans_the_view_and_never_exceeds_allocated(tmp_path: Path) -> None:
@@ -43,7 +42,7 @@ def test_each_band_is_as_tall_as_its_allocation(tmp_path: Path) -> None:
 
 def test_category_bands_equal_a_plain_sum_over_the_allocations(tmp_path: Path) -> None:
     """The bands (precomputed per category, two binary searches a point) against a row-by-row sum."""
-    from memprof.views import category_bands
+    from memprof.present.views import category_bands
 
     m = _model(tmp_path)
     a = m.allocs
@@ -68,7 +67,7 @@ def test_category_bands_equal_a_plain_sum_over_the_allocations(tmp_path: Path) -
 
 
 def test_category_bands_name_what_is_largest_in_the_view(tmp_path: Path) -> None:
-    from memprof.views import category_bands
+    from memprof.present.views import category_bands
 
     m = _model(tmp_path)
     a = m.allocs

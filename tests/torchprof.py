@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from memprof.meta import phase_label
+from memprof.snapshot.meta import phase_label
 
 
 def _addrs(tensors: Any) -> list[list[int]]:

@@ -26,9 +26,10 @@ from memprof.analysis import verdict as _verdict
 from memprof.analysis.diff import Diff
 from memprof.analysis.peak import PeakExplanation
 from memprof.analysis.verdict import Verdict
-from memprof.load import Snapshot, load
-from memprof.meta import read_meta
-from memprof.replay import Replay, replay
+from memprof.snapshot.tables import Snapshot
+from memprof.snapshot.load import load
+from memprof.snapshot.meta import read_meta
+from memprof.replay.timeline import Replay, replay
 
 __all__ = ["Analysis", "analyze", "Diff", "PeakExplanation", "Verdict", "default_device"]
 
@@ -101,7 +102,7 @@ def analyze(path_or_snapshot: str | os.PathLike[str] | Snapshot, device: int | N
     dev = default_device(snap) if device is None else device
     snap.check_device(dev)
     if use_cache and snap.cache_entry is not None:  # loaded through the cache (here or by the caller)
-        from memprof.replay_cache import cached_replay  # replayed once per snapshot, kept with its cache
+        from memprof.replay.cache import cached_replay  # replayed once per snapshot, kept with its cache
 
         return Analysis(snap, cached_replay(snap, dev), meta)
     return Analysis(snap, replay(snap, dev), meta)

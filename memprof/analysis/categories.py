@@ -28,10 +28,10 @@ import pandas as pd
 
 from memprof.analysis.lifetimes import lifetime_rules
 from memprof.analysis.phases import FINE_PHASES, iteration_ranges
-from memprof import labels
-from memprof.attribution import attribute
-from memprof.load import Snapshot
-from memprof.replay import Replay
+from memprof.analysis import labels
+from memprof.analysis.attribution import attribute
+from memprof.snapshot.tables import Snapshot
+from memprof.replay.timeline import Replay
 
 CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "temporary", "input", "workspace", "unknown")
 META_KEYS = {"parameter": "parameter_addrs", "optimizer_state": "optimizer_state_addrs",

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memprof.load import A_ALLOC, A_FREE, A_FREE_DONE, A_FREE_REQ, A_OOM, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, Snapshot
-from memprof.replay import Replay
+from memprof.snapshot.tables import A_ALLOC, A_FREE, A_FREE_DONE, A_FREE_REQ, A_OOM, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, Snapshot
+from memprof.replay.timeline import Replay
 
 ROUND = 512
 
@@ -182,7 +182,7 @@ def oom_report(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None) 
         ev = snap.events
         other = ev[ev["action"].to_numpy() == A_OOM]
         if len(other):
-            from memprof.replay import replay
+            from memprof.replay.timeline import replay
 
             dev = int(other["device"].iloc[0])
             r = oom_report(snap, replay(snap, dev), meta)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from memprof.analysis.stackphases import B, O, stack_kinds
-from memprof.load import Snapshot
+from memprof.snapshot.tables import Snapshot
 
 _PARAM = re.compile(r"^(_apply|to|cuda|convert|reset_parameters|_load_from_state_dict|load_state_dict|from_pretrained|"
                     r"_init_weights|init_weights|kaiming_uniform_|uniform_|normal_|trunc_normal_|xavier_uniform_)$")

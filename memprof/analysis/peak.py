@@ -27,7 +27,7 @@ class PeakExplanation:
     by_category — category, bytes, share (of the measured peak).
     by_site     — site ('file.py:line:function'), bytes, count, share, stack_id (of its largest allocation); largest first.
     by_phase    — phase (when the live bytes were allocated), bytes.
-    by_module   — module (the module path that made or owns the bytes, :mod:`memprof.attribution`;
+    by_module   — module (the module path that made or owns the bytes, :mod:`memprof.analysis.attribution`;
                   '<no module>' when none), bytes, share, and one bytes column per category; largest first.
     analytic    — item, expected_bytes (empty when the workload is not a built-in one).
     """
@@ -222,7 +222,7 @@ def group_by_module(alive: pd.DataFrame, total: int) -> pd.DataFrame:
     """Bytes per module (see :attr:`PeakExplanation.by_module`) of a set of live allocations."""
     if not len(alive) or "module" not in alive:
         return pd.DataFrame({"module": [], "bytes": [], "share": []})
-    from memprof.attribution import NO_MODULE
+    from memprof.analysis.attribution import NO_MODULE
 
     mod = alive["module"].astype(str).replace("", NO_MODULE)
     t = pd.crosstab(mod, alive["category"].astype(str), values=alive["size"], aggfunc="sum").fillna(0).astype(np.int64)

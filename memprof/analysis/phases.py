@@ -7,7 +7,7 @@ Sources, in order of trust:
 2. ``user_metadata`` — runs of trace entries carrying such a label (newer torch);
 3. ``meta`` — ``meta['phases']`` written beside the snapshot;
 3b. ``attribution`` — module calls, backward node executions and optimizer steps that
-   memprof's recorder logged inside the snapshot (:func:`memprof.attribution.phases`);
+   memprof's recorder logged inside the snapshot (:func:`memprof.analysis.attribution.phases`);
 3c. ``frames`` — for snapshots from anyone else: runs of forward / backward / optimizer
    allocations told apart by their stacks (:mod:`memprof.analysis.stackphases`);
 4. ``sawtooth`` — detected from the allocated-bytes signal: iterations are the spans
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memprof.load import Snapshot
-from memprof.meta import PHASE_PREFIX, parse_phase_label
-from memprof.replay import Replay
+from memprof.snapshot.tables import Snapshot
+from memprof.snapshot.meta import PHASE_PREFIX, parse_phase_label
+from memprof.replay.timeline import Replay
 
 _PHASE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 PHASE_COLUMNS = ["phase", "iteration", "start_us", "end_us", "start_idx", "end_idx", "source"]
@@ -57,7 +57,7 @@ def _parse_labels(names: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """(is memprof label, phase, iteration or -1) for each name; parsed once per distinct name."""
     uniq, inv = np.unique(names.to_numpy(dtype=object).astype(str), return_inverse=True)
     parsed = [parse_phase_label(u) for u in uniq]
-    # only labels memprof wrote: a plain phase word (a Python frame such as 'memprof/meta.py(74): f' is not one)
+    # only labels memprof wrote: a plain phase word (a Python frame such as 'memprof/snapshot/meta.py(74): f' is not one)
     parsed = [p if p is not None and _PHASE_WORD.match(p[0]) else None for p in parsed]
     ok = np.array([p is not None for p in parsed], dtype=bool)
     ph = np.array([p[0] if p else "" for p in parsed], dtype=object)
@@ -237,7 +237,7 @@ def find_phases(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None)
 
 def from_attribution(snap: Snapshot, times: np.ndarray) -> pd.DataFrame:
     """Phases from memprof's attribution record (forward calls, backward nodes, optimizer steps)."""
-    from memprof.attribution import phases as attribution_phases
+    from memprof.analysis.attribution import phases as attribution_phases
 
     df = attribution_phases(snap)
     return _finish(df, times, "attribution") if len(df) else _empty()

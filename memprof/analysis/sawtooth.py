@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from memprof.analysis.phases import iteration_ranges
-from memprof.replay import Replay
+from memprof.replay.timeline import Replay
 
 ITERATION_COLUMNS = [
     "iteration", "start_us", "end_us", "peak_bytes", "peak_us", "trough_bytes", "rise_us", "fall_us",

@@ -25,8 +25,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from memprof.load import ACTIONS, Snapshot
-from memprof.replay import Replay
+from memprof.snapshot.tables import ACTIONS, Snapshot
+from memprof.replay.timeline import Replay
 
 MIN_RUN = 3
 A_ALLOC = ACTIONS.index("alloc")

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from memprof.analysis.phases import FINE_PHASES
-from memprof.replay import Replay
+from memprof.replay.timeline import Replay
 
 #: GPU busy (or, for old metadata, event) time / host span below this: the GPU idles most of the phase -> allocator-bound.
 HOST_BOUND_BELOW = 0.6

@@ -13,7 +13,7 @@ import sys
 
 from memprof.errors import MemprofError
 from memprof.units import fmt_bytes
-from memprof.checks import Limits, Result, check, parse_percent
+from memprof.analysis.checks import Limits, Result, check, parse_percent
 from memprof.units import parse_size
 
 EXIT_FAIL = 1

@@ -147,11 +147,11 @@ def predicted_oom(an: Any) -> dict[str, Any] | None:
     """Built-in workloads: where ``memprof predict`` says the recorded device runs out; any other
     snapshot: the least device memory the allocator model needs for its requests."""
     from memprof.units import fmt_bytes
-    from memprof.simulator import min_device_memory, requests_from_snapshot
+    from memprof.allocator.model import min_device_memory, requests_from_snapshot
 
     w = an.meta.get("workload") or {}
     if w.get("kind") in ("attention", "transformer"):
-        from memprof.predict import workload_oom
+        from memprof.predict.core import workload_oom
 
         r = workload_oom(an.meta)
         if r is not None:
@@ -181,14 +181,14 @@ def predicted_oom(an: Any) -> dict[str, Any] | None:
 
 def _window(an: Any) -> dict[str, Any]:
     """Whether the trace begins mid-run (wrapped ring buffer or late start); see trace_begins_mid_run."""
-    from memprof.replay import trace_begins_mid_run
+    from memprof.replay.timeline import trace_begins_mid_run
 
     return trace_begins_mid_run(an.snap, an.rep, (an.meta.get("record") or {}).get("max_entries"))
 
 
 def _pools(an: Any) -> list[dict[str, Any]]:
     """Per-pool totals when the snapshot has private pools (CUDA graphs, MemPool); [] otherwise."""
-    from memprof.replay import pool_totals
+    from memprof.replay.timeline import pool_totals
 
     pt = pool_totals(an.snap, an.rep)
     return [{k: (str(v) if k == "pool" else int(v)) for k, v in r.items()} for r in pt.to_dict("records")] if len(pt) > 1 else []
@@ -218,8 +218,8 @@ def _render_state(d: dict[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from memprof.analysis import analyze
-    from memprof.load import load
-    from memprof.meta import read_meta
+    from memprof.snapshot.load import load
+    from memprof.snapshot.meta import read_meta
     from memprof.commands import run_report
 
     if run_report.wants_run(args):  # a torchrun run folder: the ranks, or one rank (--rank) through this same run()

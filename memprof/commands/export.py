@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 
 from memprof.errors import MemprofError
-from memprof.meta import stem
+from memprof.snapshot.meta import stem
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,10 +26,10 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def export_snapshot(src: str | Path, out: str | Path) -> int:
     """Write ``src`` as a plain protocol-4 pickle at ``out``; returns the bytes written."""
-    from memprof.load import _normalise, read_raw
+    from memprof.snapshot.read import normalise, read_raw
 
     raw, _ = read_raw(src)
-    snap = _normalise(raw, str(src))
+    snap = normalise(raw, str(src))
     if snap.pop("_legacy_segment_list", False):
         snap = {"segments": snap["segments"], "device_traces": []}
     data = pickle.dumps(snap, protocol=4)

@@ -79,7 +79,7 @@ def render(d: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from memprof.units import parse_size
-    from memprof.predict import find_max, predict_workload
+    from memprof.predict.core import find_max, predict_workload
 
     target = list(args.target) + list(getattr(args, "_extra", []) or [])
     if not target or target[0] not in ("attention", "transformer"):

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         target = target[1:]
     if not target:
         raise MemprofError("record what? use `memprof record attention`, `memprof record transformer` or `memprof record -- python SCRIPT`")
-    from memprof.native_stderr import NativeStderrFilter
+    from memprof.recorder.native_stderr import NativeStderrFilter
 
     with NativeStderrFilter() as native:  # torch.profiler's C++ lines stay out of the progress bar
         rc = run_workload(args, target) if target[0] in ("attention", "transformer") else run_script(args, target)
@@ -152,6 +152,10 @@ def run_workload(args: argparse.Namespace, target: list[str]) -> int:
     )  # fmt: skip
     if pub is not None:  # the Live page links to the snapshot from this last message
         pub.stop(status=meta["status"], snapshot=meta.get("snapshot_path"))
+    if meta.get("dist") and meta.get("snapshot_path"):  # this rank's summary, computed where it ran
+        from memprof.analysis.ranks import write_rank_summary
+
+        write_rank_summary(meta["snapshot_path"], meta)
     print(summary(meta))
     if meta["status"] == "oom":
         print(f"memprof: OUT OF MEMORY: {workload.slug()} on {meta['device'].get('name')}: {meta.get('error')}; snapshot {path}", file=sys.stderr)
@@ -201,9 +205,7 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
 
     import runpy
 
-    import torch
-
-    from memprof.recorder.api import record
+    from memprof.recorder.api import record  # imports torch before the script's first line runs
     from memprof.recorder.runner import OOM_ERRORS
     from memprof.workloads import resolve_device
 
@@ -238,10 +240,13 @@ def run_script(args: argparse.Namespace, target: list[str]) -> int:
         status = 1
     finally:
         sys.argv, sys.path[:] = old_argv, old_path
-        del torch
-    from memprof.meta import read_meta
+    from memprof.snapshot.meta import read_meta
 
     meta = read_meta(path)
+    if meta.get("dist"):  # this rank's summary, computed where it ran
+        from memprof.analysis.ranks import write_rank_summary
+
+        write_rank_summary(path, meta)
     meta["snapshot_path"] = str(path)
     print(summary(meta))
     return status

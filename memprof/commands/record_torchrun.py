@@ -34,7 +34,8 @@ def run_launcher(args: argparse.Namespace, argv: list[str]) -> int:
     import subprocess
 
     from memprof.recorder.inject import environment
-    from memprof.run import load_summaries, rank_files, strip_suffix
+    from memprof.analysis.ranks import load_summaries
+    from memprof.snapshot.runs import rank_files, strip_suffix
 
     script = next((Path(a).stem for a in argv[1:] if a.endswith(".py")), "script")
     run_dir = strip_suffix(Path(args.output) if args.output else Path("snapshots") / f"torchrun-{script}")
@@ -55,7 +56,7 @@ def run_launcher(args: argparse.Namespace, argv: list[str]) -> int:
         raise MemprofError(f"torchrun exited {rc} and no worker recorded anything under {run_dir} "
                            "(are the workers Python processes of this interpreter?)", exit_code=rc or 1)
     print(f"{run_dir}  {len(files)} rank(s)")
-    for s in load_summaries(run_dir, workers=1):
+    for s in load_summaries(run_dir):  # the ranks' summaries, computed in parallel and written beside them
         peak = s.get("peak_allocated_bytes")
         print(f"  rank {s['rank']:<4} status {s['status']:<10} peak allocated {fmt_bytes(peak) if peak is not None else '-':>10}"
               + (f"   {s['error']}" if s.get("error") and s["status"] != "ok" else ""))

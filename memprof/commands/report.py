@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from memprof.analysis import analyze
-    from memprof.figures_report import report_html
-    from memprof.views import build_model
+    from memprof.present.figures_report import report_html
+    from memprof.present.views import build_model
 
     out = Path(args.output)
     if out.exists() and out.is_dir():

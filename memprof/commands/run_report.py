@@ -1,7 +1,7 @@
 """``memprof stats|explain|diff`` on a run folder (``RUN/rank{R}.pickle.gz``, one per torchrun rank).
 
 The stats, explain and diff commands hand a folder here. Run-level reports read the ranks'
-summaries only (:mod:`memprof.run`); ``explain RUN --rank R`` and ``diff RUN --ranks A B`` open
+summaries only (:mod:`memprof.analysis.ranks`); ``explain RUN --rank R`` and ``diff RUN --ranks A B`` open
 the full snapshots of the ranks asked for.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 from memprof.errors import MemprofError
 from memprof.units import fmt_bytes, fmt_us
-from memprof.run import rank_files, run_dict
+from memprof.analysis.ranks import run_dict
+from memprof.snapshot.runs import rank_files
 
 
 def rank_file(run: str, rank: int) -> Path:
@@ -73,7 +74,7 @@ def stats(args: argparse.Namespace) -> int:
 
 def wants_run(args: argparse.Namespace) -> bool:
     """True when ``explain`` was given a run folder; ``--rank`` without one is an error."""
-    from memprof.run import is_run
+    from memprof.snapshot.runs import is_run
 
     if is_run(args.snapshot):
         return True

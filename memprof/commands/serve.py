@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from memprof.errors import MemprofError
-from memprof.load import load
-from memprof.meta import snapshot_beside
+from memprof.snapshot.load import load
+from memprof.snapshot.meta import snapshot_beside
 
 
 def default_dir() -> Path:

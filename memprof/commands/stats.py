@@ -11,9 +11,10 @@ from typing import Any
 from memprof.commands import add_report_options
 from memprof.escape import printable
 from memprof.units import fmt_bytes, fmt_us
-from memprof.load import A_OOM, load
-from memprof.meta import read_meta
-from memprof.replay import Replay, pool_totals, replay, trace_begins_mid_run
+from memprof.snapshot.tables import A_OOM
+from memprof.snapshot.load import load
+from memprof.snapshot.meta import read_meta
+from memprof.replay.timeline import Replay, pool_totals, replay, trace_begins_mid_run
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -98,7 +99,7 @@ runs it (on the 10M-entry benchmark file stats took 39.8 s with the model, 5.8 s
 
 def simulated_counters(snap: Any, device: int, n_events: int = 0) -> dict[str, Any]:
     """torch.cuda.max_memory_allocated/reserved over the window, from the allocator model."""
-    from memprof.simulator import trace_agreement
+    from memprof.allocator.model import trace_agreement
 
     if n_events > SIM_MAX_EVENTS:
         return {"simulated_max_memory_allocated": None, "simulated_max_memory_reserved": None,
@@ -192,7 +193,7 @@ def render(d: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memprof.run import is_run
+    from memprof.snapshot.runs import is_run
 
     if is_run(args.snapshot):  # a torchrun run folder: every rank and the imbalance
         from memprof.commands import run_report

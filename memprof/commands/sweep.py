@@ -91,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memprof import sweep
+    from memprof.analysis import sweeps as sweep
+    from memprof.commands.sweep_run import run_sweep
 
     kind = getattr(args, "sweep_kind", None)
     if kind not in ("attention", "transformer"):
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             raise MemprofError(f"unknown attention implementation {bad[0]!r} (use naive, compiled, sdpa)")
         configs = sweep.attention_grid(args.seq_len, args.d, args.impl, args.batch, args.mode, args.dtype, args.causal)
     else:
-        from memprof.workloads_info import TRANSFORMER_MODES, TRANSFORMER_SIZES
+        from memprof.commands.workload_names import TRANSFORMER_MODES, TRANSFORMER_SIZES
 
         for s in args.size:
             if s not in TRANSFORMER_SIZES:
@@ -114,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
                 raise MemprofError(f"unknown transformer mode {m!r} (use {', '.join(TRANSFORMER_MODES)})")
         configs = sweep.transformer_grid(args.size, args.mode, args.compile, args.dtype, args.context, args.batch, args.vocab)
     out = Path(args.out or f"snapshots/sweep-{kind}-{datetime.date.today().isoformat()}")
-    from memprof.native_stderr import NativeStderrFilter
+    from memprof.recorder.native_stderr import NativeStderrFilter
 
     with NativeStderrFilter() as native:  # torch.profiler's C++ lines stay out of the progress bar
-        df = sweep.run_sweep(configs, out, snapshots=not args.no_snapshots, device=args.device, steps=args.steps,
+        df = run_sweep(configs, out, snapshots=not args.no_snapshots, device=args.device, steps=args.steps,
                              warmup=args.warmup, progress=not args.no_progress)  # fmt: skip
     note = native.note()
     if note:

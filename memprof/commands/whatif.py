@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from memprof.allocator.whatif import whatif_dict
 from memprof.units import fmt_bytes, parse_size
 
 
@@ -25,44 +26,6 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the columnar cache")
     return p
-
-
-def whatif_dict(snap: Any, device: int, alloc_conf: str | None, device_memory: int | None,
-                meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Recorded vs simulated counters; ``simulated`` is :meth:`SimResult.to_dict`."""
-    from memprof.replay import replay
-    from memprof.simulator import AllocConf, requests_from_snapshot, simulate
-
-    req, rec_conf = requests_from_snapshot(snap, device)
-    # like PYTORCH_CUDA_ALLOC_CONF: the settings given, torch's defaults for the rest ("" = defaults)
-    conf = AllocConf.parse(alloc_conf) if alloc_conf is not None else rec_conf
-    base = simulate(req, rec_conf, exact_releases=True)
-    same = conf == rec_conf and device_memory is None
-    # another configuration or device: start from an empty allocator (the recording's cache was
-    # shaped by the recorded configuration), allocating what was alive before the window first
-    sim = base if same else simulate(req.cold(), conf, device_memory=device_memory, recorded_releases=False)
-    # the recorded settings from the same empty start: what the change itself buys
-    baseline = base if same else simulate(req.cold(), rec_conf, recorded_releases=False)
-    rep = replay(snap, device)
-    meta = meta or {}
-    out = {
-        "snapshot": snap.source,
-        "device": device,
-        "recorded": {
-            "alloc_conf": rec_conf.describe(),
-            "max_memory_allocated": meta.get("peak_allocated_bytes"),
-            "max_memory_reserved": meta.get("peak_reserved_bytes"),
-            "trace_peak_reserved_bytes": int(rep.peak_reserved_bytes),
-            "simulated_max_memory_allocated": base.max_allocated,
-            "simulated_max_memory_reserved": base.max_reserved,
-        },
-        "device_memory": device_memory,
-        "start": "recorded" if same else "cold",
-        "baseline": {"simulated_max_memory_allocated": baseline.max_allocated,
-                     "simulated_max_memory_reserved": baseline.max_reserved},
-        **sim.to_dict(),
-    }
-    return out
 
 
 def render(d: dict[str, Any]) -> str:
@@ -98,8 +61,8 @@ def render(d: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memprof.load import load
-    from memprof.meta import read_meta
+    from memprof.snapshot.load import load
+    from memprof.snapshot.meta import read_meta
 
     snap = load(args.snapshot, use_cache=not args.no_cache)
     device = snap.default_device() if args.device is None else args.device
@@ -107,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     dm = parse_size(args.device_memory) if args.device_memory else None
     d = whatif_dict(snap, device, args.alloc_conf, dm, read_meta(args.snapshot))
     if args.min_device_memory:
-        from memprof.simulator import AllocConf, min_device_memory, requests_from_snapshot
+        from memprof.allocator.model import AllocConf, min_device_memory, requests_from_snapshot
 
         req, rec_conf = requests_from_snapshot(snap, device)
         conf = AllocConf.parse(args.alloc_conf) if args.alloc_conf is not None else rec_conf

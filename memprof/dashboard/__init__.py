@@ -1,6 +1,6 @@
 """The memprof dashboard: a Dash multi-page app over a folder of snapshots (``memprof serve``).
 
-Layers: :mod:`memprof.views` (arrays) -> :mod:`memprof.figures` (plotly figures) ->
+Layers: :mod:`memprof.present.views` (arrays) -> :mod:`memprof.present.figures` (plotly figures) ->
 ``memprof/dashboard/pages/*`` (one module per page: what its callbacks return, its layout, its 3-5 line
 callbacks); :mod:`app.common` holds only what several pages share. Component ids carry
 their page's name (``timeline-graph``).

@@ -11,7 +11,7 @@ from dash import dash_table, dcc, html
 
 from memprof.dashboard import state
 from memprof.dashboard.state import library
-from memprof import figures, views
+from memprof.present import figures, views
 from memprof.errors import MemprofError
 from memprof.units import fmt_bytes, fmt_us
 
@@ -93,8 +93,8 @@ def nav_hrefs(search: str | None) -> list[str]:
     return [href + tail if href in SNAPSHOT_PAGES else href for _, href in PAGES]
 
 
-def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_table.DataTable:
-    return dash_table.DataTable(
+def table(id_: str, df: pd.DataFrame, page_size: int = 15, **kw: Any) -> dash_table.DataTable:  # type: ignore[name-defined]  # dash's stubs: DataTable is star-imported in an ignored module
+    return dash_table.DataTable(  # type: ignore[attr-defined]  # dash's stubs, as above
         id=id_, data=df.to_dict("records"), columns=[{"name": c, "id": c} for c in df.columns],
         page_size=page_size, sort_action="native", style_table={"overflowX": "auto"},
         style_cell={"fontFamily": "monospace", "fontSize": 12, "padding": "3px 6px", "textAlign": "left", "maxWidth": 420,

@@ -5,7 +5,7 @@ opaque id (their index in the scan) or by a relative path checked to resolve ins
 folder. Every open (snapshot, ``.meta.json``, a sweep's ``results.csv``) resolves the path
 again and refuses anything that is not a regular file inside the folder, so a file replaced
 by a symlink after start-up is not followed out. Snapshots are parsed only through
-:func:`memprof.load.load`.
+:func:`memprof.snapshot.load.load`.
 
 Models and views are cached per (file, device) and per (file, device, visible range) in LRU
 caches bounded by bytes (:class:`ByteLRU`), with one build per key at a time (single
@@ -34,9 +34,9 @@ import pandas as pd
 from memprof.analysis import analyze
 from memprof.errors import MemprofError
 from memprof.units import fmt_bytes
-from memprof.load import iter_snapshot_files
-from memprof.meta import meta_path
-from memprof.views import TimelineModel, build_model
+from memprof.snapshot.load import iter_snapshot_files
+from memprof.snapshot.meta import meta_path
+from memprof.present.views import TimelineModel, build_model
 
 log = logging.getLogger("memprof.app")
 T = TypeVar("T")
@@ -263,7 +263,7 @@ class Library:
 
     def entries(self, rescan: bool = False) -> list[Entry]:
         if self._entries is None or rescan:
-            out = []
+            out: list[Entry] = []
             for p in ([self.only] if self.only else iter_snapshot_files(self.root)):
                 if p.name == "results.json":
                     continue
@@ -356,15 +356,15 @@ class Library:
 
     def run_of(self, e: Entry) -> str | None:
         """The run folder (relative to the root) of a ``rank{R}.pickle[.gz]`` file, else None."""
-        from memprof.run import rank_of
+        from memprof.snapshot.runs import rank_of
 
         return None if rank_of(e.path) is None else (e.path.parent.relative_to(self.root).as_posix() or ".")
 
     def check_run(self, folder: Path) -> None:
-        """Every file :func:`memprof.run.load_summaries` will read in a run folder (rank snapshots, their
+        """Every file :func:`memprof.analysis.ranks.load_summaries` will read in a run folder (rank snapshots, their
         ``.meta.json`` and ``.summary``) must be a regular file inside the served folder, as at every open."""
-        from memprof.meta import meta_path
-        from memprof.run import rank_files, summary_path
+        from memprof.snapshot.meta import meta_path
+        from memprof.snapshot.runs import rank_files, summary_path
 
         for p in rank_files(folder).values():
             self.checked(p)
@@ -374,7 +374,7 @@ class Library:
 
     def runs(self) -> dict[str, dict[int, Entry]]:
         """Every run folder under the root: ``{relative folder: {rank: entry}}``."""
-        from memprof.run import rank_of
+        from memprof.snapshot.runs import rank_of
 
         out: dict[str, dict[int, Entry]] = {}
         for e in self.entries():
@@ -521,8 +521,8 @@ def parse_key(key: Any) -> tuple[int, int | None]:
 
 def _release_soon(delay_s: float = 10.0) -> None:
     """Give the free heap pages of a model build back to the system once its first page is drawn
-    (``memprof serve`` lets glibc keep freed memory while it works: :mod:`memprof.malloc_tuning`)."""
-    from memprof import malloc_tuning
+    (``memprof serve`` lets glibc keep freed memory while it works: :mod:`memprof.snapshot.malloc_tuning`)."""
+    from memprof.snapshot import malloc_tuning
 
     t = threading.Timer(delay_s, malloc_tuning.release)
     t.daemon = True
@@ -531,13 +531,7 @@ def _release_soon(delay_s: float = 10.0) -> None:
 
 def _make_model(path: Path, device: int | None, meta: dict[str, Any], lib: Library | None = None) -> TimelineModel:
     a = analyze(path, device=device, meta=meta)  # loads once (Arrow cache), replays once
-    try:
-        return build_model(a.snap, a.rep, a.meta, analysis=a)
-    except MemprofError:
-        raise
-    except Exception:  # an odd snapshot must not take the timeline down: fall back to lifetimes-only categories
-        log.exception("memprof.analysis failed on %s; using the built-in categories", lib.relative(str(path)) if lib else path.name)
-        return build_model(a.snap, a.rep, a.meta)
+    return build_model(a.snap, a.rep, a.meta, analysis=a)
 
 
 _LIBRARY: Library | None = None

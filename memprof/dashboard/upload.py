@@ -3,7 +3,7 @@
 An upload is untrusted bytes. It is size-limited (:data:`MAX_UPLOAD_BYTES`, also enforced by the
 browser's ``dcc.Upload(max_size=...)``), written only into a private temporary folder of this
 process (mode 0700, removed at exit; never into the served folder), and parsed only through
-:func:`memprof.load.load` (the restricted unpickler or the C loader: no code runs). A file that
+:func:`memprof.snapshot.load.load` (the restricted unpickler or the C loader: no code runs). A file that
 does not load is deleted and its one-line reason shown. The library then lists it as
 ``uploaded/NAME`` with an id like any other snapshot.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from memprof.dashboard.state import Entry, Library
 from memprof.errors import MemprofError
-from memprof.meta import SNAPSHOT_SUFFIXES
+from memprof.snapshot.meta import SNAPSHOT_SUFFIXES
 
 MAX_UPLOAD_BYTES = int(os.environ.get("MEMPROF_UPLOAD_MAX_MB", "256")) << 20
 _DIR: Path | None = None
@@ -68,7 +68,7 @@ def decode(contents: str) -> bytes:
 
 def save_upload(lib: Library, filename: str, contents: str) -> Entry:
     """Store, parse (safely) and register one dropped snapshot; returns its library entry."""
-    from memprof.load import load
+    from memprof.snapshot.load import load
 
     name = safe_name(filename)
     data = decode(contents)

@@ -1,9 +1,9 @@
 """The Explain page's what-if panel: allocator settings and device memory (and, for memprof's
 built-in workloads, batch size and sequence length) -> predicted allocated and reserved, fits or not.
 
-Same settings as recorded: the recording's requests replayed through :mod:`memprof.simulator`
-(:func:`memprof.commands.whatif.whatif_dict`). Another batch size or sequence length of a built-in
-workload: :func:`memprof.predict.predict_workload` (FakeTensorMode; seconds for attention, up to a
+Same settings as recorded: the recording's requests replayed through :mod:`memprof.allocator.model`
+(:func:`memprof.allocator.whatif.whatif_dict`). Another batch size or sequence length of a built-in
+workload: :func:`memprof.predict.core.predict_workload` (FakeTensorMode; seconds for attention, up to a
 minute for a Transformer on a small machine).
 """
 
@@ -65,7 +65,7 @@ def _int(v: Any, name: str) -> int | None:
 def simulate_whatif(key: dict[str, Any], alloc_conf: str | None, device_memory_gb: Any, batch: Any, seq: Any) -> dict[str, Any]:
     """Predicted counters for the panel's inputs: {source, allocated, reserved, fits, device_memory,
     recorded_allocated, recorded_reserved, alloc_conf}."""
-    from memprof.simulator import AllocConf
+    from memprof.allocator.model import AllocConf
 
     lib = library()
     e = lib.get(key.get("snap"))
@@ -84,14 +84,14 @@ def simulate_whatif(key: dict[str, Any], alloc_conf: str | None, device_memory_g
             raise MemprofError("device memory must be between 0 and 100,000 GB")
         dm = int(gb * GB)
         if (meta.get("device") or {}).get("total_memory_bytes") and abs(dm - meta["device"]["total_memory_bytes"]) < 0.01 * GB:
-            from memprof.predict import usable_memory
+            from memprof.predict.device import usable_memory
 
             dm = usable_memory(meta["device"]["total_memory_bytes"])  # the card as recorded, less its context
     w = meta.get("workload") or {}
     b, s = _int(batch, "batch"), _int(seq, "sequence length")
     kind = w.get("kind")
     if kind in WORKLOAD_SIZE and ((b and b != w.get("batch")) or (s and s != w.get(WORKLOAD_SIZE[kind][1]))):
-        from memprof.predict import predict_workload
+        from memprof.predict.core import predict_workload
 
         keys = ("impl", "seq_len", "d", "batch", "causal", "mode", "dtype") if kind == "attention" else (
             "size", "mode", "compile", "dtype", "context", "batch", "vocab", "d_model", "num_layers", "num_heads", "d_ff", "positions")
@@ -103,8 +103,8 @@ def simulate_whatif(key: dict[str, Any], alloc_conf: str | None, device_memory_g
                 "reserved": p.max_memory_reserved, "fits": p.fits, "device_memory": dm,
                 "recorded_allocated": meta.get("peak_allocated_bytes"), "recorded_reserved": meta.get("peak_reserved_bytes"),
                 "alloc_conf": p.sim.conf.describe()}
-    from memprof.commands.whatif import whatif_dict
-    from memprof.load import load
+    from memprof.allocator.whatif import whatif_dict
+    from memprof.snapshot.load import load
 
     snap = load(e.path)
     device = snap.default_device() if dev is None else dev

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import torch
 
-from memprof.meta import write_meta
+from memprof.snapshot.meta import write_meta
 from memprof.recorder.core import Recording
 from memprof.recorder.runner import OOM_ERRORS, base_meta
 from memprof.recorder.snapshot_io import write_snapshot
@@ -38,8 +38,10 @@ def record(
 
     In a torchrun worker (``RANK``/``WORLD_SIZE`` set) the snapshot goes to the run folder
     ``<path without suffix>/rank{RANK}.pickle[.gz]`` with the rank in its metadata (``dist``), a
-    bare ``cuda`` means the local rank's GPU, the rank's summary is written beside it, and a
-    SIGTERM from torchrun (another rank failed) still writes it (status ``terminated``).
+    bare ``cuda`` means the local rank's GPU, and a
+    SIGTERM from torchrun (another rank failed) still writes it (status ``terminated``). The rank's small summary
+    (:mod:`memprof.analysis.ranks`) is written by ``memprof record`` when torchrun ends, else by the first
+    command that reads the run.
 
     ``live``: True (port 8765) or a port number: publish allocated / reserved bytes, the phase, the
     iteration and the per-phase growth on 127.0.0.1 while recording (:mod:`memprof.live`; the Live page
@@ -76,8 +78,6 @@ def record(
         dist.finalize_status(meta, snap)
         write_snapshot(path, snap, compress)
         write_meta(path, meta)
-        if info is not None and status is None:
-            dist.write_rank_summary(path, meta)
 
     term = dist.TermDump(finish) if info is not None else None
     try:
@@ -105,8 +105,15 @@ def live_view(live: bool | int, device: torch.device, command: str | None) -> An
     """The publisher ``live`` asks for, started (None when off, or when one already runs in this process)."""
     if live is False or live is None:
         return None
-    from memprof import live as live_mod
+    from memprof.live import DEFAULT_PORT
+    from memprof.recorder import publish
+    from memprof.recorder.core import current
 
-    if live_mod.ACTIVE is not None:
+    if publish.ACTIVE is not None:
         return None
-    return live_mod.start(device, live_mod.DEFAULT_PORT if live is True else int(live), command=command or "")
+
+    def iteration() -> int | None:
+        rec = current()
+        return rec.iteration if rec is not None else None
+
+    return publish.start(device, DEFAULT_PORT if live is True else int(live), command=command or "", iteration=iteration)

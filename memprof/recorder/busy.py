@@ -22,7 +22,7 @@ from typing import Any, Callable, ContextManager, Iterable
 
 import numpy as np
 
-from memprof.meta import parse_phase_label
+from memprof.snapshot.meta import parse_phase_label
 
 #: Kineto activity types that are GPU work (their durations are GPU busy time).
 DEVICE_WORK = {"kernel", "gpu_memcpy", "gpu_memset", "concurrent_kernel"}
@@ -150,7 +150,7 @@ def profile_steps(
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-    from memprof.meta import phase_label
+    from memprof.snapshot.meta import phase_label
 
     cuda = device_type == "cuda" and torch.cuda.is_available()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

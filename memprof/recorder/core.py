@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 import torch
 
-from memprof import live
-from memprof.meta import phase_label
+from memprof.recorder import publish
+from memprof.snapshot.meta import phase_label
 from memprof.recorder import cuda as cuda_backend
 
 _ACTIVE: list["Recording"] = []
@@ -56,7 +56,7 @@ class PhaseTimer:
         if self.cuda:
             ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             ev0.record()
-        pub = live.ACTIVE  # the live view's phase hook; None (one attribute read) when it is off
+        pub = publish.ACTIVE  # the live view's phase hook; None (one attribute read) when it is off
         if pub is not None:
             pub.enter(name, iteration)
         t0, w0 = time.perf_counter(), time.time_ns() // 1000
@@ -66,6 +66,7 @@ class PhaseTimer:
             if pub is not None:
                 pub.exit(name, iteration)
             if self.cuda:
+                assert ev0 is not None and ev1 is not None  # made above when self.cuda
                 ev1.record()
                 self.gpu.setdefault(name, []).append((ev0, ev1))
             self.cpu.setdefault(name, []).append((time.perf_counter() - t0) * 1000.0)

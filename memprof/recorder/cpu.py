@@ -68,6 +68,8 @@ def profiler_ops(prof: profile, device_type: str = "cpu") -> tuple[list[Op], lis
 
     Ops are ``(time_us, addr, signed_size, frames)`` for :func:`memprof.recorder.synth.build_snapshot`.
     """
+    # set by start_profiler / stop_profiler (the profile was entered and exited)
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
     roots = prof.profiler.kineto_results.experimental_event_tree()
     ops: list[Op] = []
     ann: list[dict[str, Any]] = []

@@ -6,7 +6,7 @@ Version tolerant from torch 2.4 to 2.14: keyword arguments this torch lacks are 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -14,6 +14,7 @@ import torch
 def history_kwargs(max_entries: int, stacks: str, context: str) -> dict[str, Any]:
     """Keyword arguments for ``_record_memory_history`` that this torch accepts."""
     fn = torch.cuda.memory._record_memory_history
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without signatures

@@ -6,7 +6,7 @@ torchrun (torch.distributed.run) starts one worker per rank with ``RANK``, ``LOC
 memprof needs (torch.distributed itself may not even be initialised yet when recording starts).
 A recording asked for at ``out.pickle.gz`` (or at a folder ``out``) in a worker goes to the run
 folder ``out/rank{RANK}.pickle.gz``: every rank writes its own file, so no two ranks ever write
-the same path (:func:`memprof.run.rank_path`).
+the same path (:func:`memprof.snapshot.runs.rank_path`).
 
 When one rank fails (an OOM), torchrun's agent sends SIGTERM to the others, then SIGKILL after
 30 s. Their snapshots are what explains the imbalance, so :class:`TermDump` writes them on
@@ -24,9 +24,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from memprof.run import rank_of, rank_path
+from memprof.snapshot.runs import rank_of, rank_path
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
+#: How long the SIGTERM watcher thread leaves the main thread to start the dump itself.
+HANDLER_GRACE_S = 3.0
 
 
 def rank_env(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
@@ -89,6 +91,7 @@ class TermDump:
         self.active = False
         self._held = False
         self._pending = False
+        self._in_handler = threading.Event()  # the main thread's Python handler has begun
         if threading.current_thread() is not threading.main_thread():
             return
         self._r, self._w = os.pipe()
@@ -113,9 +116,15 @@ class TermDump:
                 os.close(self._r)
                 return
             if signal.SIGTERM in data:
-                self._fire()
+                # the main thread's handler dumps when it can run Python: the CPU profiler keeps
+                # each thread's events, and a stop from this thread loses the main thread's (seen
+                # under load: an empty snapshot). This thread dumps only for a main thread stuck
+                # in C (a collective waiting for a dead rank): torchrun's SIGKILL comes after 30 s.
+                if not self._in_handler.wait(HANDLER_GRACE_S):
+                    self._fire()
 
     def _handler(self, signum: int, frame: Any) -> None:
+        self._in_handler.set()
         self._fire()
 
     def _fire(self) -> None:
@@ -165,16 +174,3 @@ def finalize_status(meta: dict[str, Any], snapshot: dict[str, Any]) -> None:
         meta["status"] = "empty"
         meta["error"] = (f"nothing was recorded: no allocation on {dev} between the start and the end of the window "
                          "(did the script run its work on another device, or in a child process?)")
-
-
-def write_rank_summary(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
-    """Write the rank's summary beside its snapshot (dump time); a failure is noted in the
-    metadata's ``summary_error`` and the summary is computed later by whoever reads the run."""
-    from memprof.meta import write_meta
-    from memprof.run import summarize, write_summary
-
-    try:
-        write_summary(path, summarize(path, meta))
-    except Exception as e:  # noqa: BLE001 - the snapshot is safe; the summary can be rebuilt
-        meta["summary_error"] = f"{type(e).__name__}: {e}"
-        write_meta(path, meta)

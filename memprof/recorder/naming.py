@@ -25,7 +25,7 @@ pass installed by :func:`install_compile_map` notes the innermost user frame of 
 ``[generated file, line, user file, line, function]`` with the names.
 
 A tensor is logged as an *observation* ``(time_us, storage address, nbytes, name, category)``;
-the analysis (:mod:`memprof.attribution`) matches each to the allocation alive at that address
+the analysis (:mod:`memprof.analysis.attribution`) matches each to the allocation alive at that address
 at that time. Everything is stored inside the snapshot dict under :data:`KEY` as plain lists
 (PyTorch's viewer ignores the extra key), so the file alone carries the names.
 """
@@ -38,13 +38,13 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn.modules import module as _module
 from torch.optim import optimizer as _optimizer
 
-from memprof.schema import ATTRIBUTION_KEY as KEY
+from memprof.snapshot.schema import ATTRIBUTION_KEY as KEY
 
 VERSION = 1
 _LIB_PARTS = (os.sep + "torch" + os.sep, os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
@@ -275,8 +275,8 @@ class Namer:
 
         compile.__memprof_orig__ = orig  # type: ignore[attr-defined]
         compile.__doc__ = orig.__doc__
-        self._compile_orig = orig
-        torch.compile = compile  # type: ignore[assignment]
+        self._compile_orig: Callable[..., Any] | None = orig
+        torch.compile = compile
 
     def _unpatch_compile(self) -> None:
         orig = getattr(self, "_compile_orig", None)
@@ -289,9 +289,9 @@ class Namer:
         """Name the tensors a DataLoader's dataset holds (``dataset.data``) when iteration starts."""
         from torch.utils.data import DataLoader
 
-        self._dl_iter = DataLoader.__iter__
+        orig = DataLoader.__iter__
+        self._dl_iter: Callable[..., Any] | None = orig
         namer = self
-        orig = self._dl_iter
 
         def __iter__(dl: Any) -> Any:
             if namer.active:
@@ -306,7 +306,7 @@ class Namer:
 
         orig = getattr(self, "_dl_iter", None)
         if orig is not None and getattr(DataLoader.__iter__, "__memprof_orig__", None) is orig:
-            DataLoader.__iter__ = orig  # type: ignore[method-assign]
+            DataLoader.__iter__ = orig  # type: ignore[method-assign, assignment]  # restoring the monkeypatched method
         self._dl_iter = None
 
     def _observe_dataset(self, ds: Any, prefix: str = "dataset", depth: int = 0) -> None:
@@ -461,7 +461,7 @@ class Namer:
         stops at nodes an inner call claimed (it walked past them already) and hands nodes older
         than this call to the caller's frontier, so each node is walked about once per step.
         """
-        todo = [t.grad_fn for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+        todo: list[torch.autograd.graph.Node | None] = [t.grad_fn for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
         todo += frontier
         up = self._stack[-1][3] if self._stack else None
         seen: set[int] = set()

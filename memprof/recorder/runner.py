@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import gc
 import os
 import platform
@@ -12,10 +13,10 @@ from typing import Any, Callable
 
 import torch
 
-from memprof import __version__
-from memprof.meta import write_meta
+from memprof.version import __version__
+from memprof.snapshot.meta import write_meta
 from memprof.recorder.core import PhaseTimer, Recording
-from memprof.recorder.dist import TermDump, finalize_status, write_rank_summary
+from memprof.recorder.dist import TermDump, finalize_status
 from memprof.recorder.snapshot_io import empty_snapshot, write_snapshot
 from memprof.workloads import Workload, storage_addrs
 
@@ -150,7 +151,7 @@ def record_workload(
             if step_hook:
                 step_hook(workload, warmup + i)
             with timer.time("step", i):
-                workload.step(lambda name, _i=i: timer.time(name, _i))
+                workload.step(functools.partial(timer.time, iteration=i))
             bar.update()
         meta["timings_ms"], meta["cpu_timings_ms"] = timer.timings()
         if profile_steps > 0:
@@ -200,7 +201,7 @@ def record_workload(
             meta["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
             meta["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
         if isinstance(workload, object) and hasattr(workload, "n_params"):
-            meta["workload"]["n_params"] = int(workload.n_params())  # type: ignore[attr-defined]
+            meta["workload"]["n_params"] = int(workload.n_params())
         workload.teardown()
         del rec
         free_memory(device)
@@ -209,8 +210,6 @@ def record_workload(
             finalize_status(meta, snap)
             write_snapshot(path, snap, compress)
             write_meta(path, meta)
-            if meta.get("dist"):
-                write_rank_summary(path, meta)
             meta["snapshot_path"] = str(Path(path))
         return meta
     finally:

@@ -26,7 +26,7 @@ def build_snapshot(
     source: str = "",
 ) -> dict[str, Any]:
     before_alive = dict(before or {})
-    extra = [(t, a, -before_alive[a], []) for a, t in (freed_at or {}).items() if a in before_alive]
+    extra: list[Op] = [(t, a, -before_alive[a], []) for a, t in (freed_at or {}).items() if a in before_alive]
     all_ops = sorted(list(ops) + extra, key=lambda o: o[0])
     trace: list[dict[str, Any]] = []
     live: dict[int, tuple[int, list[dict[str, Any]]]] = {}

@@ -71,7 +71,10 @@ class AttentionWorkload(Workload):
         self.options = dict(impl=impl, seq_len=seq_len, d=d, batch=batch, causal=causal, mode=mode, dtype=dtype, seed=seed)
         self.phases = ("forward",) if mode == "forward" else ("forward", "backward")
         self.fn: Callable[..., torch.Tensor] | None = None
-        self.q = self.k = self.v = self.grad_out = None  # type: ignore[assignment]
+        self.q: torch.Tensor | None = None
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.grad_out: torch.Tensor | None = None
 
     def setup(self, device: torch.device) -> None:
         o = self.options
@@ -86,12 +89,14 @@ class AttentionWorkload(Workload):
     def step(self, phase: PhaseFn = nullphase) -> None:
         o = self.options
         assert self.fn is not None
+        assert self.q is not None and self.k is not None and self.v is not None  # set by setup
         for t in (self.q, self.k, self.v):
             t.grad = None
         with phase("forward"):
             with autocast_ctx(self.device, o["dtype"]):
                 out = self.fn(self.q, self.k, self.v, o["causal"])
         if o["mode"] == "forward_backward":
+            assert self.grad_out is not None  # setup makes it in forward_backward mode
             with phase("backward"):
                 out.backward(self.grad_out.to(out.dtype))
         del out

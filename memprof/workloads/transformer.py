@@ -43,6 +43,9 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
+    cos: torch.Tensor  # buffers (register_buffer)
+    sin: torch.Tensor
+
     def __init__(self, d_head: int, context: int, theta: float = 10000.0) -> None:
         super().__init__()
         inv = 1.0 / theta ** (torch.arange(0, d_head, 2).float() / d_head)
@@ -172,7 +175,8 @@ class TransformerWorkload(Workload):
         self.model: nn.Module | None = None
         self.fwd: Any = None
         self.opt: torch.optim.Optimizer | None = None
-        self.x = self.y = None  # type: ignore[assignment]
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
 
     def setup(self, device: torch.device) -> None:
         o = self.options

@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 import memprof  # noqa: E402,F401
 from memprof.errors import MemprofError  # noqa: E402
 
-L = sys.modules["memprof.load"]
+L = sys.modules["memprof.snapshot.load"]
+from memprof.snapshot import cache as C  # noqa: E402
 
 CORPUS = Path(os.environ.get("MEMPROF_CORPUS") or ROOT.parent / "shared" / "corpus")
 MAX_SEED = 160 << 10  # decompressed bytes: small seeds keep executions fast
@@ -73,7 +74,7 @@ def outcome(path: Path, loader: str) -> str:
     old = os.environ.get("MEMPROF_LOADER")
     os.environ["MEMPROF_LOADER"] = loader
     try:
-        snap = L._load_uncached(path)
+        snap = L.load_uncached(path)
         fp = fingerprint(snap)
         if loader == "c":  # the Arrow cache must hold what was loaded (or decline to write)
             import shutil
@@ -81,11 +82,11 @@ def outcome(path: Path, loader: str) -> str:
 
             where = Path(tempfile.mkdtemp(prefix="fuzz-cache-")) / "entry"
             try:
-                L._write_cache(snap, where)
+                C.write_cache(snap, where)
             except (OSError, TypeError, ValueError):
                 pass
             else:
-                again = fingerprint(L._read_cache(str(path), where))
+                again = fingerprint(C.read_cache(str(path), where))
                 if again != fp:
                     return "cache-differs:" + again
             finally:

@@ -1,6 +1,6 @@
 """Allocations: the per-tensor table (paged, sorted and filtered on the server, exported as CSV) and what is alive at a time.
 
-The table's ``filter_query`` is parsed by :mod:`memprof.filters` (the whole dash-table grammar,
+The table's ``filter_query`` is parsed by :mod:`memprof.present.filters` (the whole dash-table grammar,
 with units on byte columns: ``{size} > 50 MiB``); a query it cannot apply is shown, with
 where and why, in place of the row count."""
 
@@ -16,7 +16,7 @@ from dash import Input, Output, State, callback, dash_table, dcc, html
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library, parse_key
-from memprof import figures, filters, views
+from memprof.present import figures, filters, views
 from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/allocations", name="Allocations", title="memprof · allocations")
@@ -78,7 +78,7 @@ def layout(snap: str | None = None, device: str | None = None, t: str | None = N
                   html.Button("Export CSV", id="allocations-export", title="the filtered, sorted table as CSV"),
                   dcc.Download(id="allocations-download")], className="toolbar"),
         html.P(FILTER_HELP, className="sub"),
-        dash_table.DataTable(
+        dash_table.DataTable(  # type: ignore[attr-defined]  # dash's stubs lack DataTable
             id="allocations-table", columns=cols, page_current=0, page_size=20, page_action="custom",
             sort_action="custom", sort_mode="multi", sort_by=[{"column_id": "size", "direction": "desc"}],
             filter_action="custom", filter_query="", style_table={"overflowX": "auto"},

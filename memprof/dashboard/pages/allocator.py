@@ -12,7 +12,8 @@ from dash import Input, Output, State, callback, dcc, html
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library
-from memprof import allocator_state, figures
+from memprof.allocator import state as allocator_state
+from memprof.present import figures
 from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/allocator", name="Allocator", title="memprof · allocator state")

@@ -10,14 +10,14 @@ from dash import Input, Output, callback, dcc, html
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library
-from memprof import figures, views
+from memprof.present import figures, views
 
 dash.register_page(__name__, path="/compare", name="Compare", title="memprof · compare")
 
 
 def aligned_curves(models: Sequence[views.TimelineModel], labels: Sequence[str]) -> tuple[list[tuple[Any, ...]], list[Any], str]:
     """Each snapshot's allocated curve and phases on the first one's clock: every phase of every
-    iteration they share is stretched onto the first's (piecewise linear, :func:`memprof.views.warp`);
+    iteration they share is stretched onto the first's (piecewise linear, :func:`memprof.present.views.warp`);
     without shared phases, shifted to line up their first forward. Returns (curves, phases, how)."""
     base = models[0]
     curves, phases, matched = [], [], 0

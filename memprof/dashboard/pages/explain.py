@@ -10,7 +10,7 @@ from dash import dcc, html
 
 from memprof.dashboard import common, whatif
 from memprof.dashboard.state import library
-from memprof import figures, views
+from memprof.present import figures, views
 from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/explain", name="Explain", title="memprof · explain")

@@ -9,7 +9,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library
-from memprof import figures, flame, views
+from memprof.present import figures, flame, views
 from memprof.units import fmt_bytes
 
 dash.register_page(__name__, path="/flame", name="Flame", title="memprof · flame graph")

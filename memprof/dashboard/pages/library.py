@@ -97,7 +97,7 @@ def layout(**_: Any) -> html.Div:
     e = lib.default_entry()
     if e is not None:
         try:
-            fig, _ = common.timeline_figure(e.id, None, height=420)
+            fig, _shown = common.timeline_figure(e.id, None, height=420)
             preview = html.Div([html.H4(["latest: ", dcc.Link(e.rel, href=f"/timeline?snap={e.id}")]),
                                 dcc.Graph(id="library-preview", figure=fig, config={"displaylogo": False})])
         except Exception as err:  # a broken file must not hide the library

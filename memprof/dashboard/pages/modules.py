@@ -1,7 +1,7 @@
 """Modules: memory by module path at the peak (or any moment) as an icicle or a treemap.
 
 Names and modules come from what memprof's recorder stored in the snapshot
-(:mod:`memprof.attribution`); a snapshot from anyone else shows everything under '<no module>'
+(:mod:`memprof.analysis.attribution`); a snapshot from anyone else shows everything under '<no module>'
 by category. Clicking a module filters the panel below to it: its memory over time by category
 and its allocations alive at the chosen moment.
 """
@@ -18,7 +18,7 @@ from dash.exceptions import PreventUpdate
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library
-from memprof import figures, views
+from memprof.present import figures, views
 from memprof.errors import MemprofError
 from memprof.units import fmt_bytes
 
@@ -69,7 +69,7 @@ def module_panel(key: dict[str, Any], module: str, t_ms: Any) -> list[Any]:
                 f"({len(sub):,} allocations over the whole trace)", id="modules-selected-title"),
         dcc.Graph(id="modules-timeline", figure=figures.plot_module_timeline(views.module_timeline(m, module), module),
                   config={"displaylogo": False}),
-        dash_table.DataTable(id="modules-table", columns=[{"name": c, "id": c} for c in TABLE_COLUMNS],
+        dash_table.DataTable(id="modules-table",  # type: ignore[attr-defined]  # dash's stubs lack DataTable columns=[{"name": c, "id": c} for c in TABLE_COLUMNS],
                              data=rows.to_dict("records"), page_size=12, sort_action="native",
                              style_cell={"fontFamily": "monospace", "fontSize": 12, "padding": "3px 6px", "textAlign": "left"},
                              style_header={"fontWeight": "bold", "backgroundColor": "#f3f4f6"}),

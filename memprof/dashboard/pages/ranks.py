@@ -1,7 +1,7 @@
 """Ranks: one run of many ranks (torchrun) — peak per rank, every rank's timeline aligned by
 iteration, the imbalance, and a click through to any rank's timeline.
 
-Everything here is read from the ranks' summaries (:mod:`memprof.run`); a rank's full snapshot
+Everything here is read from the ranks' summaries (:mod:`memprof.analysis.ranks`); a rank's full snapshot
 is opened only on its Timeline page.
 """
 
@@ -16,10 +16,10 @@ from dash import Input, Output, callback, dcc, html
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library
-from memprof import figures_ranks
+from memprof.present import figures_ranks
 from memprof.errors import MemprofError
 from memprof.units import fmt_bytes
-from memprof.run import aligned_timelines, imbalance, load_summaries, ranks_frame
+from memprof.analysis.ranks import aligned_timelines, imbalance, load_summaries, ranks_frame
 
 dash.register_page(__name__, path="/ranks", name="Ranks", title="memprof · ranks")
 

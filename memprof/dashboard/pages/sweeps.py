@@ -10,7 +10,7 @@ from dash import Input, Output, callback, dcc, html
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library
-from memprof import figures
+from memprof.present import figures
 from memprof.errors import MemprofError
 
 dash.register_page(__name__, path="/sweeps", name="Sweeps", title="memprof · sweeps")

@@ -12,7 +12,7 @@ from dash import Input, Output, Patch, State, callback, dcc, html
 
 from memprof.dashboard import common
 from memprof.dashboard.state import library, parse_key
-from memprof import figures
+from memprof.present import figures
 from memprof.units import fmt_bytes, fmt_us
 
 dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof Â· timeline")
@@ -21,7 +21,7 @@ dash.register_page(__name__, path="/timeline", name="Timeline", title="memprof Â
 def state_layout(sid: int, dev: int | None, m: Any) -> html.Div:
     """An empty trace: no time axis to draw, only what the segments held at dump time (bars of the
     live blocks by source line). Its graph has its own id, so zoom and click callbacks never fire."""
-    from memprof import figures
+    from memprof.present import figures
 
     return html.Div([
         html.H2(library().get(sid).rel, id="timeline-title"),
@@ -75,7 +75,7 @@ def folded_stack(frames: Sequence[tuple[str, int, str]]) -> str:
     ``Module._call_impl`` chains, site-packages) folds into one line that names their files."""
     import os
 
-    from memprof.load import _is_library_file
+    from memprof.snapshot.frames import is_library_file
 
     lines: list[str] = []
     run: list[tuple[str, int, str]] = []
@@ -89,7 +89,7 @@ def folded_stack(frames: Sequence[tuple[str, int, str]]) -> str:
         run.clear()
 
     for i, (fn, line, name) in enumerate(frames):
-        if _is_library_file(str(fn)) and i > 0:  # the innermost frame is always shown: it allocated
+        if is_library_file(str(fn)) and i > 0:  # the innermost frame is always shown: it allocated
             run.append((fn, line, name))
             continue
         flush()
@@ -127,7 +127,7 @@ def stack_panel(click: dict[str, Any] | None, rows: Sequence[int] | None, key: d
     ])
 
 
-POLYGON_LINE = {"width": 0.5, "color": "rgba(255,255,255,0.6)"}  # as memprof.figures.timeline_traces draws them
+POLYGON_LINE = {"width": 0.5, "color": "rgba(255,255,255,0.6)"}  # as memprof.present.figures.timeline_traces draws them
 HIGHLIGHT_LINE = {"width": 3, "color": "#111"}
 
 
@@ -150,7 +150,7 @@ def highlight_patch(click: dict[str, Any] | None, rows: Sequence[int] | None, pr
 def detail_control(m: Any) -> html.Div:
     """How many allocations to draw as blocks: the largest 80 (fast), 300, or 1,000 (every one, when fewer)."""
     n = len(m.allocs)
-    opts = []
+    opts: list[dict[str, Any]] = []
     for k in common.DETAIL_LEVELS:
         opts.append({"label": f"{k:,} largest" if k < n else f"all {n:,}", "value": k})
         if k >= n:

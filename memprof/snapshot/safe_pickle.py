@@ -13,7 +13,7 @@ import codecs
 import pickle
 from typing import IO, Any, Callable
 
-from memprof import limits as _limits
+from memprof.snapshot import limits as _limits
 from memprof.errors import UnsafePickleError
 
 
@@ -65,7 +65,7 @@ def safe_load(fileobj: IO[bytes]) -> Any:
 # pickle's C unpickler builds whatever the opcodes describe: a tuple nested 130,000 deep (then
 # hashed as a dict key: a C stack overflow), a memo of 2^29 slots from one LONG_BINPUT, a string
 # of 2^63 bytes. ``scan`` walks the opcodes once without building anything and refuses those
-# before :func:`safe_load` runs. It follows the same rules as the C loader (memprof/_fastpickle.c,
+# before :func:`safe_load` runs. It follows the same rules as the C loader (memprof/snapshot/_fastpickle.c,
 # ``scan`` and ``load``), which the tests hold it to:
 #
 # * depth: an empty container is 1 deep; a container is one deeper than its deepest item, as its
@@ -188,7 +188,7 @@ class _Input:
 def scan(f: IO[bytes], source: str = "", max_bytes: int | None = None, max_depth: int | None = None) -> None:
     """Walk a pickle's opcodes without building anything; raise if it breaks a limit.
 
-    Raises :class:`~memprof.limits.LimitError` for a limit, :class:`UnsafePickleError` for
+    Raises :class:`~memprof.snapshot.limits.LimitError` for a limit, :class:`UnsafePickleError` for
     persistent ids, extension codes and out-of-band buffers, ``pickle.UnpicklingError`` for a
     malformed stream. Stops at the first STOP.
     """

@@ -1,16 +1,16 @@
 """The memory alive at one moment (the peak by default) as a call tree: what a memray user reads as
 a flame graph, drawn as an icicle (the program's entry at the top, the allocating frame at the bottom).
 
-Truth: the bytes are the allocations :func:`memprof.views.alive_at` finds alive at ``t_ms`` (the
+Truth: the bytes are the allocations :func:`memprof.present.views.alive_at` finds alive at ``t_ms`` (the
 replay of the allocator's own trace); the paths are the allocations' recorded stacks
-(:meth:`memprof.load.Snapshot.stack`, innermost first, reversed here). Each node's value is the sum
+(:meth:`memprof.snapshot.load.Snapshot.stack`, innermost first, reversed here). Each node's value is the sum
 of the bytes of the allocations whose stack passes through it, so a parent equals the sum of its
 children plus what was allocated in its own frame; the root is the total alive. An allocation
 without frames hangs under one pseudo-frame naming why (autograd's thread or C++, or allocated
 before recording). Immediately repeated frames (recursion) are folded into one, and the frames of
 the harness that ran the program (:data:`HARNESS`: memprof's CLI and recorder, runpy) are left out.
 
-No plotting here: :func:`memprof.figures.plot_icicle` draws the frame this module returns.
+No plotting here: :func:`memprof.present.figures.plot_icicle` draws the frame this module returns.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def call_tree(model: Any, alive: pd.DataFrame, max_depth: int = 48, min_share: f
     ``fold_library``: leave out library frames (torch, site-packages: ``Module._call_impl`` and the
     like, repeated at every module level) except the innermost frame of each stack.
     """
-    from memprof.load import _is_library_file
+    from memprof.snapshot.frames import is_library_file
 
     snap = model.snap
     sizes = alive["size"].to_numpy(dtype=np.int64)
@@ -63,7 +63,7 @@ def call_tree(model: Any, alive: pd.DataFrame, max_depth: int = 48, min_share: f
         if sid >= 0:
             raw = [(f, ln, n) for f, ln, n in reversed(snap.stack(sid)) if not is_harness(f)]
             if fold_library and raw:
-                raw = [x for x in raw[:-1] if not _is_library_file(str(x[0]))] + raw[-1:]
+                raw = [x for x in raw[:-1] if not is_library_file(str(x[0]))] + raw[-1:]
             frames = [frame_label(f, ln, n) for f, ln, n in raw]
         else:
             frames = []

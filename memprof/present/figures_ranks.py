@@ -1,6 +1,6 @@
 """Figures of a run of many ranks: peak per rank, and every rank's timeline on one axis. No dash.
 
-Inputs are the DataFrames of :mod:`memprof.run` (``ranks_frame``, ``aligned_timelines``).
+Inputs are the DataFrames of :mod:`memprof.analysis.ranks` (``ranks_frame``, ``aligned_timelines``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def plot_rank_peaks(ranks: pd.DataFrame, keys: Sequence[object] | None = None, h
 def plot_aligned_timelines(df: pd.DataFrame, keys: dict[int, object] | None = None, height: int = 420, max_ranks: int = 64) -> go.Figure:
     """Allocated bytes of every rank against the iteration axis (iteration k spans [k, k+1)).
 
-    ``df``: rank, x, t_us, allocated (:func:`memprof.run.aligned_timelines`). Beyond ``max_ranks``
+    ``df``: rank, x, t_us, allocated (:func:`memprof.analysis.ranks.aligned_timelines`). Beyond ``max_ranks``
     ranks only the heaviest and lightest ``max_ranks // 2`` each are drawn (a legend of 1,000 lines
     helps nobody). ``keys``: rank -> customdata of its line (click-through).
     """

@@ -1,6 +1,6 @@
 """TypedDicts mirroring PyTorch's snapshot dict (``torch.cuda.memory._snapshot``).
 
-These describe the *raw* input only. Everything after :mod:`memprof.load` is columns.
+These describe the *raw* input only. Everything after :mod:`memprof.snapshot.load` is columns.
 Keys marked ``NotRequired`` are missing in some torch versions (2.1 to 2.14) or
 some recording modes.
 """
@@ -85,7 +85,7 @@ class Annotation(TypedDict):
 
 
 #: Top-level key of the names memprof's recorder stores inside the snapshot dict
-#: (:mod:`memprof.recorder.naming` writes it, :mod:`memprof.attribution` reads it).
+#: (:mod:`memprof.recorder.naming` writes it, :mod:`memprof.analysis.attribution` reads it).
 ATTRIBUTION_KEY = "memprof_attribution"
 
 

@@ -1105,13 +1105,13 @@ def _expandable_start(end_segs: dict[int, tuple[int, int, int, bool, bool]], act
         return [], []
     space = total_memory + total_memory // 8
     clusters: list[dict[str, Any]] = []
-    for a, sz, st, pid, small in sorted(pieces):
+    for a, sz, st, pid, small_code in sorted(pieces):  # small_code: 1/0, -1 unknown
         c = next((c for c in clusters if c["stream"] == st and c["base"] <= a < c["base"] + space), None)
         if c is None:
-            c = {"base": a, "stream": st, "pool": pid, "small": small, "sizes": []}
+            c = {"base": a, "stream": st, "pool": pid, "small": small_code, "sizes": []}
             clusters.append(c)
-        if small >= 0:
-            c["small"], c["pool"] = small, pid
+        if small_code >= 0:
+            c["small"], c["pool"] = small_code, pid
         c["sizes"].append(sz)
     for c in clusters:
         if c["small"] < 0:
@@ -1188,8 +1188,7 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
       the snapshot's active blocks the trace never allocated, each as large as torch made it
       (``round_size``, and the whole gap when ``should_split`` would not have split it).
     """
-    from memprof.load import (A_ALLOC, A_FREE, A_FREE_DONE, A_FREE_REQ, A_OOM, A_SEG_ALLOC,
-                              A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP)
+    from memprof.snapshot.tables import A_ALLOC, A_FREE, A_FREE_DONE, A_FREE_REQ, A_OOM, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP
 
     conf = AllocConf.from_snapshot(snap.info.get("allocator_settings"))
     total_memory = total_memory or DEFAULT_TOTAL_MEMORY
@@ -1356,7 +1355,7 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
             else:
                 # an unsplit block may hold up to 1 MiB (or, oversize, max_non_split_rounding) of slack
                 limit = conf.max_non_split_rounding if r >= conf.max_split_size else kSmallSize
-                end = block_end(a, r, min(limit, rem), free_pos.get(pre_rid[a], len(ops)))
+                end = block_end(a, r, min(limit, rem), int(free_pos.get(pre_rid[a], len(ops))))
                 bs = (end - a) if end is not None else r
             blocks.append((a, bs, req, pre_rid[a]))
         initial.append((sa, ssize, sstream, pid, small, blocks))
@@ -1407,7 +1406,7 @@ def min_device_memory(req: Requests, conf: AllocConf, hi: int | None = None, gra
 
 def recorded_segment_events(snap: Any, device: int = 0) -> list[tuple[str, int, int]]:
     """The trace's own (action, addr, size) segment events, in order."""
-    from memprof.load import ACTIONS, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP
+    from memprof.snapshot.tables import ACTIONS, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP
 
     ev = snap.device_events(device)
     action = ev["action"].to_numpy()

@@ -36,7 +36,7 @@ def minmax_step(
 
     ``x`` must be sorted ascending. At most ``3 * n_buckets + 2`` indices are returned; when
     the visible part already has fewer points than that, all of them are. ``levels``: the curve's
-    :func:`memprof.pyramid.build` output, to read a slice of precomputed extremes instead of scanning.
+    :func:`memprof.replay.pyramid.build` output, to read a slice of precomputed extremes instead of scanning.
     """
     x = np.asarray(x)
     y = np.asarray(y)
@@ -44,7 +44,7 @@ def minmax_step(
     if hi - lo <= 3 * n_buckets + 2:
         return np.arange(lo, hi, dtype=np.int64)
     if levels:  # a min/max pyramid (memprof.pyramid): reduce only its candidates, not every point
-        from memprof.pyramid import candidates
+        from memprof.replay.pyramid import candidates
 
         cand = candidates(levels, lo, hi, n_buckets)
         if cand is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from memprof import figures, views
+from memprof.present import figures, views
 from memprof.units import fmt_bytes, fmt_us
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#1f2937;max-width:1400px}

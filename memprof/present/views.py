@@ -1,71 +1,35 @@
 """What the timeline, the tables and the report show, as plain arrays and DataFrames.
 
-This sits between the analysis layer and :mod:`memprof.figures`: it turns a snapshot, its
+This sits between the analysis layer and :mod:`memprof.present.figures`: it turns a snapshot, its
 replay and its metadata into a :class:`TimelineModel` (times in ms since the trace start) and
 answers the questions a view asks for a visible x-range: the min/max-reduced step curves
 (:func:`step_view`) and the stacked per-allocation polygons of the largest allocations
 (:func:`stacked_polygons`, as PyTorch's memory_viz draws them). No plotting here.
 
-Categories and phases come from :mod:`memprof.analysis` when it is installed; otherwise the
-small fallbacks below (:func:`phases_table`, :func:`categorize`) are used.
+Categories, phases, the verdict and the analytic account are :mod:`memprof.analysis`'s (one
+definition of each, shared with the CLI); this module only arranges them for a view.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from memprof import labels
-from memprof.downsample import DEFAULT_BUCKETS, minmax_step
-from memprof.load import Snapshot
-from memprof.meta import parse_phase_label
-from memprof.replay import Replay
+from memprof.analysis import labels
+from memprof.replay.downsample import DEFAULT_BUCKETS, minmax_step
+from memprof.snapshot.tables import Snapshot
+from memprof.replay.timeline import Replay
+
+if TYPE_CHECKING:
+    from memprof.analysis import Analysis
 
 #: Categories in drawing order, with the fallback colours the figures use.
 CATEGORIES: tuple[str, ...] = (
     "parameter", "gradient", "optimizer_state", "input", "activation", "temporary", "alive_before_window", "other",
 )
-
-
-def phases_table(snap: Snapshot, meta: dict[str, Any], device: int = 0) -> pd.DataFrame:
-    """Phase ranges from memprof's annotations (``memprof/<phase>/<i>``), else from the metadata.
-
-    Columns: phase (str), iteration (int, -1 when none), start_us, end_us (float).
-    """
-    rows: list[tuple[str, int, float, float]] = []
-    ann = snap.annotations
-    if len(ann):
-        ann = ann[ann["device"].to_numpy() == device]
-        open_: dict[str, float] = {}
-        for stage, name, t in zip(ann["stage"], ann["name"], ann["time_us"]):
-            parsed = parse_phase_label(name)
-            if parsed is None:
-                continue
-            if stage == "START":
-                open_[name] = float(t)
-            elif stage == "END" and name in open_:
-                ph, it = parsed
-                rows.append((ph, -1 if it is None else it, open_.pop(name), float(t)))
-    if not rows:
-        for p in meta.get("phases") or []:
-            try:
-                rows.append((str(p["name"]), int(p.get("iteration", -1) if p.get("iteration") is not None else -1),
-                             float(p["start_us"]), float(p["end_us"])))
-            except (KeyError, TypeError, ValueError):
-                continue
-    df = pd.DataFrame(rows, columns=["phase", "iteration", "start_us", "end_us"])
-    return df.sort_values("start_us", kind="stable", ignore_index=True)
-
-
-def _addr_set(meta: dict[str, Any], key: str) -> np.ndarray:
-    vals = meta.get(key) or []
-    try:
-        return np.array([int(v[0]) for v in vals], dtype=np.int64)
-    except (TypeError, ValueError, IndexError):
-        return np.zeros(0, dtype=np.int64)
 
 
 def phase_of(times_us: np.ndarray, phases: pd.DataFrame) -> np.ndarray:
@@ -81,34 +45,6 @@ def phase_of(times_us: np.ndarray, phases: pd.DataFrame) -> np.ndarray:
     ok &= times_us <= en[kk]
     out[ok] = phases["phase"].to_numpy()[kk[ok]]
     return out
-
-
-def categorize(rep: Replay, meta: dict[str, Any], phases: pd.DataFrame) -> np.ndarray:
-    """A category per allocation (fallback when :mod:`memprof.analysis` is absent).
-
-    Addresses listed in the metadata win (parameter, gradient, optimizer_state, input); then
-    allocations made in a forward pass and freed in a backward pass are activations; those
-    freed in the phase that made them are temporaries.
-    """
-    a = rep.allocations
-    n = len(a)
-    cat = np.full(n, "other", dtype=object)
-    cat[a["alive_at_start"].to_numpy()] = "alive_before_window"
-    ph_a = phase_of(a["alloc_us"].to_numpy(), phases)
-    ph_f = phase_of(a["free_us"].to_numpy(), phases)
-    freed = ~a["alive_at_end"].to_numpy()
-    born = ~a["alive_at_start"].to_numpy()
-    cat[born & freed & (ph_a == ph_f) & (ph_a != "")] = "temporary"
-    cat[born & (ph_a == "forward") & (ph_f == "backward")] = "activation"
-    addr = a["addr"].to_numpy()
-    for key, name in (("input_addrs", "input"), ("optimizer_state_addrs", "optimizer_state"),
-                      ("gradient_addrs", "gradient"), ("parameter_addrs", "parameter")):
-        s = _addr_set(meta, key)
-        if len(s):
-            # An address is reused; only the first (longest-lived) allocation at it is the tensor.
-            hit = np.isin(addr, s) & ~a.duplicated("addr").to_numpy()
-            cat[hit] = name
-    return cat
 
 
 @dataclass
@@ -142,7 +78,7 @@ class TimelineModel:
     snap: Snapshot
     rep: Replay
     meta: dict[str, Any]
-    analysis: Any = None
+    analysis: "Analysis"
     #: derived indexes built on first use (e.g. the category bands'), kept with the model
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -154,23 +90,16 @@ def _labels(col: pd.Series) -> Any:
     return col.astype(str).to_numpy()
 
 
-def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: Any = None) -> TimelineModel:
-    """Assemble the :class:`TimelineModel`; ``analysis`` is a :mod:`memprof.analysis` result when available."""
+def build_model(snap: Snapshot, rep: Replay, meta: dict[str, Any], analysis: "Analysis") -> TimelineModel:
+    """Assemble the :class:`TimelineModel` from a :func:`memprof.analysis.analyze` result."""
     t0 = rep.start_us
     a = rep.allocations
-    if analysis is not None:
-        ph = analysis.phases[["phase", "iteration", "start_us", "end_us"]].copy()
-        al = analysis.allocations
-        cat = _labels(al["category"])
-        phase = _labels(al["phase"]) if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
-        site = _labels(al["site"]) if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
-        names = {c: _labels(al[c]) for c in ("name", "module") if c in al}
-    else:
-        names = {}
-        ph = phases_table(snap, meta, rep.device)
-        cat = categorize(rep, meta, ph)
-        phase = phase_of(a["alloc_us"].to_numpy(), ph)
-        site = snap.site_labels(a["stack_id"].to_numpy())
+    ph = analysis.phases[["phase", "iteration", "start_us", "end_us"]].copy()
+    al = analysis.allocations
+    cat = _labels(al["category"])
+    phase = _labels(al["phase"]) if "phase" in al else phase_of(a["alloc_us"].to_numpy(), ph)
+    site = _labels(al["site"]) if "site" in al else snap.site_labels(a["stack_id"].to_numpy())
+    names = {c: _labels(al[c]) for c in ("name", "module") if c in al}
     end_ms = (rep.end_us - t0) / 1000.0
     au = a["alloc_us"].to_numpy()
     fu = a["free_us"].to_numpy()
@@ -242,7 +171,7 @@ def iteration_peaks(t_ms: np.ndarray, allocated: np.ndarray, phases: pd.DataFram
 
 def step_view(x: np.ndarray, y: np.ndarray, x0: float | None, x1: float | None, n_buckets: int = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
     """The min/max-reduced step curve over the visible range, ending at the range's right edge."""
-    from memprof.pyramid import for_curve
+    from memprof.replay.pyramid import for_curve
 
     idx = minmax_step(x, y, x0, x1, n_buckets, levels=for_curve(y) if len(y) > PYRAMID_FROM else None)
     return x[idx], y[idx]
@@ -474,7 +403,7 @@ def module_tree(alive: pd.DataFrame, root: str = "all") -> pd.DataFrame:
     category (the leaf's, or the largest category in the subtree), module (the module path the
     node stands for).
     """
-    from memprof.attribution import NO_MODULE
+    from memprof.analysis.attribution import NO_MODULE
 
     rows: dict[str, dict[str, Any]] = {root: {"id": root, "parent": "", "label": root, "bytes": 0, "cats": {}, "module": ""}}
 
@@ -514,7 +443,7 @@ def module_tree(alive: pd.DataFrame, root: str = "all") -> pd.DataFrame:
 
 def module_mask(allocs: pd.DataFrame, module: str) -> np.ndarray:
     """Rows of ``allocs`` in ``module`` or below it ('<no module>': those without one)."""
-    from memprof.attribution import NO_MODULE
+    from memprof.analysis.attribution import NO_MODULE
 
     mod = allocs["module"].astype(str)
     if module == NO_MODULE:
@@ -624,81 +553,13 @@ def warp(t: np.ndarray, knots: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 def verdict(m: TimelineModel) -> dict[str, Any]:
-    """Is the peak bound by the tensors themselves or by the allocator (reserved but unused)?
+    """The analysis's verdict (:mod:`memprof.analysis.verdict`) as the views show it.
 
-    Uses ``memprof.analysis`` when present; otherwise compares peak reserved to peak allocated.
     Keys: verdict, explanation, remedies (list), numbers (dict of label -> value).
     """
-    from memprof.units import fmt_bytes
-
-    a = getattr(m, "analysis", None)
-    if a is not None:
-        try:
-            v = a.verdict
-            return {"verdict": str(v.verdict), "explanation": str(v.explanation), "remedies": list(v.remedies),
-                    "numbers": {str(k): val for k, val in dict(v.numbers).items()}}
-        except Exception:
-            pass
-    alloc, res = m.peak_bytes, m.peak_reserved_bytes
-    slack = res - alloc
-    ratio = res / alloc if alloc else float("inf")
-    total = (m.meta.get("device") or {}).get("total_memory_bytes")
-    at_peak = alive_at(m, m.peak_ms)
-    cats = by_category(at_peak)
-    top = cats.iloc[0] if len(cats) else None
-    if ratio > 1.3 and slack > (64 << 20):
-        v = "allocator-bound"
-        expl = (f"At its peak the caching allocator held {fmt_bytes(res)} but tensors used only {fmt_bytes(alloc)}: "
-                f"{fmt_bytes(slack)} ({(ratio - 1) * 100:.0f}% more) is cached or fragmented blocks.")
-        rem = ["PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", "free or reuse large temporaries earlier",
-               "torch.cuda.empty_cache() between phases if other processes need the memory"]
-    else:
-        v = "tensor-bound"
-        expl = (f"The peak is {fmt_bytes(alloc)} of live tensors (reserved {fmt_bytes(res)}, only {fmt_bytes(slack)} more)"
-                + (f"; the largest share is {top['category']} ({fmt_bytes(int(top['bytes']))})." if top is not None else "."))
-        rem = {"activation": ["activation checkpointing", "smaller batch or sequence length", "fused/flash attention"],
-               "optimizer_state": ["8-bit or sharded optimizer state", "an optimizer with less state (SGD, Adafactor)"],
-               "parameter": ["lower precision weights (bf16)", "sharding (FSDP)"],
-               "temporary": ["in-place ops", "torch.compile to fuse temporaries"]}.get(str(top["category"]) if top is not None else "", [])
-    if len(m.oom_ms):
-        v = "out of memory · " + v
-    numbers: dict[str, Any] = {
-        "peak allocated": fmt_bytes(alloc), "peak reserved": fmt_bytes(res), "reserved / allocated": f"{ratio:.2f}",
-        "allocator slack at peak": fmt_bytes(slack), "allocations alive at peak": f"{len(at_peak):,}",
-        "peak time": f"{m.peak_ms:.3f} ms",
-    }
-    if total:
-        numbers["device memory"] = fmt_bytes(int(total))
-    if m.meta.get("peak_allocated_bytes"):
-        cuda = str((m.meta.get("device") or {}).get("type", "cuda")) == "cuda"
-        numbers["allocator's own peak (max_memory_allocated)" if cuda else "recorder's own peak"] = fmt_bytes(int(m.meta["peak_allocated_bytes"]))
-    return {"verdict": v, "explanation": expl, "remedies": rem, "numbers": numbers}
-
-
-def analytic_account(m: TimelineModel) -> pd.DataFrame:
-    """Measured bytes at the peak per category next to what the metadata accounts for.
-
-    Uses ``analysis.peak.analytic`` when present. Columns: item, measured, expected, note.
-    """
-    from memprof.units import fmt_bytes
-
-    a = getattr(m, "analysis", None)
-    if a is not None:
-        try:
-            df = a.peak.analytic
-            return df.astype(str)
-        except Exception:
-            pass
-    at_peak = by_category(alive_at(m, m.peak_ms)).set_index("category")["bytes"]
-    rows = []
-    for cat, key in (("parameter", "parameter_addrs"), ("gradient", "gradient_addrs"), ("optimizer_state", "optimizer_state_addrs"), ("input", "input_addrs")):
-        exp = sum(int(v[1]) for v in (m.meta.get(key) or []) if isinstance(v, (list, tuple)) and len(v) == 2)
-        rows.append((cat, fmt_bytes(int(at_peak.get(cat, 0))), fmt_bytes(exp) if exp else "-", "from the recorded tensor addresses" if exp else "not recorded"))
-    for cat in at_peak.index:
-        if cat not in ("parameter", "gradient", "optimizer_state", "input"):
-            rows.append((cat, fmt_bytes(int(at_peak[cat])), "-", "measured only"))
-    rows.append(("total", fmt_bytes(int(at_peak.sum())), fmt_bytes(m.peak_bytes), "replayed peak"))
-    return pd.DataFrame(rows, columns=["item", "measured", "expected", "note"])
+    v = m.analysis.verdict
+    return {"verdict": str(v.verdict), "explanation": str(v.explanation), "remedies": list(v.remedies),
+            "numbers": {str(k): val for k, val in dict(v.numbers).items()}}
 
 
 def compare_summary(models: list[TimelineModel], labels: list[str]) -> pd.DataFrame:

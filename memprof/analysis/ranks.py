@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,69 +32,14 @@ import numpy as np
 import pandas as pd
 
 from memprof.errors import MemprofError
-from memprof.meta import SNAPSHOT_SUFFIXES, read_meta
+from memprof.snapshot.meta import read_meta
+from memprof.snapshot.runs import rank_files, rank_of, summary_path
 
 SUMMARY_VERSION = 1
 #: Points kept of each rank's timeline (min/max per bucket keeps every peak).
 TIMELINE_BUCKETS = 300
 #: Sites kept per rank at its peak.
 SUMMARY_SITES = 40
-RANK_RE = re.compile(r"^rank(\d+)(\.pickle\.gz|\.pickle|\.pkl\.gz|\.pkl)$")
-
-
-# -- the folder -----------------------------------------------------------------------------------
-def rank_path(path: str | os.PathLike[str], rank: int, compress: bool | None = None) -> Path:
-    """``out.pickle.gz`` -> ``out/rank3.pickle.gz``; a folder ``out`` -> ``out/rank3.pickle.gz``
-    (``.pickle`` when ``compress`` is False)."""
-    p = Path(path)
-    base = strip_suffix(p)
-    if base != p:  # a snapshot name: keep its suffix (a JSON name becomes .pickle.gz)
-        suf = p.name[len(base.name):]
-        suf = ".pickle.gz" if suf.startswith(".json") else suf
-    else:
-        suf = ".pickle.gz"
-    if compress is not None:
-        suf = ".pickle.gz" if compress else ".pickle"
-    return base / f"rank{rank}{suf}"
-
-
-def strip_suffix(p: Path) -> Path:
-    """``a/out.pickle.gz`` -> ``a/out``; a name without a snapshot suffix is kept."""
-    for suf in SNAPSHOT_SUFFIXES:
-        if p.name.endswith(suf) and p.name != suf:
-            return p.with_name(p.name[: -len(suf)])
-    return p
-
-
-def rank_files(folder: str | os.PathLike[str]) -> dict[int, Path]:
-    """``{rank: snapshot path}`` of a run folder ({} when it is not one)."""
-    d = Path(folder)
-    if not d.is_dir():
-        return {}
-    out: dict[int, Path] = {}
-    for p in d.iterdir():
-        m = RANK_RE.match(p.name)
-        if m and p.is_file():
-            out.setdefault(int(m.group(1)), p)
-    return dict(sorted(out.items()))
-
-
-def is_run(path: str | os.PathLike[str]) -> bool:
-    """True for a folder holding ``rank{R}.pickle[.gz]`` files."""
-    return bool(rank_files(path))
-
-
-def rank_of(path: str | os.PathLike[str]) -> int | None:
-    """The rank of a file named ``rank{R}.pickle[.gz]`` inside a folder, else None."""
-    m = RANK_RE.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def summary_path(snapshot: str | os.PathLike[str]) -> Path:
-    p = strip_suffix(Path(snapshot))
-    return p.with_name(p.name + ".summary")
-
-
 # -- one rank ---------------------------------------------------------------------------------------
 def _source_id(path: Path) -> dict[str, Any]:
     st = path.stat()
@@ -137,7 +81,7 @@ def summarize(path: str | os.PathLike[str], meta: dict[str, Any] | None = None, 
     timeline {t_us, allocated} (min/max per bucket, every peak kept).
     """
     from memprof.analysis import analyze
-    from memprof.downsample import minmax_step
+    from memprof.replay.downsample import minmax_step
 
     p = Path(path)
     meta = read_meta(p) if meta is None else meta
@@ -241,9 +185,9 @@ def valid_summary(s: Any) -> bool:
 def cached_summary_path(snapshot: str | os.PathLike[str]) -> Path:
     """Where a reader that must not write beside the snapshot (``memprof serve``) keeps the summary
     it computed: memprof's cache folder, keyed by the file's path, size and mtime."""
-    from memprof.load import _cache_key, cache_dir
+    from memprof.snapshot.cache import cache_key, cache_dir
 
-    return cache_dir() / "summaries" / f"{_cache_key(Path(snapshot))}.summary"
+    return cache_dir() / "summaries" / f"{cache_key(Path(snapshot))}.summary"
 
 
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -330,7 +274,7 @@ def ranks_frame(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _holds_more(h: dict[str, int], lo: dict[str, int]) -> list[dict[str, Any]]:
-    rows = [{"key": k, "heaviest_bytes": int(h.get(k, 0)), "lightest_bytes": int(lo.get(k, 0)),
+    rows: list[dict[str, Any]] = [{"key": k, "heaviest_bytes": int(h.get(k, 0)), "lightest_bytes": int(lo.get(k, 0)),
              "delta": int(h.get(k, 0)) - int(lo.get(k, 0))} for k in set(h) | set(lo)]
     return sorted((r for r in rows if r["delta"] > 0), key=lambda r: (-r["delta"], r["key"]))
 
@@ -387,3 +331,15 @@ def run_dict(run: str | os.PathLike[str], workers: int | None = None, top: int =
     ranks = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items() if k != "device_name"}
              for r in df.to_dict("records")]
     return {"run": str(run), "world_size": len(sums), "ranks": ranks, "imbalance": imbalance(sums, top)}
+
+
+def write_rank_summary(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """Write a rank's summary beside its snapshot, right after it was recorded; a failure is noted in
+    the metadata's ``summary_error`` and the summary is computed later by whoever reads the run."""
+    from memprof.snapshot.meta import write_meta
+
+    try:
+        write_summary(path, summarize(path, meta))
+    except Exception as e:  # noqa: BLE001 - the snapshot is safe; the summary can be rebuilt
+        meta["summary_error"] = f"{type(e).__name__}: {e}"
+        write_meta(path, meta)

@@ -3,8 +3,8 @@
 Replaying 10M entries takes seconds (sorting by address, cumulative sums); its result is a few
 tables that read back from memory-mapped Arrow files in a fraction of that. The cache entry lives
 in the snapshot's own cache folder (same key: path, size, mtime and the loader's cache version),
-one folder per device, and is keyed also by the source of :mod:`memprof.replay` and
-:mod:`memprof.load`, so a change to the replay's semantics never reads an old result. A damaged
+one folder per device, and is keyed also by the source of :mod:`memprof.replay.timeline` and
+:mod:`memprof.snapshot.load`, so a change to the replay's semantics never reads an old result. A damaged
 or unreadable entry is ignored and rebuilt; a cache folder that cannot be written only costs the
 replay. The tables read back are the same values with the same dtypes (checked by
 ``tests/test_scale.py``).
@@ -19,9 +19,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from memprof import background
-from memprof.load import Snapshot, _cache_key, cache_dir, staged_folder
-from memprof.replay import Replay, replay
+from memprof.snapshot import background
+from memprof.snapshot.tables import Snapshot
+from memprof.snapshot.cache import cache_key, cache_dir, staged_folder
+from memprof.replay.timeline import Replay, replay
 
 _TABLES = ("allocations", "timeline", "reserved", "oom_events")
 _CODE_KEY: str | None = None
@@ -32,7 +33,7 @@ def _code_key() -> str:
     global _CODE_KEY
     if _CODE_KEY is None:
         h = hashlib.sha1()
-        for name in ("memprof.replay", "memprof.load"):
+        for name in ("memprof.replay.timeline", "memprof.snapshot.load"):
             h.update(Path(sys.modules[name].__file__ or "").read_bytes())
         _CODE_KEY = h.hexdigest()[:16]
     return _CODE_KEY
@@ -46,7 +47,7 @@ def _where(snap: Snapshot, device: int) -> Path | None:
             p = Path(snap.source)
             if not p.is_file():
                 return None
-            base = cache_dir() / _cache_key(p)
+            base = cache_dir() / cache_key(p)
         except (OSError, ValueError):
             return None
         if not (base / "info.json").exists():
@@ -76,7 +77,7 @@ def _write(rep: Replay, where: Path) -> None:
 
 
 def cached_replay(snap: Snapshot, device: int = 0) -> Replay:
-    """:func:`memprof.replay.replay`, read from the snapshot's cache when it was computed before."""
+    """:func:`memprof.replay.timeline.replay`, read from the snapshot's cache when it was computed before."""
     where = _where(snap, device)
     if where is not None and (where / "replay.json").exists():
         try:

@@ -47,18 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memprof.load import (
-    A_ALLOC,
-    A_FREE,
-    A_FREE_DONE,
-    A_FREE_REQ,
-    A_OOM,
-    A_SEG_ALLOC,
-    A_SEG_FREE,
-    A_SEG_MAP,
-    A_SEG_UNMAP,
-    Snapshot,
-)
+from memprof.snapshot.tables import A_ALLOC, A_FREE, A_FREE_DONE, A_FREE_REQ, A_OOM, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, Snapshot
 
 #: ``source`` codes in the allocations table.
 SOURCE_TRACE, SOURCE_FREE_ONLY, SOURCE_BLOCK = 0, 1, 2
@@ -148,7 +137,7 @@ def free_events(action: np.ndarray, addr: np.ndarray) -> np.ndarray:
 
 def _prepend(first: float, rest: np.ndarray, dtype: type) -> np.ndarray:
     """``[first, *rest]`` as one new array (no intermediate copies)."""
-    out = np.empty(len(rest) + 1, dtype=dtype)
+    out: np.ndarray = np.empty(len(rest) + 1, dtype=dtype)
     out[0] = first
     out[1:] = rest
     return out

@@ -35,7 +35,7 @@ def from_codes(codes: np.ndarray, labels: Sequence[str], drop_unused: bool = Tru
             remap = np.full(len(labels), -1, dtype=np.int64)
             remap[keep] = np.arange(len(keep))
             cat = pd.Categorical.from_codes(remap[c].astype(dt, copy=False),
-                                            categories=_index([labels[k] for k in keep]))
+                                            categories=_index([labels[int(k)] for k in keep]))
     return cat
 
 

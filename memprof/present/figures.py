@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from memprof.units import fmt_bytes
-from memprof.views import TimelineModel, category_bands, stacked_polygons, step_view
+from memprof.present.views import TimelineModel, category_bands, stacked_polygons, step_view
 
 MIB = float(1 << 20)
 
@@ -45,7 +45,7 @@ def timeline_traces(model: TimelineModel, x0: float | None = None, x1: float | N
 
     Order: per-allocation polygons of the ``k`` largest allocations (coloured by category,
     stacked as memory_viz stacks them), their summed height, every smaller allocation as one
-    band per category above them (:func:`memprof.views.category_bands`), the allocated and reserved curves (min/max reduced to ``n_buckets``), the
+    band per category above them (:func:`memprof.present.views.category_bands`), the allocated and reserved curves (min/max reduced to ``n_buckets``), the
     per-iteration peaks, the overall peak and any OOM.
     """
     polys, st_x, st_y = stacked_polygons(model, x0, x1, k)
@@ -136,7 +136,7 @@ def _stream_and_pool_traces(model: TimelineModel, x0: float | None, x1: float | 
     between them (a copy of the held curve filled down to it). Private pools: their held bytes as
     a line. Nothing when neither occurs.
     """
-    from memprof.replay import private_pool_allocated
+    from memprof.replay.timeline import private_pool_allocated
 
     counted = torch_counted(model)
     if counted is not None:
@@ -180,7 +180,7 @@ def plot_state(model: TimelineModel, k: int = 25, height: int = 520) -> go.Figur
     Bars of requested bytes per site (the ``k`` largest sites); the title says what is allocated
     and reserved and that no history was recorded.
     """
-    from memprof.load import BEFORE_RECORDING_LABEL
+    from memprof.snapshot.frames import BEFORE_RECORDING_LABEL
 
     a = model.allocs.assign(site=model.allocs["site"].astype(object).replace(BEFORE_RECORDING_LABEL, "<no stack recorded>"))
     g = a.groupby("site", sort=False)["size"].agg(["sum", "count"]).sort_values("sum", ascending=False).head(k)
@@ -292,7 +292,7 @@ def plot_compare(curves: Sequence[tuple[Any, ...]], phases: Sequence[pd.DataFram
     """Allocated memory of several snapshots on one time axis.
 
     ``curves``: (label, t_ms, bytes) or (label, t_ms, bytes, own_t_ms), already aligned (see
-    :func:`memprof.views.warp`); ``own_t_ms`` (each point's time on its own clock) shows on hover.
+    :func:`memprof.present.views.warp`); ``own_t_ms`` (each point's time on its own clock) shows on hover.
     ``phases``: one phases table per curve (phase, iteration, start_ms, end_ms on the aligned axis):
     each snapshot's own phases are drawn as a strip above the plot in its colour, and the first
     one's as background bands. The y axis starts at 0."""
@@ -309,7 +309,7 @@ def plot_compare(curves: Sequence[tuple[Any, ...]], phases: Sequence[pd.DataFram
     annotations: list[dict[str, Any]] = []
     n = len(phases) if phases is not None else 0
     strip = 0.045
-    if n:
+    if n and phases is not None:
         shapes += phase_shapes(phases[0])
         for i, ph in enumerate(phases):
             y0 = 1.02 + i * strip
@@ -412,9 +412,9 @@ def plot_speedup(df: pd.DataFrame, x: str = "seq_len") -> go.Figure:
 
 
 def plot_icicle(tree: pd.DataFrame, title: str = "", height: int = 640) -> go.Figure:
-    """The call tree of :func:`memprof.flame.call_tree` as an icicle: the root on top, callees below,
+    """The call tree of :func:`memprof.present.flame.call_tree` as an icicle: the root on top, callees below,
     each box as wide as the bytes alive under it (``branchvalues='total'``); click a box to zoom in."""
-    from memprof.flame import hover_text
+    from memprof.present.flame import hover_text
 
     total = int(tree["bytes"].iloc[0]) if len(tree) else 0
     fig = go.Figure(go.Icicle(
@@ -462,7 +462,7 @@ def plot_segments(segments: pd.DataFrame, blocks: pd.DataFrame, free_ranges: pd.
 
 def plot_segment_timeline(lt: pd.DataFrame, t_now_ms: float | None = None, max_segments: int = 300) -> go.Figure:
     """Each cached segment's life (``lt``: addr, size, t0_ms, t1_ms, from
-    :func:`memprof.allocator_state.segment_lifetimes` with times added) as a bar on its own row, by
+    :func:`memprof.allocator.state.segment_lifetimes` with times added) as a bar on its own row, by
     address; a vertical line at ``t_now_ms``. Click a time to see the allocator state then."""
     d = lt.sort_values("addr").head(max_segments)
     labels = [f"0x{int(a):x} · {fmt_bytes(int(s))}" for a, s in zip(d["addr"], d["size"])]
@@ -480,7 +480,7 @@ def plot_segment_timeline(lt: pd.DataFrame, t_now_ms: float | None = None, max_s
 
 
 def plot_module_tree(tree: pd.DataFrame, kind: str = "icicle", title: str = "", height: int = 560) -> go.Figure:
-    """An icicle or treemap of :func:`memprof.views.module_tree` (bytes by module path, coloured by category)."""
+    """An icicle or treemap of :func:`memprof.present.views.module_tree` (bytes by module path, coloured by category)."""
     trace = go.Icicle if kind == "icicle" else go.Treemap
     colors = [category_color(c) if c else "#ddd" for c in tree["category"]]
     fig = go.Figure(trace(
@@ -496,7 +496,7 @@ def plot_module_tree(tree: pd.DataFrame, kind: str = "icicle", title: str = "", 
 
 
 def plot_module_timeline(df: pd.DataFrame, module: str, height: int = 320) -> go.Figure:
-    """Stacked areas of :func:`memprof.views.module_timeline` (bytes of one module over time, by category)."""
+    """Stacked areas of :func:`memprof.present.views.module_timeline` (bytes of one module over time, by category)."""
     fig = go.Figure()
     for c in [c for c in df.columns if c != "t_ms"]:
         fig.add_trace(go.Scatter(x=df["t_ms"], y=df[c] / MIB, mode="lines", stackgroup="one", name=c,

@@ -4,7 +4,7 @@ Level ``k`` splits the curve into blocks of ``BASE * FACTOR**k`` points and keep
 index of its minimum, of its maximum and of its last point. To draw ``[lo, hi)`` at ``n`` buckets,
 :func:`candidates` takes the coarsest level that still has several blocks per bucket, and returns
 those indices for the blocks inside the range plus every raw point of the partial blocks at its
-two ends. :func:`memprof.downsample.minmax_step` then reduces only these candidates. Each block's
+two ends. :func:`memprof.replay.downsample.minmax_step` then reduces only these candidates. Each block's
 extremes are among them, so the envelope of the visible range (its highest and lowest value, and
 where they are) is exactly that of the full curve: a peak is never lost, whatever the zoom.
 Built once per curve in O(n) (the first level is one reshape and argmax; each next level reduces
@@ -81,7 +81,7 @@ def candidates(levels: list[Level], lo: int, hi: int, n_buckets: int) -> np.ndar
     return np.unique(np.concatenate(parts))
 
 
-_CACHE: dict[int, tuple[weakref.ref, list[Level]]] = {}
+_CACHE: dict[int, tuple[weakref.ref[np.ndarray], list[Level]]] = {}
 _LOCK = threading.Lock()
 
 
@@ -93,8 +93,12 @@ def for_curve(y: np.ndarray) -> list[Level]:
         if hit is not None and hit[0]() is y:
             return hit[1]
     levels = build(y)
+
+    def evict(_r: object, k: int = k) -> None:
+        _CACHE.pop(k, None)
+
     try:
-        ref = weakref.ref(y, lambda _r, k=k: _CACHE.pop(k, None))
+        ref = weakref.ref(y, evict)
     except TypeError:  # not weak-referenceable (a view of something else is): no caching
         return levels
     with _LOCK:

@@ -8,7 +8,7 @@ Truth and how it is rebuilt:
   ``segment_free``/``segment_unmap`` (it did). A segment freed in the window without a recorded
   ``segment_alloc`` existed from the start. The CUDA caching allocator's segment events carry the
   segment's base address and size (``CUDACachingAllocator.cpp``, ``TraceEntry::SEGMENT_ALLOC``).
-* Blocks: the allocations :meth:`memprof.replay.Replay.alive_at` finds alive after the event,
+* Blocks: the allocations :meth:`memprof.replay.timeline.Replay.alive_at` finds alive after the event,
   each placed in the segment whose ``[address, address + size)`` holds its address (blocks of a
   segment the trace never names sit in a pseudo-segment ``-1``).
 * Awaiting free: a block whose ``free_requested`` came at or before the event but whose
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memprof.load import A_FREE_REQ, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, ACTIONS, Snapshot
-from memprof.replay import Replay
+from memprof.snapshot.tables import A_FREE_REQ, A_SEG_ALLOC, A_SEG_FREE, A_SEG_MAP, A_SEG_UNMAP, ACTIONS, Snapshot
+from memprof.replay.timeline import Replay
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Who owns each allocation: the tensor's name, the module that made it, the user's line.
 
 The truth comes from what memprof's recorder stored inside the snapshot
-(:data:`memprof.schema.ATTRIBUTION_KEY`, written by :mod:`memprof.recorder.naming`):
+(:data:`memprof.snapshot.schema.ATTRIBUTION_KEY`, written by :mod:`memprof.recorder.naming`):
 
 * *observations* ``[time_us, storage addr, nbytes, name, category]`` of named tensors
   (parameters by ``named_parameters()`` name, ``NAME.grad``, ``NAME (exp_avg)``); each is matched
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memprof import labels
+from memprof.analysis import labels
 
 NAMED_CATEGORIES = ("parameter", "gradient", "optimizer_state", "input", "workspace")
 WORKSPACE_NAME = "<cuBLAS workspace>"
@@ -227,7 +227,7 @@ def phases(snap: Any) -> pd.DataFrame:
     each optimizer step an 'optimizer'. The iteration is the number of optimizer steps (or,
     without an optimizer, of backward runs) finished before the range starts. Empty without a record.
     """
-    cols = {"phase": [], "iteration": [], "start_us": [], "end_us": []}
+    cols: dict[str, list[Any]] = {"phase": [], "iteration": [], "start_us": [], "end_us": []}
     rec = parse((getattr(snap, "info", None) or {}).get("attribution"))
     if rec is None:
         return pd.DataFrame(cols)

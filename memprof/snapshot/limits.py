@@ -28,7 +28,7 @@ import lzma
 import os
 import zlib
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from memprof.errors import MemprofError
 from memprof.units import fmt_bytes, parse_size
@@ -203,7 +203,7 @@ def open_snapshot(path: Path, limit: int | None = None) -> tuple[BoundedReader, 
         magic = f.read(6)
         f.seek(0)
         if magic.startswith(_GZIP):
-            raw: IO[bytes] = gzip.GzipFile(fileobj=f, mode="rb")
+            raw: IO[bytes] = cast(IO[bytes], gzip.GzipFile(fileobj=f, mode="rb"))
             comp = ".gz"
         elif magic.startswith(_XZ):
             raw = lzma.LZMAFile(f, "rb")
@@ -283,7 +283,9 @@ def check_expansion(root: Any, nbytes: int, source: str) -> None:
     or whose device indices are out of range; fold integers beyond int64 in segments, blocks and
     annotations (:func:`to_i64`). Costs O(distinct objects), never O(expanded rows)."""
     if isinstance(root, list):
-        segments, traces, annotations = root, [], []
+        traces: list[Any] = []
+        annotations: list[Any] = []
+        segments = root
     elif isinstance(root, dict):
         segments = root.get("segments") or []
         traces = root.get("device_traces") or []

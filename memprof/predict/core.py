@@ -5,7 +5,7 @@ touched), with a ``TorchDispatchMode`` that sees every aten op's outputs: each n
 one allocation of ``storage.nbytes()`` bytes, freed when its storage object dies (a weak
 reference; torch preserves a storage's Python object for as long as the C++ storage lives,
 autograd's saved tensors included). The resulting request stream goes through
-:mod:`memprof.simulator`, the model of the CUDA caching allocator.
+:mod:`memprof.allocator.model`, the model of the CUDA caching allocator.
 
 The stand-in device. On a CPU-only torch a fake *CUDA* tensor can run forward ops but not
 backward (the autograd engine asks for a CUDA device guard and aborts the process), so the
@@ -47,7 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from memprof.errors import MemprofError
-from memprof.simulator import OP_ALLOC, OP_FREE, AllocConf, Requests, SimResult, simulate
+from memprof.allocator.model import OP_ALLOC, OP_FREE, AllocConf, Requests, SimResult, simulate
+from memprof.predict.device import usable_memory
 
 FAKE_DEVICE = torch.device("meta")  # the stand-in for cuda (see the module docstring)
 
@@ -346,7 +347,7 @@ def _created_on_fake_device() -> Iterator[None]:
 
     prev = torch.get_default_device()
     torch.set_default_device(FAKE_DEVICE)
-    torch.nn.Module.to = to  # type: ignore[method-assign]
+    torch.nn.Module.to = to  # type: ignore[method-assign, assignment]  # one plain function for the overloads
     try:
         yield
     finally:
@@ -361,11 +362,11 @@ def _cuda_like_workloads() -> Iterator[None]:
     import memprof.workloads.transformer as tf
 
     saved = (att.autocast_ctx, tf.autocast_ctx)
-    att.autocast_ctx = tf.autocast_ctx = cuda_autocast  # type: ignore[assignment]
+    att.autocast_ctx = tf.autocast_ctx = cuda_autocast
     try:
         yield
     finally:
-        att.autocast_ctx, tf.autocast_ctx = saved  # type: ignore[assignment]
+        att.autocast_ctx, tf.autocast_ctx = saved
 
 
 def predict_workload(kind: str, options: dict[str, Any], warmup: int = 2, steps: int = 2,
@@ -432,7 +433,7 @@ def predict(step_fn: Callable[..., Any], *inputs: Any, warmup: int = 1, steps: i
     ``device='cuda'`` are counted too.
     """
     def body(tr: _Tracker) -> dict[int, str]:
-        fake_inputs = []
+        fake_inputs: list[Any] = []
         cats: dict[int, str] = {}
         tr.phase = "inputs"
         for x in inputs:
@@ -535,7 +536,7 @@ def one_process_trials(kind: str, options: dict[str, Any], param: str, values: l
     can sit below the fresh-process limit. With ``values`` the trials run in that order;
     otherwise it bisects from ``lo`` (fits) to ``hi`` (fails) in steps of ``step``.
     """
-    from memprof.simulator import Allocator, OutOfMemory
+    from memprof.allocator.model import Allocator, OutOfMemory
 
     conf = AllocConf.parse(alloc_conf) if alloc_conf else AllocConf()
     al = Allocator(conf, device_memory=device_memory)
@@ -663,16 +664,6 @@ def find_max(kind: str, options: dict[str, Any], param: str, device_memory: int,
     return {"parameter": param, "max_fitting": lo, "first_failing": hi, "tried": _tried(tried)}
 
 
-#: What the CUDA context and driver keep on an H100 80GB with torch 2.11: total memory minus what
-#: the allocator could reserve at the OOM in snapshots/h100/attention-naive-s28672-d64-b8-oom.
-CONTEXT_OVERHEAD_BYTES = 85_017_493_504 - 84_232_306_688
-
-
-def usable_memory(total_memory: int) -> int:
-    """Bytes the allocator can reserve on a card of ``total_memory`` (the H100's measured overhead)."""
-    return int(total_memory) - CONTEXT_OVERHEAD_BYTES
-
-
 def workload_oom(meta: dict[str, Any]) -> dict[str, Any] | None:
     """Where a built-in workload recorded by ``memprof record`` runs out of memory on its device in
     a fresh process, by :func:`find_max` (seq_len for attention, batch for a Transformer)."""
@@ -696,15 +687,3 @@ def workload_oom(meta: dict[str, Any]) -> dict[str, Any] | None:
 
 def _tried(tried: dict[int, bool]) -> dict[str, bool]:
     return {str(k): v for k, v in sorted(tried.items())}
-
-
-class _CallableModule(type(contextlib)):  # type: ignore[misc]
-    """``memprof.predict(step_fn, *inputs)`` works although ``memprof.predict`` is this module."""
-
-    def __call__(self, step_fn: Callable[..., Any], *inputs: Any, **kwargs: Any) -> Prediction:
-        return predict(step_fn, *inputs, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

@@ -4,7 +4,7 @@ What is checked, per snapshot (or per rank of a run folder):
 
 * peak allocated: the CUDA caching allocator's own counter (``torch.cuda.max_memory_allocated``
   over the recorded window, kept in the ``.meta.json`` by memprof's CUDA recorder) when the
-  snapshot has one, otherwise the replay of the recorded history (:mod:`memprof.replay`, the
+  snapshot has one, otherwise the replay of the recorded history (:mod:`memprof.replay.timeline`, the
   same numbers PyTorch's memory_viz draws);
 * peak reserved: likewise (``torch.cuda.max_memory_reserved``, else the replayed segments).
 
@@ -116,12 +116,12 @@ def measure(label: str, path: str | os.PathLike[str], device: int | None = None,
     an = analyze(path, device=device, use_cache=use_cache)
     rep, meta = an.rep, an.meta
     ra, rr = int(rep.peak_bytes), int(rep.peak_reserved_bytes)
-    rec = meta.get("record") if isinstance(meta.get("record"), dict) else {}
+    rec, dev = meta.get("record"), meta.get("device")
+    rec = rec if isinstance(rec, dict) else {}
     pa, pr = meta.get("peak_allocated_bytes"), meta.get("peak_reserved_bytes")
-    dev = meta.get("device") if isinstance(meta.get("device"), dict) else {}
-    counter = (rec.get("backend") == "cuda" and type(pa) is int and type(pr) is int  # noqa: E721 - not bool
-               and rep.device == (dev.get("index") or 0))  # the counter is of the recorded device only
-    if counter:
+    dev = dev if isinstance(dev, dict) else {}
+    if (rec.get("backend") == "cuda" and type(pa) is int and type(pr) is int  # noqa: E721 - not bool
+            and rep.device == (dev.get("index") or 0)):  # the counter is of the recorded device only
         return Measurement(label, str(path), rep.device, int(pa), int(pr), "allocator counter", ra, rr, an, meta)
     return Measurement(label, str(path), rep.device, ra, rr, "recorded history", ra, rr, an, meta)
 
@@ -229,7 +229,12 @@ def check_one(m: Measurement, limits: Limits, baseline: Measurement | None = Non
     why = ""
     if fails:
         why = f"{m.label} ({m.path}): " + "; ".join(fails) + "."
-        why += _grew(baseline.analysis, m.analysis, top) if grew and baseline is not None else _at_peak(m.analysis, top)
+        assert m.analysis is not None  # measure() always sets it (only the pytest plugin's own measurements lack one)
+        if grew and baseline is not None:
+            assert baseline.analysis is not None
+            why += _grew(baseline.analysis, m.analysis, top)
+        else:
+            why += _at_peak(m.analysis, top)
     return Result(m, checks, why, baseline)
 
 

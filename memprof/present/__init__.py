@@ -1,0 +1,3 @@
+"""View models and plotly figures built from analysis results; no dash (the dashboard and
+the HTML report both render these).
+"""
