@@ -324,14 +324,10 @@ def thresholds(outdir: str) -> None:
             torch.cuda.empty_cache()
 
     def bisect(lo: int, hi: int, step: int, f: Callable[[int], bool]) -> tuple[int, int]:
+        from memprof.allocator.search import bisect as between
+
         assert f(lo) and not f(hi), (lo, hi)
-        while hi - lo > step:
-            mid = (lo + hi) // 2 // step * step
-            if f(mid):
-                lo = mid
-            else:
-                hi = mid
-        return lo, hi
+        return between(lo, hi, f, step=step)
 
     res: dict[str, Any] = {"device_name": torch.cuda.get_device_properties(0).name,
                            "total_memory": torch.cuda.get_device_properties(0).total_memory, "torch_version": torch.__version__}

@@ -15,7 +15,7 @@ import pytest
 
 from memprof.snapshot import background
 from memprof.present import figures
-from memprof.replay.timeline import cache as replay_cache
+from memprof.replay import cache as replay_cache
 from memprof.analysis import analyze
 from memprof.snapshot.load import load
 from memprof.replay.timeline import Replay, replay
@@ -143,7 +143,7 @@ def test_reserved_gets_its_own_axis_only_when_it_dwarfs_allocated() -> None:
 
 
 def test_pyramid_keeps_the_envelope_of_every_window() -> None:
-    from memprof.replay.timeline import pyramid
+    from memprof.replay import pyramid
     from memprof.replay.downsample import minmax_step, step_envelope_ok, visible_slice
 
     rng = np.random.default_rng(3)

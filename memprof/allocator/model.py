@@ -65,7 +65,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -925,6 +925,63 @@ class Allocator:
 
 
 # --------------------------------------------------------------------------- running requests
+class InitialBlock(NamedTuple):
+    """A block allocated before the first request, inside an initial segment."""
+
+    addr: int
+    size: int  # the block as torch made it (rounded, or the whole gap when it was not split)
+    requested: int
+    rid: int
+
+
+class InitialSegment(NamedTuple):
+    """A segment that existed before the first request, with its allocated blocks."""
+
+    addr: int
+    size: int
+    stream: int
+    pool: int  # 0 default, >0 a private pool
+    small: bool
+    blocks: list[InitialBlock]
+
+
+class InitialExpandable(NamedTuple):
+    """An expandable segment before the first request: its virtual reservation and mapped ranges."""
+
+    base: int
+    vsize: int
+    stream: int
+    pool: int
+    small: bool
+    page: int
+    ranges: list[tuple[int, int]]  # mapped (addr, size)
+    blocks: list[InitialBlock]
+
+
+class _SnapshotSegment(NamedTuple):
+    """A segment of the snapshot (alive at its end) or undone back to the trace's start."""
+
+    size: int
+    stream: int
+    pool: int
+    small: bool
+    expandable: bool
+
+
+class _BeforeWindow(NamedTuple):
+    """An allocation made before the trace started, seen by its free (``requested`` from the free)."""
+
+    rid: int
+    requested: int
+    stream: int
+
+
+class _PreBlock(NamedTuple):
+    addr: int
+    requested: int
+    known_size: int  # the snapshot's block size when alive to the end, -1 when the trace only freed it
+
+
 @dataclass
 class Requests:
     """A request stream: one row per op.
@@ -942,13 +999,13 @@ class Requests:
     size: np.ndarray
     stream: np.ndarray
     pool: np.ndarray
-    initial_segments: list[tuple[int, int, int, int, bool, list[tuple[int, int, int, int]]]] = field(default_factory=list)
+    initial_segments: list[InitialSegment] = field(default_factory=list)
     recorded_segments: list[tuple[int, int]] = field(default_factory=list)
     event_idx: np.ndarray | None = None  # trace index of each op (when from a trace)
     releases: list[list[int]] = field(default_factory=list)  # segments each release op freed
     #: expandable segments before the first request: (base, vsize, stream, pool, is_small, page,
     #: mapped ranges [(addr, size)], allocated blocks [(addr, block_size, requested, rid)])
-    initial_expandable: list[tuple[int, int, int, int, bool, int, list[tuple[int, int]], list[tuple[int, int, int, int]]]] = field(default_factory=list)
+    initial_expandable: list[InitialExpandable] = field(default_factory=list)
     expandable_bases: list[int] = field(default_factory=list)  # where the recording's new expandable segments were
     addr: np.ndarray | None = None  # the recorded address of each op (from a trace; -1 when none)
     category: np.ndarray | None = None
@@ -962,7 +1019,7 @@ class Requests:
         allocated first (in address order), and nothing is cached. Used to ask what another
         configuration or device would do, since the cache a recording starts with was shaped by
         the recorded configuration."""
-        pre = sorted((b[0], b[2], b[3], seg[3], seg[2]) for seg in self.initial_segments for b in seg[5])
+        pre = sorted((b.addr, b.requested, b.rid, seg.pool, seg.stream) for seg in self.initial_segments for b in seg.blocks)
         k = len(pre)
         cat = None
         if self.category is not None:
@@ -1084,7 +1141,7 @@ def _pool_code(pool_id: Any, codes: dict[str, int]) -> int:
     return codes.setdefault(s, len(codes) + 1)
 
 
-def _expandable_start(end_segs: dict[int, tuple[int, int, int, bool, bool]], action: np.ndarray, addr: np.ndarray,
+def _expandable_start(end_segs: dict[int, _SnapshotSegment], action: np.ndarray, addr: np.ndarray,
                       size: np.ndarray, stream: np.ndarray, a_map: int, a_unmap: int, total_memory: int
                       ) -> tuple[list[tuple[int, int, int, int, bool, int, list[tuple[int, int]]]], list[int]]:
     """Expandable segments before the window: (base, vsize, stream, pool, is_small, page, mapped
@@ -1202,11 +1259,11 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
     seg = snap.segments
     seg = seg[seg["device"].to_numpy() == device]
     codes: dict[str, int] = {}
-    end_segs = {int(a): (int(s), int(st), _pool_code(p, codes), t == "small", bool(x))
+    end_segs = {int(a): _SnapshotSegment(int(s), int(st), _pool_code(p, codes), t == "small", bool(x))
                 for a, s, st, p, t, x in zip(seg["address"], seg["total_size"], seg["stream"], seg["pool_id"],
                                              seg["segment_type"], seg["is_expandable"])}
     # segments alive at the start: undo the trace's segment events from the end
-    start_segs = {a: v for a, v in end_segs.items() if not v[4]}
+    start_segs = {a: v for a, v in end_segs.items() if not v.expandable}
     seg_rows = np.flatnonzero((action == A_SEG_ALLOC) | (action == A_SEG_FREE))
     for i in seg_rows[::-1]:
         a = int(addr[i])
@@ -1214,14 +1271,14 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
             start_segs.pop(a, None)
         else:
             s = int(size[i])
-            start_segs[a] = (s, int(stream[i]), 0, s == kSmallBuffer, False)
+            start_segs[a] = _SnapshotSegment(s, int(stream[i]), 0, s == kSmallBuffer, False)
     recorded = [(int(addr[i]), int(size[i])) for i in np.flatnonzero(action == A_SEG_ALLOC)]
     exp_initial, exp_bases = _expandable_start(end_segs, action, addr, size, stream, A_SEG_MAP, A_SEG_UNMAP, total_memory)
 
     # pool of an address: the segment (alive at the end) that holds it
-    pool_starts = np.array(sorted(a for a, v in end_segs.items() if v[2]), dtype=np.int64)
-    pool_ends = np.array([a + end_segs[int(a)][0] for a in pool_starts], dtype=np.int64)
-    pool_ids = np.array([end_segs[int(a)][2] for a in pool_starts], dtype=np.int64)
+    pool_starts = np.array(sorted(a for a, v in end_segs.items() if v.pool), dtype=np.int64)
+    pool_ends = np.array([a + end_segs[int(a)].size for a in pool_starts], dtype=np.int64)
+    pool_ids = np.array([end_segs[int(a)].pool for a in pool_starts], dtype=np.int64)
 
     def pool_of(a: int) -> int:
         if not len(pool_starts):
@@ -1236,7 +1293,7 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
     pools: list[int] = []
     eidx: list[int] = []
     live: dict[int, int] = {}
-    pre: dict[int, tuple[int, int, int]] = {}  # addr -> (rid, requested, stream) allocated before the window
+    pre: dict[int, _BeforeWindow] = {}  # addr -> allocated before the window
     releases: list[list[int]] = []
     next_rid = 0
     # plain lists: indexing them is several times faster than numpy scalars in this loop
@@ -1258,11 +1315,11 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
             rid = live.get(a)
             if rid is None:
                 if act == A_FREE_DONE and a in pre:
-                    rid = pre[a][0]
+                    rid = pre[a].rid
                 else:
                     rid = next_rid
                     next_rid += 1
-                    pre[a] = (rid, int(size_l[i]), int(stream_l[i]))
+                    pre[a] = _BeforeWindow(rid, int(size_l[i]), int(stream_l[i]))
             whole = act == A_FREE or (act == A_FREE_REQ and i + 1 < n and action_l[i + 1] == A_FREE_DONE and addr_l[i + 1] == a)
             if whole:
                 skip = i + 1 if act == A_FREE_REQ else -1
@@ -1295,8 +1352,8 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
             pools.append(0); eidx.append(int(idx_l[i]))
 
     # blocks allocated before the window: frees with no alloc, plus active blocks never traced
-    pre_rid = {a: rid for a, (rid, _, _) in pre.items()}
-    pre_blocks: list[tuple[int, int, int]] = [(a, req, -1) for a, (rid, req, st) in pre.items()]  # (addr, requested, known size)
+    pre_rid = {a: p.rid for a, p in pre.items()}
+    pre_blocks: list[_PreBlock] = [_PreBlock(a, p.requested, -1) for a, p in pre.items()]
     blk = snap.blocks
     blk = blk[(blk["device"].to_numpy() == device) & (blk["state"].to_numpy() == "active_allocated")]
     for a, req, bsize in zip(blk["addr"].to_numpy(), blk["requested_size"].to_numpy(), blk["size"].to_numpy()):
@@ -1305,7 +1362,7 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
             continue
         pre_rid[a] = next_rid
         next_rid += 1
-        pre_blocks.append((a, int(req), int(bsize)))  # alive to the end: the snapshot knows its size
+        pre_blocks.append(_PreBlock(a, int(req), int(bsize)))  # alive to the end: the snapshot knows its size
 
     # where a block freed in the window ended: the first alloc that started inside its slack
     op_arr = np.array(ops, dtype=np.int8)
@@ -1327,20 +1384,20 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
                 return int(s_addr[k])
         return None
 
-    initial: list[tuple[int, int, int, int, bool, list[tuple[int, int, int, int]]]] = []
+    initial: list[InitialSegment] = []
     pb = sorted(pre_blocks)
-    starts = np.array([p[0] for p in pb], dtype=np.int64)
+    starts = np.array([p.addr for p in pb], dtype=np.int64)
     for sa in sorted(start_segs):
         ssize, sstream, pid, small, _exp = start_segs[sa]
         lo = int(np.searchsorted(starts, sa, side="left"))
         hi = int(np.searchsorted(starts, sa + ssize, side="left"))
         inside = pb[lo:hi]
-        blocks = []
+        blocks: list[InitialBlock] = []
         for k, (a, req, known) in enumerate(inside):
-            nxt = inside[k + 1][0] if k + 1 < len(inside) else sa + ssize
+            nxt = inside[k + 1].addr if k + 1 < len(inside) else sa + ssize
             gap = nxt - a
             if known > 0:
-                blocks.append((a, min(known, gap), req, pre_rid[a]))
+                blocks.append(InitialBlock(a, min(known, gap), req, pre_rid[a]))
                 continue
             r = min(round_size(req, conf), gap)
             rem = gap - r
@@ -1357,9 +1414,9 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
                 limit = conf.max_non_split_rounding if r >= conf.max_split_size else kSmallSize
                 end = block_end(a, r, min(limit, rem), int(free_pos.get(pre_rid[a], len(ops))))
                 bs = (end - a) if end is not None else r
-            blocks.append((a, bs, req, pre_rid[a]))
-        initial.append((sa, ssize, sstream, pid, small, blocks))
-    initial_exp = []
+            blocks.append(InitialBlock(a, bs, req, pre_rid[a]))
+        initial.append(InitialSegment(sa, ssize, sstream, pid, small, blocks))
+    initial_exp: list[InitialExpandable] = []
     for base, vsize, st, pid, small, page, ranges in exp_initial:
         blocks = []
         for ra, rs in ranges:
@@ -1367,10 +1424,10 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
             hi = int(np.searchsorted(starts, ra + rs, side="left"))
             inside = pb[lo:hi]
             for k, (a, req, known) in enumerate(inside):
-                nxt = inside[k + 1][0] if k + 1 < len(inside) else ra + rs
+                nxt = inside[k + 1].addr if k + 1 < len(inside) else ra + rs
                 bs = known if known > 0 else round_size(req, conf)
-                blocks.append((a, min(bs, nxt - a), req, pre_rid[a]))
-        initial_exp.append((base, vsize, st, pid, small, page, ranges, blocks))
+                blocks.append(InitialBlock(a, min(bs, nxt - a), req, pre_rid[a]))
+        initial_exp.append(InitialExpandable(base, vsize, st, pid, small, page, ranges, blocks))
 
     ev_addr_of = dict(zip(idx.tolist(), addr.tolist()))
     req = Requests(
@@ -1380,7 +1437,7 @@ def requests_from_snapshot(snap: Any, device: int = 0, total_memory: int | None 
         initial_segments=initial, recorded_segments=recorded, event_idx=np.array(eidx, dtype=np.int64),
         releases=releases, initial_expandable=initial_exp, expandable_bases=exp_bases,
     )
-    if any(v[2] for v in end_segs.values()):  # private pools exist: some freed segments may have been theirs
+    if any(v.pool for v in end_segs.values()):  # private pools exist: some freed segments may have been theirs
         _infer_private_pools(req, conf, [(int(addr[i]), int(size[i])) for i in seg_rows if action[i] == A_SEG_ALLOC],
                              set(end_segs))
     return req, conf
@@ -1395,12 +1452,10 @@ def min_device_memory(req: Requests, conf: AllocConf, hi: int | None = None, gra
     lo = max(free.max_allocated - 1, 0)  # never below what is live at once
     if simulate(cold, conf, device_memory=top, recorded_releases=False).oom is not None:
         return top
-    while top - lo > granularity:
-        mid = (lo + top) // 2
-        if simulate(cold, conf, device_memory=mid, recorded_releases=False).oom is None:
-            top = mid
-        else:
-            lo = mid
+    from memprof.allocator.search import bisect
+
+    top, _ = bisect(top, lo, lambda m: simulate(cold, conf, device_memory=m, recorded_releases=False).oom is None,
+                    step=granularity, align=False)
     return top
 
 

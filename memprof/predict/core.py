@@ -48,6 +48,7 @@ from torch.utils._pytree import tree_leaves
 
 from memprof.errors import MemprofError
 from memprof.allocator.model import OP_ALLOC, OP_FREE, AllocConf, Requests, SimResult, simulate
+from memprof.allocator.search import bisect
 from memprof.predict.device import usable_memory
 
 FAKE_DEVICE = torch.device("meta")  # the stand-in for cuda (see the module docstring)
@@ -581,12 +582,7 @@ def one_process_trials(kind: str, options: dict[str, Any], param: str, values: l
     assert lo is not None and hi is not None
     if not trial(lo) or trial(hi):
         return {"parameter": param, "max_fitting": None, "first_failing": None, "trials": results}
-    while hi - lo > step:
-        mid = (lo + hi) // 2 // step * step
-        if trial(mid):
-            lo = mid
-        else:
-            hi = mid
+    lo, hi = bisect(lo, hi, trial, step=step)
     return {"parameter": param, "max_fitting": lo, "first_failing": hi, "trials": results}
 
 
@@ -651,16 +647,7 @@ def find_max(kind: str, options: dict[str, Any], param: str, device_memory: int,
         else:
             hi = v1
     assert hi is not None
-    while hi - lo > multiple:
-        mid = snap((lo + hi) // 2)
-        if mid <= lo:
-            mid = lo + multiple
-        if mid >= hi:
-            break
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
+    lo, hi = bisect(lo, hi, fits, step=multiple)
     return {"parameter": param, "max_fitting": lo, "first_failing": hi, "tried": _tried(tried)}
 
 
