@@ -6,7 +6,7 @@ export PYTHONPATH=$PWD
 PY=${PY:-python}
 
 # 1. Issue acceptance: replayed peak within 1% of the allocator's, a real OOM (~2-3 min, compile included)
-$PY -m pytest -q -m cuda tests/test_record.py
+$PY -m pytest -q -m cuda tests/recorder/test_record.py
 
 # 2. Golden snapshots (small, fast; gzip'd) + a script recording
 mkdir -p snapshots/golden

@@ -15,4 +15,4 @@ for f in "$O"/*.pickle.gz; do
   $PY -m memprof explain "$f" | sed -n '/^VERDICT/,/^$/p'
   $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print({k: m.get(k) for k in ('gpu_utilization','gpu_busy_ms','kernel_launches','profiled_host_ms','gpu_busy_error')}, m.get('gpu_busy_profile'))" "${f%.pickle.gz}.meta.json"
 done
-$PY -m pytest -q -m cuda tests/test_busy.py
+$PY -m pytest -q -m cuda tests/recorder/test_busy.py

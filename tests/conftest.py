@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/snapgen.py
+# tests/support (snapgen, corpus, viewer, chromium, ...) and tests/ (the fuzz package) are importable
+# from every test module, whichever folder of tests/ it sits in
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 
 @pytest.fixture(autouse=True)

@@ -52,7 +52,7 @@ What is not modelled: ``cudaMallocAsync``; IPC; the timing of ``free_completed``
 configuration (it happens when the GPU finished, so it is kept where it was recorded); when a
 CUDA graph's private pool is destroyed (a trace does not say).
 
-Checked (tests/test_simulator.py): replaying a trace's requests under its recorded settings gives
+Checked (tests/allocator/test_simulator.py): replaying a trace's requests under its recorded settings gives
 ``max_memory_allocated`` and ``max_memory_reserved`` to the byte, the recorded segment events and
 every block address, on the H100 recordings in tests/data/gpu (default, expandable segments,
 max_split_size, garbage collection, two streams with record_stream, CUDA graphs, MemPool,

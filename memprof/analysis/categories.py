@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memprof.analysis.codes import CAT, CATEGORIES, SOURCES, SRC
 from memprof.analysis.lifetimes import lifetime_rules
 from memprof.analysis.phases import FINE_PHASES, iteration_ranges
 from memprof.analysis import labels
@@ -33,13 +34,9 @@ from memprof.analysis.attribution import attribute
 from memprof.snapshot.tables import Snapshot
 from memprof.replay.timeline import Replay
 
-CATEGORIES = ("parameter", "optimizer_state", "gradient", "activation", "temporary", "input", "workspace", "unknown")
 META_KEYS = {"parameter": "parameter_addrs", "optimizer_state": "optimizer_state_addrs",
              "gradient": "gradient_addrs", "input": "input_addrs"}
 BEFORE, AFTER, OUTSIDE = "before_window", "after_window", "outside"
-SOURCES = ("none", "phases", "peak-heuristic", "meta", "lifetime", "name")
-CAT = {c: i for i, c in enumerate(CATEGORIES)}
-SRC = {c: i for i, c in enumerate(SOURCES)}
 #: Phase sources that split iterations into forward / backward / optimizer.
 PHASE_SOURCES = ("annotations", "user_metadata", "meta", "attribution", "frames")
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memprof.analysis.codes import CAT, SRC
 from memprof.analysis.stackphases import B, O, stack_kinds
 from memprof.snapshot.tables import Snapshot
 
@@ -60,7 +61,6 @@ def lifetime_rules(snap: Snapshot, a: pd.DataFrame, ph: Any, fph: Any,
     (metadata addresses or names): what it left out and was alive before the window is none of
     them (a DDP bucket, a library workspace), so rule 1 does not guess.
     """
-    from memprof.analysis.categories import CAT, SRC
 
     unknown = CAT["unknown"]
     unk = cat == unknown

@@ -26,16 +26,11 @@ import pandas as pd
 from memprof.snapshot.tables import Snapshot
 from memprof.snapshot.meta import PHASE_PREFIX, parse_phase_label
 from memprof.replay.timeline import Replay
+from memprof.analysis.stackphases import PHASE_COLUMNS, empty_phases as _empty, from_frames
 
 _PHASE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-PHASE_COLUMNS = ["phase", "iteration", "start_us", "end_us", "start_idx", "end_idx", "source"]
 #: Phases that split an iteration (``step`` and ``warmup`` span whole iterations).
 FINE_PHASES = ("forward", "backward", "optimizer")
-
-
-def _empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-        PHASE_COLUMNS, (object, np.int64, np.float64, np.float64, np.int64, np.int64, object))})
 
 
 def _finish(df: pd.DataFrame, times: np.ndarray, source: str) -> pd.DataFrame:
@@ -229,7 +224,6 @@ def find_phases(snap: Snapshot, rep: Replay, meta: dict[str, Any] | None = None)
                from_meta(meta or {}, times), from_attribution(snap, times)):
         if len(df):
             return df
-    from memprof.analysis.stackphases import from_frames
 
     df = from_frames(snap, rep)
     return df if len(df) else detect_iterations(rep)

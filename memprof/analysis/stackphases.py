@@ -28,6 +28,14 @@ import pandas as pd
 from memprof.snapshot.tables import ACTIONS, Snapshot
 from memprof.replay.timeline import Replay
 
+#: The columns of a phases table (:func:`memprof.analysis.phases.find_phases`).
+PHASE_COLUMNS = ["phase", "iteration", "start_us", "end_us", "start_idx", "end_idx", "source"]
+
+
+def empty_phases() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+        PHASE_COLUMNS, (object, np.int64, np.float64, np.float64, np.int64, np.int64, object))})
+
 MIN_RUN = 3
 A_ALLOC = ACTIONS.index("alloc")
 _BACKWARD_CPP = re.compile(r"autograd::Engine|Engine::(evaluate_function|thread_main|execute)|autograd::.*::apply_with_saved|python_engine")
@@ -89,20 +97,19 @@ def from_frames(snap: Snapshot, rep: Replay) -> pd.DataFrame:
 
     Same columns as :func:`memprof.analysis.phases.find_phases`.
     """
-    from memprof.analysis.phases import PHASE_COLUMNS, _empty
 
     if not snap.info.get("has_frames"):
-        return _empty()
+        return empty_phases()
     ev = snap.device_events(rep.device)
     action = ev["action"].to_numpy()
     pos = np.flatnonzero(action == A_ALLOC)
     if len(pos) < 2 * MIN_RUN:
-        return _empty()
+        return empty_phases()
     sid = ev["stack_id"].to_numpy()[pos]
     kinds = stack_kinds(snap)
     lab = np.where(sid >= 0, kinds[np.maximum(sid, 0)], N).astype(np.int8)
     if not (lab >= 0).any():
-        return _empty()
+        return empty_phases()
     lab = np.where(lab == N, B, lab)  # no frames in a trace that has them: the autograd thread
     times = ev["time_us"].to_numpy()
     opt = _optimizer_ranges(snap, rep.device)
@@ -122,7 +129,7 @@ def from_frames(snap: Snapshot, rep: Replay) -> pd.DataFrame:
                 lab[rs[k]: re_[k] + 1] = lab[rs[k] - 1]
     rl, rs, re_ = _runs(lab)
     if not np.isin(rl, (B, O)).any():
-        return _empty()
+        return empty_phases()
     names = {F: "forward", B: "backward", O: "optimizer"}
     it = np.cumsum(np.concatenate([[0], (rl[1:] == F) & (rl[:-1] != F)]))
     start_idx = pos[rs]

@@ -7,7 +7,7 @@ one folder per device, and is keyed also by the source of :mod:`memprof.replay.t
 :mod:`memprof.snapshot.load`, so a change to the replay's semantics never reads an old result. A damaged
 or unreadable entry is ignored and rebuilt; a cache folder that cannot be written only costs the
 replay. The tables read back are the same values with the same dtypes (checked by
-``tests/test_scale.py``).
+``tests/replay/test_scale.py``).
 """
 
 from __future__ import annotations
