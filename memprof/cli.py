@@ -16,6 +16,10 @@ from memprof.version import __version__
 from memprof.errors import MemprofError
 from memprof.escape import EscapingWriter, printable
 
+#: Exit status when stdout was closed under us (a reader such as `head` stopped early): what a Unix
+#: tool killed by SIGPIPE exits with (128 + 13), never 0: the output, and so the answer, was cut.
+EXIT_BROKEN_PIPE = 141
+
 #: Subcommand modules under memprof.commands, in help order. Each has
 #: ``register(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``;
 #: heavy imports (torch, plotly, dash) happen inside ``run`` only.
@@ -93,8 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("memprof: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+    except BrokenPipeError:  # `memprof check ... | head`: the output was cut, so was the answer
+        try:  # no second BrokenPipeError when the interpreter flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
     finally:
         sys.stdout = stdout
 

@@ -45,6 +45,8 @@ class EscapingWriter:
         self._stream = stream
 
     def write(self, s: str) -> int:
+        if not isinstance(s, str):  # a text stream, as sys.stdout is: click probes with write(b"")
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         self._stream.write(printable(s, keep_lines=True))
         return len(s)
 

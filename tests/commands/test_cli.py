@@ -211,3 +211,31 @@ def test_analysis_commands_let_glibc_keep_freed_memory_and_record_does_not(monke
     if sys.platform.startswith("linux"):
         monkeypatch.undo()
         assert malloc_tuning.keep_freed_memory() is True  # glibc accepts the settings
+
+
+def test_a_cut_pipe_never_reads_as_a_pass(tmp_path: Path) -> None:
+    # GIVEN a failing check whose output a reader stops reading after one line (`| head -n 1`)
+    snap = str(ROOT / "snapshots" / "h100" / "transformer-small-train-eager-bf16.pickle.gz")
+    p = subprocess.Popen([sys.executable, "-m", "memprof", "check", snap, "--max-allocated", "1KiB", "--max-reserved", "1KiB"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    assert p.stdout is not None
+    p.stdout.close()  # the reader is gone before memprof writes
+    rc = p.wait(timeout=120)
+    # THEN the exit status says the run was cut (128 + SIGPIPE), never 0, and no traceback
+    assert rc == 141, p.stderr.read() if p.stderr else b""
+    assert b"Traceback" not in (p.stderr.read() if p.stderr else b"")
+
+
+def test_stdout_is_a_text_stream_for_click() -> None:
+    # GIVEN the CLI's escaping stdout WHEN click probes it with bytes (`memprof serve`'s banner)
+    import io
+
+    from memprof.escape import EscapingWriter
+
+    out = io.StringIO()
+    w = EscapingWriter(out)
+    with pytest.raises(TypeError):
+        w.write(b"")  # type: ignore[arg-type]
+    # THEN it is treated as text: nothing like b'' reaches the terminal, text still passes escaped
+    w.write("ok\x1b[2J\n")
+    assert out.getvalue() == "ok\\x1b[2J\n"
